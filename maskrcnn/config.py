@@ -1,0 +1,289 @@
+"""Configuration: frozen dataclasses, presets, YAML load/save and `key=value` overrides.
+
+Only `maskrcnn.model.build_model(cfg)` (and the training engine) read a Config; every module
+takes explicit keyword arguments.
+
+Presets
+- `torchvision_v1`: reproduces torchvision's `maskrcnn_resnet50_fpn` (the 2017 paper's model).
+- `torchvision_v2`: reproduces torchvision's `maskrcnn_resnet50_fpn_v2` (BN everywhere, conv box head).
+- `default`: our recommendation: v1 plus pixel-aligned RoIAlign (no half-pixel shift) with adaptive
+  sampling, as in detectron2.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any, get_type_hints
+
+import yaml
+
+
+@dataclass(frozen=True)
+class InputConfig:
+    min_size: tuple[int, ...] = (800,)  # shorter side; several values = random choice while training
+    max_size: int = 1333  # cap on the longer side
+    size_divisible: int = 32
+    pixel_mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    pixel_std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class BackboneConfig:
+    depth: int = 50  # 18, 34, 50 or 101
+    norm: str = "frozen_bn"  # frozen_bn | bn | gn
+    frozen_stages: int = 1  # 0: nothing frozen; 1: stem; 2: stem + res2; ... 5: everything
+    fpn_channels: int = 256
+    fpn_norm: str = "none"  # none | bn | gn
+    width: int = 64  # channels of the stem (scales every stage)
+
+
+@dataclass(frozen=True)
+class AnchorConfig:
+    sizes: tuple[int, ...] = (32, 64, 128, 256, 512)  # one size per level P2..P6
+    aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)  # height / width
+    # torchvision's rule: stride = padded image size // feature size (not 64 on P6 for odd multiples of 32)
+    image_size_strides: bool = False
+
+
+@dataclass(frozen=True)
+class RPNConfig:
+    num_convs: int = 1
+    fg_iou_thresh: float = 0.7
+    bg_iou_thresh: float = 0.3
+    batch_size_per_image: int = 256
+    positive_fraction: float = 0.5
+    pre_nms_topk_train: int = 2000  # per level and image
+    pre_nms_topk_test: int = 1000
+    post_nms_topk_train: int = 2000  # per image
+    post_nms_topk_test: int = 1000
+    nms_thresh: float = 0.7
+    min_size: float = 1e-3
+    score_thresh: float = 0.0
+    box_loss: str = "smooth_l1"  # smooth_l1 | l1
+    smooth_l1_beta: float = 1.0 / 9
+
+
+@dataclass(frozen=True)
+class RoIHeadsConfig:
+    pooler: str = "roi_align"  # roi_align | roi_pool
+    aligned: bool = False
+    sampling_ratio: int = 2  # 0 = adaptive
+    canonical_box_size: int = 224
+    canonical_level: int = 4
+    box_head: str = "fc"  # fc: 2 FC (paper) | conv: 4 conv + 1 FC (torchvision v2)
+    box_head_norm: str = "none"  # none | bn | gn (conv head only)
+    fc_dim: int = 1024
+    fg_iou_thresh: float = 0.5
+    bg_iou_thresh: float = 0.5
+    batch_size_per_image: int = 512
+    positive_fraction: float = 0.25
+    box_reg_weights: tuple[float, float, float, float] = (10.0, 10.0, 5.0, 5.0)
+    box_loss: str = "smooth_l1"  # smooth_l1 | l1
+    smooth_l1_beta: float = 1.0 / 9
+    score_thresh: float = 0.05
+    nms_thresh: float = 0.5
+    detections_per_image: int = 100
+    mask_head_norm: str = "none"
+    mask_pool_size: int = 14  # mask logits are 2x this (28)
+    class_agnostic_mask: bool = False
+    mask_loss: str = "sigmoid"  # sigmoid (paper) | softmax (the paper's ablation)
+    mask_threshold: float = 0.5
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    num_classes: int = 90  # foreground classes K (COCO with torchvision's 91-slot label space: 90)
+    input: InputConfig = field(default_factory=InputConfig)
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    anchors: AnchorConfig = field(default_factory=AnchorConfig)
+    rpn: RPNConfig = field(default_factory=RPNConfig)
+    roi_heads: RoIHeadsConfig = field(default_factory=RoIHeadsConfig)
+
+
+@dataclass(frozen=True)
+class SolverConfig:
+    optimizer: str = "sgd"  # sgd | adamw
+    base_lr: float = 0.02
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    weight_decay_norm: float = 0.0
+    no_decay_on_norm_and_bias: bool = False
+    ims_per_batch: int = 16
+    max_iter: int = 90000
+    warmup_iters: int = 1000
+    warmup_factor: float = 0.001
+    schedule: str = "multistep"  # multistep | cosine
+    steps: tuple[int, ...] = (60000, 80000)
+    gamma: float = 0.1
+    clip_grad_norm: float = 0.0  # 0 = off
+    amp: bool = False  # bf16 autocast on GPU
+    max_nonfinite_steps: int = 5
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    hflip_prob: float = 0.5
+    lsj: bool = False  # large-scale jitter
+    lsj_size: int = 1024
+    lsj_scale: tuple[float, float] = (0.1, 2.0)
+    num_workers: int = 2
+    aspect_ratio_grouping: bool = True
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    seed: int = 0
+    checkpoint_period: int = 5000
+    eval_period: int = 0  # 0 = only at the end
+    log_period: int = 20
+    device: str = "auto"
+
+
+@dataclass(frozen=True)
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    solver: SolverConfig = field(default_factory=SolverConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def replace(cfg: Any, **changes: Any) -> Any:
+    return dataclasses.replace(cfg, **changes)
+
+
+def _with_heads(cfg: Config, **roi_changes: Any) -> Config:
+    model = replace(cfg.model, roi_heads=replace(cfg.model.roi_heads, **roi_changes))
+    return replace(cfg, model=model)
+
+
+def torchvision_v1() -> Config:
+    """torchvision `maskrcnn_resnet50_fpn` (pretrained layout: frozen BN, stem + res2 frozen)."""
+    return Config(model=ModelConfig(backbone=BackboneConfig(frozen_stages=2),
+                                    anchors=AnchorConfig(image_size_strides=True)))
+
+
+def torchvision_v2() -> Config:
+    """torchvision `maskrcnn_resnet50_fpn_v2`: BN in backbone, FPN and heads; 2-conv RPN head."""
+    model = ModelConfig(
+        backbone=BackboneConfig(norm="bn", fpn_norm="bn", frozen_stages=2),
+        anchors=AnchorConfig(image_size_strides=True),
+        rpn=RPNConfig(num_convs=2),
+        roi_heads=RoIHeadsConfig(box_head="conv", box_head_norm="bn", mask_head_norm="bn"),
+    )
+    return Config(model=model)
+
+
+def default() -> Config:
+    cfg = torchvision_v1()
+    cfg = replace(cfg, model=replace(cfg.model, anchors=AnchorConfig()))
+    return _with_heads(cfg, aligned=True, sampling_ratio=0)
+
+
+PRESETS = {"default": default, "torchvision_v1": torchvision_v1, "torchvision_v2": torchvision_v2}
+
+
+def get_preset(name: str) -> Config:
+    if name not in PRESETS:
+        raise KeyError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+    return PRESETS[name]()
+
+
+# ---------------------------------------------------------------- dict / YAML conversion
+
+
+def to_dict(cfg: Any) -> dict:
+    out = {}
+    for f in fields(cfg):
+        value = getattr(cfg, f.name)
+        if is_dataclass(value):
+            out[f.name] = to_dict(value)
+        elif isinstance(value, tuple):
+            out[f.name] = list(value)
+        else:
+            out[f.name] = value
+    return out
+
+
+def _coerce(value: Any, annotation: Any, where: str) -> Any:
+    text = str(annotation)
+    if text.startswith("tuple"):
+        if not isinstance(value, (list, tuple)):
+            value = [value]
+        inner = "float" if "float" in text else "int" if "int" in text else None
+        cast = {"float": float, "int": int}.get(inner, lambda v: v)
+        return tuple(cast(v) for v in value)
+    if annotation is bool or text == "bool":
+        if not isinstance(value, bool):
+            raise ValueError(f"{where}: expected true/false, got {value!r}")
+        return value
+    if annotation is int or text == "int":
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
+            raise ValueError(f"{where}: expected an integer, got {value!r}")
+        return int(value)
+    if annotation is float or text == "float":
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if annotation is str or text == "str":
+        if not isinstance(value, str):
+            raise ValueError(f"{where}: expected a string, got {value!r}")
+        return value
+    return value
+
+
+def from_dict(data: dict, cls: type = Config, base: Any = None, where: str = "") -> Any:
+    """Build `cls` from a (possibly partial) dict on top of `base` (default: cls())."""
+    base = cls() if base is None else base
+    if not isinstance(data, dict):
+        raise ValueError(f"{where or 'config'}: expected a mapping, got {type(data).__name__}")
+    hints = get_type_hints(cls)
+    names = {f.name for f in fields(cls)}
+    changes = {}
+    for key, value in data.items():
+        path = f"{where}.{key}" if where else key
+        if key not in names:
+            raise KeyError(f"unknown config key {path!r}; valid keys here: {sorted(names)}")
+        current = getattr(base, key)
+        if is_dataclass(current):
+            changes[key] = from_dict(value, type(current), current, path)
+        else:
+            changes[key] = _coerce(value, hints[key], path)
+    return dataclasses.replace(base, **changes)
+
+
+def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
+    """Apply `a.b.c=value` strings; values are parsed as YAML (numbers, lists, booleans)."""
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} must look like key=value (e.g. solver.base_lr=0.01)")
+        key, raw = item.split("=", 1)
+        nested: dict = {}
+        node = nested
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = yaml.safe_load(raw)
+        cfg = from_dict(nested, Config, cfg)
+    return cfg
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
+    """Load a YAML file. A top-level `preset:` key picks the base the file's keys change."""
+    with open(path) as f:
+        data = yaml.safe_load(f) or {}
+    preset = data.pop("preset", "default") if isinstance(data, dict) else "default"
+    cfg = from_dict(data, Config, get_preset(preset))
+    return apply_overrides(cfg, overrides or [])
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def resolve(spec: str | None, overrides: list[str] | None = None) -> Config:
+    """A preset name or a YAML path, plus overrides."""
+    spec = spec or "default"
+    cfg = get_preset(spec) if spec in PRESETS else load_config(spec)
+    return apply_overrides(cfg, overrides or [])

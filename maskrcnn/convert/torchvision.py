@@ -1,0 +1,116 @@
+"""Convert torchvision Mask R-CNN state dicts (`maskrcnn_resnet50_fpn`, `_v2`) to this package.
+
+Names map one to one (ResNet names are shared); the only change of values is the mask predictor,
+whose background channel (never used by torchvision either) is dropped. Both the current
+torchvision layout (`conv.0.0`, `mask_head.0.0`) and the pre-0.13 one (`conv`, `mask_fcn1`) are read.
+"""
+
+from __future__ import annotations
+
+import re
+
+import torch
+from torch import Tensor
+
+from ..config import BackboneConfig, Config, get_preset, replace
+from ..data.coco_names import TORCHVISION_COCO_NAMES
+
+_RULES = [
+    (r"^backbone\.fpn\.inner_blocks\.(\d+)\.0\.", r"backbone.fpn.lateral.\1.conv."),
+    (r"^backbone\.fpn\.inner_blocks\.(\d+)\.1\.", r"backbone.fpn.lateral.\1.norm."),
+    (r"^backbone\.fpn\.inner_blocks\.(\d+)\.(weight|bias)$", r"backbone.fpn.lateral.\1.conv.\2"),
+    (r"^backbone\.fpn\.layer_blocks\.(\d+)\.0\.", r"backbone.fpn.output.\1.conv."),
+    (r"^backbone\.fpn\.layer_blocks\.(\d+)\.1\.", r"backbone.fpn.output.\1.norm."),
+    (r"^backbone\.fpn\.layer_blocks\.(\d+)\.(weight|bias)$", r"backbone.fpn.output.\1.conv.\2"),
+    (r"^rpn\.head\.conv\.(\d+)\.0\.", r"rpn.head.convs.\1."),
+    (r"^rpn\.head\.conv\.(weight|bias)$", r"rpn.head.convs.0.\1"),
+    (r"^rpn\.head\.cls_logits\.", "rpn.head.objectness."),
+    (r"^rpn\.head\.bbox_pred\.", "rpn.head.deltas."),
+    (r"^roi_heads\.box_head\.fc6\.", "box_head.fc1."),
+    (r"^roi_heads\.box_head\.fc7\.", "box_head.fc2."),
+    (r"^roi_heads\.box_head\.([0-3])\.0\.", r"box_head.convs.\1.conv."),
+    (r"^roi_heads\.box_head\.([0-3])\.1\.", r"box_head.convs.\1.norm."),
+    (r"^roi_heads\.box_head\.5\.", "box_head.fc1."),
+    (r"^roi_heads\.box_predictor\.", "box_predictor."),
+    (r"^roi_heads\.mask_head\.(\d+)\.0\.", r"mask_head.convs.\1.conv."),
+    (r"^roi_heads\.mask_head\.(\d+)\.1\.", r"mask_head.convs.\1.norm."),
+    (r"^roi_heads\.mask_predictor\.conv5_mask\.", "mask_head.deconv."),
+    (r"^roi_heads\.mask_predictor\.mask_fcn_logits\.", "mask_head.predictor."),
+    (r"^backbone\.body\.", "backbone.body."),
+]
+
+
+def _rename(key: str) -> str | None:
+    old_mask = re.match(r"^roi_heads\.mask_head\.mask_fcn(\d+)\.(weight|bias)$", key)
+    if old_mask:
+        return f"mask_head.convs.{int(old_mask.group(1)) - 1}.conv.{old_mask.group(2)}"
+    for pattern, replacement in _RULES:
+        if re.match(pattern, key):
+            return re.sub(pattern, replacement, key)
+    return None
+
+
+def convert_state_dict(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """torchvision Mask R-CNN state dict -> ours. Unknown keys raise a KeyError naming them."""
+    out, unknown = {}, []
+    for key, value in state.items():
+        new = _rename(key)
+        if new is None:
+            unknown.append(key)
+            continue
+        if new.startswith("mask_head.predictor."):
+            value = value[1:]  # drop the background channel: (K+1, ...) -> (K, ...)
+        out[new] = value
+    if unknown:
+        raise KeyError(f"not a torchvision Mask R-CNN state dict; unrecognized keys: {unknown[:5]}")
+    return out
+
+
+def config_for(state: dict[str, Tensor], version: str) -> Config:
+    """The Config that reproduces the torchvision model whose state dict this is."""
+    if version not in ("v1", "v2"):
+        raise ValueError(f"torchvision version must be v1 or v2, got {version!r}")
+    cfg = get_preset(f"torchvision_{version}")
+    num_classes = state["roi_heads.box_predictor.cls_score.weight"].shape[0] - 1
+    # torchvision builds the backbone with BatchNorm2d (all stages trainable) unless it loads
+    # pretrained weights, in which case it uses FrozenBatchNorm2d (no num_batches_tracked buffer).
+    trained_bn = "backbone.body.bn1.num_batches_tracked" in state
+    backbone: BackboneConfig = cfg.model.backbone
+    if version == "v1":
+        backbone = replace(backbone, norm="bn" if trained_bn else "frozen_bn", frozen_stages=0 if trained_bn else 2)
+    model = replace(cfg.model, num_classes=num_classes, backbone=backbone)
+    return replace(cfg, model=model)
+
+
+def load_torchvision_state(path: str) -> dict[str, Tensor]:
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+        state = state["model"]
+    if not isinstance(state, dict) or "roi_heads.box_predictor.cls_score.weight" not in state:
+        raise ValueError(f"{path}: not a torchvision Mask R-CNN state dict (no roi_heads.box_predictor weights)")
+    return state
+
+
+def from_torchvision(state: dict[str, Tensor], version: str, class_names: list[str] | None = None):
+    """Build our model holding the weights of a torchvision Mask R-CNN state dict."""
+    from ..model import build_model
+
+    cfg = config_for(state, version)
+    k = cfg.model.num_classes
+    if class_names is None:
+        class_names = list(TORCHVISION_COCO_NAMES[1:]) if k == 90 else [f"class_{i}" for i in range(1, k + 1)]
+    model = build_model(cfg, class_names=class_names)
+    model.load_state_dict(convert_state_dict(state), strict=True)
+    return model
+
+
+def resnet_imagenet_to_backbone(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """A torchvision ImageNet ResNet state dict -> keys of our `backbone.body` (the fc layer dropped)."""
+    out = {}
+    for key, value in state.items():
+        if key.startswith("fc."):
+            continue
+        if not re.match(r"^(conv1|bn1|layer[1-4])\.", key):
+            raise KeyError(f"not a torchvision ResNet state dict: unexpected key {key!r}")
+        out[key] = value
+    return out

@@ -1,0 +1,142 @@
+"""Inference post-processing: pure functions from head outputs to detections.
+
+1. Box head: softmax scores (R, K+1) and per-class deltas -> every (RoI, class) pair with score
+   > score_thresh is decoded, clipped, tiny boxes dropped, per-class NMS, top `detections_per_image`.
+2. Masks: the 28×28 probability map of each detection's predicted class.
+3. Pasting: every mask is resampled into its box at image resolution in one batched operation
+   (separable bilinear interpolation as matrix products), chunked to bound memory. The result
+   equals pasting one mask at a time with F.interpolate (torchvision's paste_masks_in_image),
+   including its one-pixel zero border and integer box rounding.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..ops.box_coder import BoxCoder
+from ..ops.boxes import clip_boxes, nonempty_boxes
+from ..ops.nms import batched_nms
+
+
+def detect_boxes(
+    class_logits: Tensor,
+    box_deltas: Tensor,
+    proposals: list[Tensor],
+    image_sizes: list[tuple[int, int]],
+    *,
+    box_coder: BoxCoder,
+    score_thresh: float,
+    nms_thresh: float,
+    detections_per_image: int,
+) -> list[tuple[Tensor, Tensor, Tensor]]:
+    """(R, K+1) logits, (R, 4*(K+1)) deltas, per-image proposals -> per image (boxes, scores, labels)."""
+    scores_all = F.softmax(class_logits, -1)
+    counts = [len(p) for p in proposals]
+    results = []
+    for scores, deltas, props, size in zip(scores_all.split(counts), box_deltas.split(counts), proposals, image_sizes):
+        # candidates in (RoI, class) row-major order, background excluded
+        roi, cls = torch.where(scores[:, 1:] > score_thresh)
+        cls = cls + 1
+        cand_scores = scores[roi, cls]
+        # (R, 4*(K+1)) -> (R, K+1, 4), then one row of 4 per candidate
+        cand_deltas = deltas.reshape(deltas.shape[0], -1, 4)[roi, cls]
+        boxes = box_coder.decode(cand_deltas, props[roi])[:, 0]
+        boxes = clip_boxes(boxes, size)
+        keep = nonempty_boxes(boxes, 1e-2)
+        boxes, cand_scores, cls = boxes[keep], cand_scores[keep], cls[keep]
+        keep = batched_nms(boxes, cand_scores, cls, nms_thresh)[:detections_per_image]
+        results.append((boxes[keep], cand_scores[keep], cls[keep]))
+    return results
+
+
+def select_mask_probs(mask_logits: Tensor, labels: Tensor, *, kind: str = "sigmoid") -> Tensor:
+    """(D, C, M, M) logits and (D,) labels in 1..K -> (D, M, M) probabilities of each label's mask."""
+    index = torch.arange(len(labels), device=labels.device)
+    if kind == "softmax":
+        return mask_logits.softmax(dim=1)[index, labels]
+    channel = labels - 1 if mask_logits.shape[1] > 1 else torch.zeros_like(labels)
+    return mask_logits[index, channel].sigmoid()
+
+
+def _expand_boxes(boxes: Tensor, scale: float) -> Tensor:
+    w_half = (boxes[:, 2] - boxes[:, 0]) * 0.5
+    h_half = (boxes[:, 3] - boxes[:, 1]) * 0.5
+    x_c = (boxes[:, 2] + boxes[:, 0]) * 0.5
+    y_c = (boxes[:, 3] + boxes[:, 1]) * 0.5
+    w_half = w_half * scale
+    h_half = h_half * scale
+    return torch.stack((x_c - w_half, y_c - h_half, x_c + w_half, y_c + h_half), dim=1)
+
+
+def _interpolation_matrix(start: Tensor, length: Tensor, in_size: int, out_size: int) -> Tensor:
+    """(D,) integer box starts and lengths -> (D, out_size, in_size) bilinear weights that resample
+    an `in_size` signal onto pixels start..start+length-1 (align_corners=False); zero elsewhere."""
+    pixel = torch.arange(out_size, device=start.device)
+    offset = pixel[None, :] - start[:, None]  # (D, out) position inside the box
+    inside = (offset >= 0) & (offset < length[:, None])
+    scale = in_size / length.to(torch.float32)  # (D,)
+    src = ((offset.to(torch.float32) + 0.5) * scale[:, None] - 0.5).clamp(min=0)
+    i0 = src.floor().to(torch.int64).clamp(max=in_size - 1)
+    i1 = (i0 + 1).clamp(max=in_size - 1)
+    w1 = src - i0.to(torch.float32)
+    w0 = 1 - w1
+    weights = torch.zeros((*offset.shape, in_size), device=start.device)
+    weights.scatter_add_(2, i0[..., None], w0[..., None])
+    weights.scatter_add_(2, i1[..., None], w1[..., None])
+    return weights * inside[..., None]
+
+
+def paste_masks(
+    mask_probs: Tensor,
+    boxes: Tensor,
+    image_size: tuple[int, int],
+    *,
+    threshold: float = 0.5,
+    padding: int = 1,
+    max_chunk_bytes: int = 1 << 28,
+) -> Tensor:
+    """(D, M, M) probabilities and (D, 4) boxes in image pixels -> (D, H, W) boolean masks.
+
+    The mask gets a `padding`-pixel zero border and its box is enlarged to match (so the mask's
+    edge fades out instead of being cut), box corners are truncated to integers, and the mask is
+    resized to (y2 - y1 + 1, x2 - x1 + 1) pixels placed at (y1, x1), clipped to the image.
+    """
+    height, width = image_size
+    num = mask_probs.shape[0]
+    if num == 0:
+        return torch.zeros((0, height, width), dtype=torch.bool, device=mask_probs.device)
+    m = mask_probs.shape[-1]
+    padded = F.pad(mask_probs.float(), (padding,) * 4)  # (D, M+2p, M+2p)
+    expanded = _expand_boxes(boxes.float(), float(m + 2 * padding) / m).to(torch.int64)
+    x0, y0, x1, y1 = expanded.unbind(1)
+    w = (x1 - x0 + 1).clamp(min=1)
+    h = (y1 - y0 + 1).clamp(min=1)
+    size = m + 2 * padding
+    out = torch.empty((num, height, width), dtype=torch.bool, device=mask_probs.device)
+    chunk = max(1, int(max_chunk_bytes // max(1, height * width * 4)))
+    for s in range(0, num, chunk):
+        e = min(num, s + chunk)
+        rows = _interpolation_matrix(y0[s:e], h[s:e], size, height)  # (d, H, S)
+        cols = _interpolation_matrix(x0[s:e], w[s:e], size, width)  # (d, W, S)
+        # (d, H, S) @ (d, S, S) @ (d, S, W) -> (d, H, W)
+        out[s:e] = torch.bmm(torch.bmm(rows, padded[s:e]), cols.transpose(1, 2)) > threshold
+    return out
+
+
+def paste_masks_reference(mask_probs: Tensor, boxes: Tensor, image_size: tuple[int, int], padding: int = 1) -> Tensor:
+    """One mask at a time with F.interpolate; slow, for tests of `paste_masks`. Returns probabilities."""
+    height, width = image_size
+    m = mask_probs.shape[-1]
+    padded = F.pad(mask_probs.float(), (padding,) * 4)
+    expanded = _expand_boxes(boxes.float(), float(m + 2 * padding) / m).to(torch.int64).tolist()
+    out = torch.zeros((len(boxes), height, width))
+    for i, (bx0, by0, bx1, by1) in enumerate(expanded):
+        w, h = max(bx1 - bx0 + 1, 1), max(by1 - by0 + 1, 1)
+        resized = F.interpolate(padded[i][None, None], size=(h, w), mode="bilinear", align_corners=False)[0, 0]
+        xa, xb = max(bx0, 0), min(bx1 + 1, width)
+        ya, yb = max(by0, 0), min(by1 + 1, height)
+        if xa < xb and ya < yb:
+            out[i, ya:yb, xa:xb] = resized[ya - by0 : yb - by0, xa - bx0 : xb - bx0]
+    return out

@@ -1,0 +1,91 @@
+"""Image preprocessing: normalize, resize (shorter side to `min_size`, longer side <= `max_size`),
+zero-pad into one (N, 3, Hp, Wp) batch with Hp, Wp multiples of `size_divisible`.
+
+The resize factor is min(min_size / shorter, max_size / longer) and the output size
+floor(side * factor), bilinear without corner alignment (torchvision's arithmetic, exactly).
+Targets are mapped into the resized frame: boxes scaled, masks resized with nearest neighbour.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..ops.boxes import scale_boxes
+from ..structures import ImageBatch, Targets
+
+
+def resized_shape(height: int, width: int, *, min_size: float, max_size: float) -> tuple[int, int]:
+    factor = min(min_size / min(height, width), max_size / max(height, width))
+    return math.floor(float(height) * factor), math.floor(float(width) * factor)
+
+
+def padded_shape(sizes: list[tuple[int, int]], divisor: int) -> tuple[int, int]:
+    h = max(s[0] for s in sizes)
+    w = max(s[1] for s in sizes)
+    return int(math.ceil(h / divisor) * divisor), int(math.ceil(w / divisor) * divisor)
+
+
+class Preprocessor(nn.Module):
+    def __init__(
+        self,
+        *,
+        pixel_mean: tuple[float, float, float],
+        pixel_std: tuple[float, float, float],
+        min_size: tuple[int, ...],
+        max_size: int,
+        size_divisible: int = 32,
+    ):
+        super().__init__()
+        self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), persistent=False)
+        self.min_size = tuple(min_size)
+        self.max_size = max_size
+        self.size_divisible = size_divisible
+
+    def _choose_min_size(self) -> int:
+        if not self.training:
+            return self.min_size[-1]
+        # a torch-RNG choice (one draw per image, as torchvision) so that seeds reproduce runs
+        index = int(torch.empty(1).uniform_(0.0, float(len(self.min_size))).item())
+        return self.min_size[index]
+
+    def forward(
+        self, images: list[Tensor], targets: list[Targets] | None = None
+    ) -> tuple[ImageBatch, list[Targets] | None]:
+        resized, new_targets, sizes, originals = [], [], [], []
+        for i, image in enumerate(images):
+            if image.dim() != 3 or image.shape[0] != 3:
+                raise ValueError(f"image {i}: expected a (3, H, W) float tensor, got shape {tuple(image.shape)}")
+            if not image.is_floating_point():
+                raise TypeError(f"image {i}: expected a float tensor in [0, 1], got {image.dtype}")
+            h, w = image.shape[-2:]
+            originals.append((int(h), int(w)))
+            image = (image - self.pixel_mean.to(image.dtype)) / self.pixel_std.to(image.dtype)
+            size = resized_shape(h, w, min_size=self._choose_min_size(), max_size=self.max_size)
+            image = F.interpolate(image[None], size=size, mode="bilinear", align_corners=False)[0]
+            resized.append(image)
+            sizes.append(size)
+            if targets is not None:
+                new_targets.append(self._resize_targets(Targets.from_any(targets[i]), (h, w), size))
+        batch = ImageBatch(tensor=self.pad(resized), image_sizes=sizes, original_sizes=originals)
+        return batch, (new_targets if targets is not None else None)
+
+    def pad(self, images: list[Tensor]) -> Tensor:
+        ph, pw = padded_shape([tuple(im.shape[-2:]) for im in images], self.size_divisible)
+        out = images[0].new_zeros((len(images), images[0].shape[0], ph, pw))
+        for i, im in enumerate(images):
+            out[i, :, : im.shape[1], : im.shape[2]].copy_(im)
+        return out
+
+    @staticmethod
+    def _resize_targets(t: Targets, old: tuple[int, int], new: tuple[int, int]) -> Targets:
+        boxes = scale_boxes(t.boxes.to(torch.float32), old, new)
+        if t.masks.shape[0] == 0:
+            masks = torch.zeros((0, *new), dtype=torch.uint8, device=t.masks.device)
+        else:
+            masks = F.interpolate(t.masks[:, None].float(), size=new, mode="nearest")[:, 0].to(torch.uint8)
+        return Targets(boxes=boxes, labels=t.labels.to(torch.int64), masks=masks)

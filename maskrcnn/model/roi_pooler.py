@@ -1,0 +1,82 @@
+"""Multi-scale RoI feature extraction (FPN §4.2, Mask R-CNN §3).
+
+A RoI of width w and height h is pooled from level k = floor(k0 + log2(sqrt(w h) / 224)) (FPN eq. 1),
+k0 = 4, clamped to the pyramid's levels; then RoIAlign (or RoIPool) on that level.
+
+Shapes: features [(N, C, H_l, W_l)] for the pooled levels; boxes per image (R_i, 4) ->
+(R, C, S, S) with R = sum R_i, in the order of the concatenated boxes.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from ..ops.boxes import box_area
+from ..ops.roi_align import boxes_to_rois, roi_align, roi_pool
+
+
+def assign_levels(
+    boxes: Tensor, *, min_level: int, max_level: int, canonical_box_size: int = 224, canonical_level: int = 4
+) -> Tensor:
+    """(R, 4) boxes -> (R,) int64 index into the pooled levels (0 = min_level). FPN eq. 1."""
+    size = torch.sqrt(box_area(boxes))
+    eps = torch.tensor(1e-6, dtype=size.dtype, device=size.device)
+    level = torch.floor(canonical_level + torch.log2(size / canonical_box_size) + eps)
+    level = torch.clamp(level, min=min_level, max=max_level)
+    return level.to(torch.int64) - min_level
+
+
+class MultiScaleRoIPooler(nn.Module):
+    def __init__(
+        self,
+        *,
+        output_size: int,
+        strides: tuple[int, ...],
+        sampling_ratio: int,
+        aligned: bool,
+        pooler: str = "roi_align",
+        canonical_box_size: int = 224,
+        canonical_level: int = 4,
+    ):
+        super().__init__()
+        if pooler not in ("roi_align", "roi_pool"):
+            raise ValueError(f"unknown pooler {pooler!r}; choose roi_align or roi_pool")
+        self.output_size = output_size
+        self.scales = [1.0 / s for s in strides]
+        self.min_level = int(math.log2(strides[0]))
+        self.max_level = int(math.log2(strides[-1]))
+        self.sampling_ratio = sampling_ratio
+        self.aligned = aligned
+        self.pooler = pooler
+        self.canonical_box_size = canonical_box_size
+        self.canonical_level = canonical_level
+
+    def _pool(self, features: Tensor, rois: Tensor, scale: float) -> Tensor:
+        if self.pooler == "roi_pool":
+            return roi_pool(features, rois, self.output_size, spatial_scale=scale)
+        return roi_align(
+            features, rois, self.output_size, spatial_scale=scale,
+            sampling_ratio=self.sampling_ratio, aligned=self.aligned,
+        )
+
+    def forward(self, features: list[Tensor], boxes: list[Tensor]) -> Tensor:
+        features = features[: len(self.scales)]
+        rois = boxes_to_rois(boxes).to(features[0].device)
+        num_channels = features[0].shape[1]
+        if len(features) == 1:
+            return self._pool(features[0], rois, self.scales[0])
+        levels = assign_levels(
+            rois[:, 1:], min_level=self.min_level, max_level=self.max_level,
+            canonical_box_size=self.canonical_box_size, canonical_level=self.canonical_level,
+        )
+        out = torch.zeros(
+            (len(rois), num_channels, self.output_size, self.output_size),
+            dtype=features[0].dtype, device=features[0].device,
+        )
+        for level, (feature, scale) in enumerate(zip(features, self.scales)):
+            index = torch.where(levels == level)[0]
+            out[index] = self._pool(feature, rois[index], scale).to(out.dtype)
+        return out

@@ -1,0 +1,83 @@
+"""Training targets of the RoI heads: match proposals to ground truth, sample RoIs, encode
+regression targets, and crop-and-resize ground-truth masks onto positive RoIs.
+
+Shapes: per image P_i proposals and G_i ground-truth instances; R sampled RoIs in all; R+ positives.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from ..ops.box_coder import BoxCoder
+from ..ops.boxes import box_iou
+from ..ops.roi_align import roi_align
+from ..structures import Targets
+from .matcher import BACKGROUND, IGNORE, Matcher
+from .sampler import BalancedSampler
+
+
+@dataclass
+class SampledRoIs:
+    boxes: list[Tensor]  # per image (R_i, 4), in ascending proposal order
+    gt_labels: list[Tensor]  # per image (R_i,) in 0..K
+    matched_gt: list[Tensor]  # per image (R_i,) index of the matched ground truth (0 for background)
+    gt_deltas: Tensor  # (R, 4)
+
+
+def sample_rois(
+    proposals: list[Tensor],
+    targets: list[Targets],
+    *,
+    matcher: Matcher,
+    sampler: BalancedSampler,
+    box_coder: BoxCoder,
+) -> SampledRoIs:
+    """Ground-truth boxes join the proposals (so every object has a perfect RoI), then each
+    RoI is labelled by its matched ground truth (IoU >= fg threshold) or background, and a
+    balanced subset is drawn."""
+    proposals = [torch.cat((p, t.boxes.to(p.dtype))) for p, t in zip(proposals, targets)]
+    labels, matched = [], []
+    for p, t in zip(proposals, targets):
+        if len(t) == 0:
+            matched.append(torch.zeros(len(p), dtype=torch.int64, device=p.device))
+            labels.append(torch.zeros(len(p), dtype=torch.int64, device=p.device))
+            continue
+        m = matcher(box_iou(t.boxes, p))
+        label = t.labels[m.clamp(min=0)].to(torch.int64)
+        label[m == BACKGROUND] = 0
+        label[m == IGNORE] = -1
+        matched.append(m.clamp(min=0))
+        labels.append(label)
+    positives, negatives = sampler(labels)
+    out_boxes, out_labels, out_matched, gt_boxes = [], [], [], []
+    for p, t, label, m, pos, neg in zip(proposals, targets, labels, matched, positives, negatives):
+        keep = torch.where(pos | neg)[0]
+        out_boxes.append(p[keep])
+        out_labels.append(label[keep])
+        out_matched.append(m[keep])
+        boxes = t.boxes if len(t) else torch.zeros((1, 4), dtype=p.dtype, device=p.device)
+        gt_boxes.append(boxes[m[keep]])
+    gt_deltas = box_coder.encode(torch.cat(gt_boxes), torch.cat(out_boxes))
+    return SampledRoIs(boxes=out_boxes, gt_labels=out_labels, matched_gt=out_matched, gt_deltas=gt_deltas)
+
+
+def mask_targets(
+    gt_masks: list[Tensor], boxes: list[Tensor], matched_gt: list[Tensor], *, resolution: int, aligned: bool
+) -> Tensor:
+    """Per image: the (G_i, H, W) masks and R+_i positive RoIs with their matched instance ->
+    (R+, M, M) soft targets in [0, 1] (RoIAlign of the binary mask onto each RoI)."""
+    out = []
+    for masks, b, m in zip(gt_masks, boxes, matched_gt):
+        if len(b) == 0:
+            continue
+        rois = torch.cat((m.to(b.dtype)[:, None], b), dim=1)
+        crops = roi_align(masks[:, None].to(b.dtype), rois, resolution, spatial_scale=1.0,
+                          sampling_ratio=-1, aligned=aligned)
+        out.append(crops[:, 0])
+    if not out:
+        device = boxes[0].device if boxes else "cpu"
+        return torch.zeros((0, resolution, resolution), device=device)
+    return torch.cat(out)

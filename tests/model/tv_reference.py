@@ -1,0 +1,34 @@
+"""Helpers for parity tests: torchvision Mask R-CNN models with random but well-conditioned weights."""
+
+from __future__ import annotations
+
+import torch
+import torchvision
+from torchvision.models.detection import maskrcnn_resnet50_fpn, maskrcnn_resnet50_fpn_v2
+
+
+def torchvision_model(version: str, seed: int = 0, **kwargs) -> torch.nn.Module:
+    """`maskrcnn_resnet50_fpn(_v2)(weights=None)` with a fixed seed, then made decisive: random
+    norm statistics and sharper class/objectness layers, so that the random model produces
+    confident detections (the default init gives near-uniform scores below the 0.05 threshold)."""
+    torch.manual_seed(seed)
+    builder = maskrcnn_resnet50_fpn if version == "v1" else maskrcnn_resnet50_fpn_v2
+    model = builder(weights=None, weights_backbone=None, **kwargs)
+    gen = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, (torch.nn.BatchNorm2d, torchvision.ops.FrozenBatchNorm2d)):
+                c = module.running_mean.shape[0]
+                module.running_mean.copy_(torch.randn(c, generator=gen) * 0.1)
+                module.running_var.copy_(torch.rand(c, generator=gen) * 0.5 + 0.75)
+                module.weight.copy_(torch.rand(c, generator=gen) * 0.5 + 0.5)
+                module.bias.copy_(torch.randn(c, generator=gen) * 0.1)
+        # keep activations bounded through the deep random trunk
+        for name, p in model.backbone.body.named_parameters():
+            if "bn3.weight" in name or ("layer" in name and "bn2.weight" in name):
+                p.mul_(0.3)
+        predictor = model.roi_heads.box_predictor
+        predictor.cls_score.weight.mul_(40.0)
+        predictor.bbox_pred.weight.mul_(5.0)
+        model.rpn.head.cls_logits.weight.mul_(10.0)
+    return model.eval()
