@@ -6,8 +6,17 @@ from .structures import Detections, ImageBatch, Proposals, Sample, Targets
 
 __version__ = "0.1.0"
 
-__all__ = ["Config", "Detections", "ImageBatch", "MaskRCNN", "Proposals", "Sample", "Targets", "build_model",
-           "load"]
+__all__ = [
+    "Config",
+    "Detections",
+    "ImageBatch",
+    "MaskRCNN",
+    "Proposals",
+    "Sample",
+    "Targets",
+    "build_model",
+    "load",
+]
 
 
 def load(path_or_url: str, *, map_location: str = "cpu", sha256: str | None = None) -> MaskRCNN:

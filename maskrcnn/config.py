@@ -160,8 +160,11 @@ def _with_heads(cfg: Config, **roi_changes: Any) -> Config:
 
 def torchvision_v1() -> Config:
     """torchvision `maskrcnn_resnet50_fpn` (pretrained layout: frozen BN, stem + res2 frozen)."""
-    return Config(model=ModelConfig(backbone=BackboneConfig(frozen_stages=2),
-                                    anchors=AnchorConfig(image_size_strides=True)))
+    return Config(
+        model=ModelConfig(
+            backbone=BackboneConfig(frozen_stages=2), anchors=AnchorConfig(image_size_strides=True)
+        )
+    )
 
 
 def torchvision_v2() -> Config:

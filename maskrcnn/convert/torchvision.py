@@ -77,7 +77,9 @@ def config_for(state: dict[str, Tensor], version: str) -> Config:
     trained_bn = "backbone.body.bn1.num_batches_tracked" in state
     backbone: BackboneConfig = cfg.model.backbone
     if version == "v1":
-        backbone = replace(backbone, norm="bn" if trained_bn else "frozen_bn", frozen_stages=0 if trained_bn else 2)
+        backbone = replace(
+            backbone, norm="bn" if trained_bn else "frozen_bn", frozen_stages=0 if trained_bn else 2
+        )
     model = replace(cfg.model, num_classes=num_classes, backbone=backbone)
     return replace(cfg, model=model)
 
@@ -87,7 +89,9 @@ def load_torchvision_state(path: str) -> dict[str, Tensor]:
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
         state = state["model"]
     if not isinstance(state, dict) or "roi_heads.box_predictor.cls_score.weight" not in state:
-        raise ValueError(f"{path}: not a torchvision Mask R-CNN state dict (no roi_heads.box_predictor weights)")
+        raise ValueError(
+            f"{path}: not a torchvision Mask R-CNN state dict (no roi_heads.box_predictor weights)"
+        )
     return state
 
 

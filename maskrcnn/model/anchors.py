@@ -58,7 +58,9 @@ class AnchorGenerator(nn.Module):
             return [(padded_size[0] // h, padded_size[1] // w) for h, w in feature_sizes]
         return [(s, s) for s in self.strides]
 
-    def forward(self, feature_sizes: list[tuple[int, int]], padded_size: tuple[int, int], device) -> list[Tensor]:
+    def forward(
+        self, feature_sizes: list[tuple[int, int]], padded_size: tuple[int, int], device
+    ) -> list[Tensor]:
         key = (tuple(feature_sizes), tuple(padded_size), str(device))
         if key in self._cache:
             return self._cache[key]

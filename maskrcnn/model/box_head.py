@@ -29,8 +29,14 @@ class FCBoxHead(nn.Module):
 
 class ConvFCBoxHead(nn.Module):
     def __init__(
-        self, *, in_channels: int, pool_size: int, conv_dim: int = 256, num_convs: int = 4,
-        fc_dim: int = 1024, norm: str = "bn",
+        self,
+        *,
+        in_channels: int,
+        pool_size: int,
+        conv_dim: int = 256,
+        num_convs: int = 4,
+        fc_dim: int = 1024,
+        norm: str = "bn",
     ):
         super().__init__()
         channels = [in_channels] + [conv_dim] * num_convs

@@ -26,38 +26,55 @@ def build_model(cfg: Config | ModelConfig, class_names: list[str] | None = None)
     b, a, r, h = mc.backbone, mc.anchors, mc.rpn, mc.roi_heads
 
     body = ResNet(depth=b.depth, norm=b.norm, frozen_stages=b.frozen_stages, width=b.width)
-    backbone = BackboneWithFPN(body=body, fpn=FPN(in_channels=body.out_channels, out_channels=b.fpn_channels,
-                                                  norm=b.fpn_norm))
+    backbone = BackboneWithFPN(
+        body=body, fpn=FPN(in_channels=body.out_channels, out_channels=b.fpn_channels, norm=b.fpn_norm)
+    )
     channels = backbone.out_channels
 
     anchors = AnchorGenerator(
-        sizes=tuple((s,) for s in a.sizes), aspect_ratios=a.aspect_ratios, strides=tuple(backbone.strides),
+        sizes=tuple((s,) for s in a.sizes),
+        aspect_ratios=a.aspect_ratios,
+        strides=tuple(backbone.strides),
         image_size_strides=a.image_size_strides,
     )
     rpn = RegionProposalNetwork(
-        head=RPNHead(in_channels=channels, num_anchors=anchors.num_anchors_per_location, num_convs=r.num_convs),
+        head=RPNHead(
+            in_channels=channels, num_anchors=anchors.num_anchors_per_location, num_convs=r.num_convs
+        ),
         anchor_generator=anchors,
         box_coder=BoxCoder(weights=(1.0, 1.0, 1.0, 1.0)),
-        matcher=Matcher(high_threshold=r.fg_iou_thresh, low_threshold=r.bg_iou_thresh,
-                        allow_low_quality_matches=True),
-        sampler=BalancedSampler(batch_size_per_image=r.batch_size_per_image, positive_fraction=r.positive_fraction),
+        matcher=Matcher(
+            high_threshold=r.fg_iou_thresh, low_threshold=r.bg_iou_thresh, allow_low_quality_matches=True
+        ),
+        sampler=BalancedSampler(
+            batch_size_per_image=r.batch_size_per_image, positive_fraction=r.positive_fraction
+        ),
         pre_nms_topk=(r.pre_nms_topk_train, r.pre_nms_topk_test),
         post_nms_topk=(r.post_nms_topk_train, r.post_nms_topk_test),
-        nms_thresh=r.nms_thresh, min_size=r.min_size, score_thresh=r.score_thresh,
-        box_loss=r.box_loss, smooth_l1_beta=r.smooth_l1_beta,
+        nms_thresh=r.nms_thresh,
+        min_size=r.min_size,
+        score_thresh=r.score_thresh,
+        box_loss=r.box_loss,
+        smooth_l1_beta=r.smooth_l1_beta,
     )
 
     def pooler(size: int) -> MultiScaleRoIPooler:
         return MultiScaleRoIPooler(
-            output_size=size, strides=tuple(backbone.strides[:4]), sampling_ratio=h.sampling_ratio,
-            aligned=h.aligned, pooler=h.pooler, canonical_box_size=h.canonical_box_size,
+            output_size=size,
+            strides=tuple(backbone.strides[:4]),
+            sampling_ratio=h.sampling_ratio,
+            aligned=h.aligned,
+            pooler=h.pooler,
+            canonical_box_size=h.canonical_box_size,
             canonical_level=h.canonical_level,
         )
 
     if h.box_head == "fc":
         box_head = FCBoxHead(in_channels=channels, pool_size=BOX_POOL_SIZE, fc_dim=h.fc_dim)
     elif h.box_head == "conv":
-        box_head = ConvFCBoxHead(in_channels=channels, pool_size=BOX_POOL_SIZE, fc_dim=h.fc_dim, norm=h.box_head_norm)
+        box_head = ConvFCBoxHead(
+            in_channels=channels, pool_size=BOX_POOL_SIZE, fc_dim=h.fc_dim, norm=h.box_head_norm
+        )
     else:
         raise ValueError(f"unknown box head {h.box_head!r}; choose fc or conv")
 
@@ -70,8 +87,11 @@ def build_model(cfg: Config | ModelConfig, class_names: list[str] | None = None)
 
     model = MaskRCNN(
         preprocessor=Preprocessor(
-            pixel_mean=mc.input.pixel_mean, pixel_std=mc.input.pixel_std, min_size=mc.input.min_size,
-            max_size=mc.input.max_size, size_divisible=mc.input.size_divisible,
+            pixel_mean=mc.input.pixel_mean,
+            pixel_std=mc.input.pixel_std,
+            min_size=mc.input.min_size,
+            max_size=mc.input.max_size,
+            size_divisible=mc.input.size_divisible,
         ),
         backbone=backbone,
         rpn=rpn,
@@ -81,13 +101,20 @@ def build_model(cfg: Config | ModelConfig, class_names: list[str] | None = None)
         mask_pooler=pooler(h.mask_pool_size),
         mask_head=MaskHead(in_channels=channels, num_outputs=mask_outputs, norm=h.mask_head_norm),
         box_coder=BoxCoder(weights=h.box_reg_weights),
-        roi_matcher=Matcher(high_threshold=h.fg_iou_thresh, low_threshold=h.bg_iou_thresh,
-                            allow_low_quality_matches=False),
-        roi_sampler=BalancedSampler(batch_size_per_image=h.batch_size_per_image,
-                                    positive_fraction=h.positive_fraction),
-        box_loss=h.box_loss, smooth_l1_beta=h.smooth_l1_beta, mask_loss_kind=h.mask_loss,
-        score_thresh=h.score_thresh, nms_thresh=h.nms_thresh, detections_per_image=h.detections_per_image,
-        mask_threshold=h.mask_threshold, class_names=class_names,
+        roi_matcher=Matcher(
+            high_threshold=h.fg_iou_thresh, low_threshold=h.bg_iou_thresh, allow_low_quality_matches=False
+        ),
+        roi_sampler=BalancedSampler(
+            batch_size_per_image=h.batch_size_per_image, positive_fraction=h.positive_fraction
+        ),
+        box_loss=h.box_loss,
+        smooth_l1_beta=h.smooth_l1_beta,
+        mask_loss_kind=h.mask_loss,
+        score_thresh=h.score_thresh,
+        nms_thresh=h.nms_thresh,
+        detections_per_image=h.detections_per_image,
+        mask_threshold=h.mask_threshold,
+        class_names=class_names,
     )
     model.config = cfg if isinstance(cfg, Config) else Config(model=mc)
     return model

@@ -44,7 +44,9 @@ def rpn_loss(
     if sampled.numel() == 0:
         loss_cls = objectness.sum() * 0
     else:
-        loss_cls = F.binary_cross_entropy_with_logits(objectness[sampled], gt_labels[sampled].to(objectness.dtype))
+        loss_cls = F.binary_cross_entropy_with_logits(
+            objectness[sampled], gt_labels[sampled].to(objectness.dtype)
+        )
     return {"loss_rpn_cls": loss_cls, "loss_rpn_box": loss_box}
 
 
@@ -81,7 +83,9 @@ def mask_loss(mask_logits: Tensor, gt_labels: Tensor, gt_masks: Tensor, *, kind:
     if gt_masks.numel() == 0:
         return mask_logits.sum() * 0
     if kind == "softmax":
-        pixel_labels = torch.where(gt_masks >= 0.5, gt_labels[:, None, None], torch.zeros_like(gt_labels)[:, None, None])
+        pixel_labels = torch.where(
+            gt_masks >= 0.5, gt_labels[:, None, None], torch.zeros_like(gt_labels)[:, None, None]
+        )
         return F.cross_entropy(mask_logits, pixel_labels)
     if kind != "sigmoid":
         raise ValueError(f"unknown mask loss {kind!r}; choose sigmoid or softmax")

@@ -15,7 +15,13 @@ from .layers import ConvNorm, init_conv_kaiming
 
 class MaskHead(nn.Module):
     def __init__(
-        self, *, in_channels: int, num_outputs: int, conv_dim: int = 256, num_convs: int = 4, norm: str = "none",
+        self,
+        *,
+        in_channels: int,
+        num_outputs: int,
+        conv_dim: int = 256,
+        num_convs: int = 4,
+        norm: str = "none",
     ):
         super().__init__()
         channels = [in_channels] + [conv_dim] * num_convs

@@ -108,22 +108,34 @@ class MaskRCNN(nn.Module):
         features = self.backbone(batch.tensor)
         proposals, losses = self.propose(batch, features, targets)
         rois = sample_rois(
-            [p.boxes for p in proposals], targets,
-            matcher=self.roi_matcher, sampler=self.roi_sampler, box_coder=self.box_coder,
+            [p.boxes for p in proposals],
+            targets,
+            matcher=self.roi_matcher,
+            sampler=self.roi_sampler,
+            box_coder=self.box_coder,
         )
         class_logits, box_deltas = self.box_outputs(features, rois.boxes)
-        losses.update(fast_rcnn_loss(
-            class_logits, box_deltas, torch.cat(rois.gt_labels), rois.gt_deltas,
-            box_loss=self.box_loss, beta=self.smooth_l1_beta,
-        ))
+        losses.update(
+            fast_rcnn_loss(
+                class_logits,
+                box_deltas,
+                torch.cat(rois.gt_labels),
+                rois.gt_deltas,
+                box_loss=self.box_loss,
+                beta=self.smooth_l1_beta,
+            )
+        )
         positive = [torch.where(lab > 0)[0] for lab in rois.gt_labels]
         pos_boxes = [b[p] for b, p in zip(rois.boxes, positive)]
         pos_matched = [m[p] for m, p in zip(rois.matched_gt, positive)]
         pos_labels = torch.cat([lab[p] for lab, p in zip(rois.gt_labels, positive)])
         logits = self.mask_logits(features, pos_boxes)
         gt_masks = mask_targets(
-            [t.masks for t in targets], pos_boxes, pos_matched,
-            resolution=logits.shape[-1], aligned=self.mask_pooler.aligned,
+            [t.masks for t in targets],
+            pos_boxes,
+            pos_matched,
+            resolution=logits.shape[-1],
+            aligned=self.mask_pooler.aligned,
         )
         losses["loss_mask"] = mask_loss(logits, pos_labels, gt_masks, kind=self.mask_loss_kind)
         return losses
@@ -159,13 +171,20 @@ class MaskRCNN(nn.Module):
         proposals, _ = self.propose(batch, features)
         return self.detect(batch, features, proposals)
 
-    def detect(self, batch: ImageBatch, features: list[Tensor], proposals: list[Proposals]) -> list[Detections]:
+    def detect(
+        self, batch: ImageBatch, features: list[Tensor], proposals: list[Proposals]
+    ) -> list[Detections]:
         """Box and mask heads on given proposals -> detections in original-image pixels."""
         boxes = [p.boxes for p in proposals]
         class_logits, box_deltas = self.box_outputs(features, boxes)
         per_image = detect_boxes(
-            class_logits, box_deltas, boxes, batch.image_sizes, box_coder=self.box_coder,
-            score_thresh=self.score_thresh, nms_thresh=self.nms_thresh,
+            class_logits,
+            box_deltas,
+            boxes,
+            batch.image_sizes,
+            box_coder=self.box_coder,
+            score_thresh=self.score_thresh,
+            nms_thresh=self.nms_thresh,
             detections_per_image=self.detections_per_image,
         )
         det_boxes = [b for b, _, _ in per_image]

@@ -35,7 +35,9 @@ def detect_boxes(
     scores_all = F.softmax(class_logits, -1)
     counts = [len(p) for p in proposals]
     results = []
-    for scores, deltas, props, size in zip(scores_all.split(counts), box_deltas.split(counts), proposals, image_sizes):
+    for scores, deltas, props, size in zip(
+        scores_all.split(counts), box_deltas.split(counts), proposals, image_sizes
+    ):
         # candidates in (RoI, class) row-major order, background excluded
         roi, cls = torch.where(scores[:, 1:] > score_thresh)
         cls = cls + 1
@@ -125,7 +127,9 @@ def paste_masks(
     return out
 
 
-def paste_masks_reference(mask_probs: Tensor, boxes: Tensor, image_size: tuple[int, int], padding: int = 1) -> Tensor:
+def paste_masks_reference(
+    mask_probs: Tensor, boxes: Tensor, image_size: tuple[int, int], padding: int = 1
+) -> Tensor:
     """One mask at a time with F.interpolate; slow, for tests of `paste_masks`. Returns probabilities."""
     height, width = image_size
     m = mask_probs.shape[-1]
@@ -134,7 +138,9 @@ def paste_masks_reference(mask_probs: Tensor, boxes: Tensor, image_size: tuple[i
     out = torch.zeros((len(boxes), height, width))
     for i, (bx0, by0, bx1, by1) in enumerate(expanded):
         w, h = max(bx1 - bx0 + 1, 1), max(by1 - by0 + 1, 1)
-        resized = F.interpolate(padded[i][None, None], size=(h, w), mode="bilinear", align_corners=False)[0, 0]
+        resized = F.interpolate(padded[i][None, None], size=(h, w), mode="bilinear", align_corners=False)[
+            0, 0
+        ]
         xa, xb = max(bx0, 0), min(bx1 + 1, width)
         ya, yb = max(by0, 0), min(by1 + 1, height)
         if xa < xb and ya < yb:

@@ -59,7 +59,9 @@ class Preprocessor(nn.Module):
         resized, new_targets, sizes, originals = [], [], [], []
         for i, image in enumerate(images):
             if image.dim() != 3 or image.shape[0] != 3:
-                raise ValueError(f"image {i}: expected a (3, H, W) float tensor, got shape {tuple(image.shape)}")
+                raise ValueError(
+                    f"image {i}: expected a (3, H, W) float tensor, got shape {tuple(image.shape)}"
+                )
             if not image.is_floating_point():
                 raise TypeError(f"image {i}: expected a float tensor in [0, 1], got {image.dtype}")
             h, w = image.shape[-2:]

@@ -58,8 +58,12 @@ class MultiScaleRoIPooler(nn.Module):
         if self.pooler == "roi_pool":
             return roi_pool(features, rois, self.output_size, spatial_scale=scale)
         return roi_align(
-            features, rois, self.output_size, spatial_scale=scale,
-            sampling_ratio=self.sampling_ratio, aligned=self.aligned,
+            features,
+            rois,
+            self.output_size,
+            spatial_scale=scale,
+            sampling_ratio=self.sampling_ratio,
+            aligned=self.aligned,
         )
 
     def forward(self, features: list[Tensor], boxes: list[Tensor]) -> Tensor:
@@ -69,12 +73,16 @@ class MultiScaleRoIPooler(nn.Module):
         if len(features) == 1:
             return self._pool(features[0], rois, self.scales[0])
         levels = assign_levels(
-            rois[:, 1:], min_level=self.min_level, max_level=self.max_level,
-            canonical_box_size=self.canonical_box_size, canonical_level=self.canonical_level,
+            rois[:, 1:],
+            min_level=self.min_level,
+            max_level=self.max_level,
+            canonical_box_size=self.canonical_box_size,
+            canonical_level=self.canonical_level,
         )
         out = torch.zeros(
             (len(rois), num_channels, self.output_size, self.output_size),
-            dtype=features[0].dtype, device=features[0].device,
+            dtype=features[0].dtype,
+            device=features[0].device,
         )
         for level, (feature, scale) in enumerate(zip(features, self.scales)):
             index = torch.where(levels == level)[0]

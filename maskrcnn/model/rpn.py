@@ -29,7 +29,9 @@ class RPNHead(nn.Module):
 
     def __init__(self, *, in_channels: int, num_anchors: int, num_convs: int = 1):
         super().__init__()
-        self.convs = nn.ModuleList(nn.Conv2d(in_channels, in_channels, 3, padding=1) for _ in range(num_convs))
+        self.convs = nn.ModuleList(
+            nn.Conv2d(in_channels, in_channels, 3, padding=1) for _ in range(num_convs)
+        )
         self.objectness = nn.Conv2d(in_channels, num_anchors, 1)
         self.deltas = nn.Conv2d(in_channels, num_anchors * 4, 1)
         for m in self.modules():
@@ -109,8 +111,9 @@ class RegionProposalNetwork(nn.Module):
         all_anchors = torch.cat(anchors, dim=0)  # (A_all, 4)
         objectness, deltas = flatten_predictions(objectness, deltas)
 
-        proposals = self.select_proposals(objectness.detach(), deltas.detach(), all_anchors, anchors_per_level,
-                                          image_sizes)
+        proposals = self.select_proposals(
+            objectness.detach(), deltas.detach(), all_anchors, anchors_per_level, image_sizes
+        )
         losses: dict[str, Tensor] = {}
         if targets is not None:
             gt_labels, gt_deltas = self.anchor_targets(all_anchors, targets)

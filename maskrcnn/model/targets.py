@@ -74,8 +74,14 @@ def mask_targets(
         if len(b) == 0:
             continue
         rois = torch.cat((m.to(b.dtype)[:, None], b), dim=1)
-        crops = roi_align(masks[:, None].to(b.dtype), rois, resolution, spatial_scale=1.0,
-                          sampling_ratio=-1, aligned=aligned)
+        crops = roi_align(
+            masks[:, None].to(b.dtype),
+            rois,
+            resolution,
+            spatial_scale=1.0,
+            sampling_ratio=-1,
+            aligned=aligned,
+        )
         out.append(crops[:, 0])
     if not out:
         device = boxes[0].device if boxes else "cpu"

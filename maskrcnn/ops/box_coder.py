@@ -19,7 +19,9 @@ DEFAULT_SCALE_CLAMP = math.log(1000.0 / 16)
 
 
 class BoxCoder:
-    def __init__(self, *, weights: tuple[float, float, float, float], scale_clamp: float = DEFAULT_SCALE_CLAMP):
+    def __init__(
+        self, *, weights: tuple[float, float, float, float], scale_clamp: float = DEFAULT_SCALE_CLAMP
+    ):
         self.weights = weights
         self.scale_clamp = scale_clamp
 

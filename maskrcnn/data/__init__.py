@@ -1,0 +1,46 @@
+"""Datasets, transforms and loaders producing `maskrcnn.structures.Sample`s."""
+
+from maskrcnn.data.coco import CocoDataset
+from maskrcnn.data.loader import (
+    AspectRatioGroupedBatchSampler,
+    Batch,
+    TrainLoader,
+    aspect_ratios,
+    build_train_loader,
+    collate,
+)
+from maskrcnn.data.mask_folder import MaskFolderDataset
+from maskrcnn.data.shapes import ShapesDataset
+from maskrcnn.data.specs import build_dataset, write_coco_json
+from maskrcnn.data.transforms import (
+    Compose,
+    HorizontalFlip,
+    LargeScaleJitter,
+    ResizeShortestEdge,
+    Transform,
+    load_image,
+    masks_to_boxes,
+)
+from maskrcnn.data.via import ViaDataset
+
+__all__ = [
+    "AspectRatioGroupedBatchSampler",
+    "Batch",
+    "CocoDataset",
+    "Compose",
+    "HorizontalFlip",
+    "LargeScaleJitter",
+    "MaskFolderDataset",
+    "ResizeShortestEdge",
+    "ShapesDataset",
+    "TrainLoader",
+    "Transform",
+    "ViaDataset",
+    "aspect_ratios",
+    "build_dataset",
+    "build_train_loader",
+    "collate",
+    "load_image",
+    "masks_to_boxes",
+    "write_coco_json",
+]

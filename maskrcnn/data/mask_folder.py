@@ -1,0 +1,129 @@
+"""Datasets stored as one folder per image with one mask PNG per instance.
+
+Layout (as in the 2018 Data Science Bowl):
+
+    DIR/<id>/images/<id>.png
+    DIR/<id>/masks/<anything>.png     one instance per file, same size as the image
+
+Mask pixels > `threshold` (default 127, so anti-aliased edges are split at half intensity) belong
+to the instance; masks left empty by the threshold are dropped. RGBA images lose their alpha
+channel, grayscale images are replicated to RGB. All instances get the single class `class_name`.
+Items are the image folders in sorted name order; image_id = position.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Union
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from maskrcnn.data.transforms import load_image, masks_to_boxes
+from maskrcnn.structures import Sample, Targets
+
+__all__ = ["MaskFolderDataset"]
+
+_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+
+
+def _read_mask(path: Path, threshold: int) -> np.ndarray:
+    with Image.open(path) as im:
+        if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+            arr = np.asarray(im, dtype=np.int64)
+            scale = 257 if im.mode.startswith("I;16") else 1
+            return (arr > threshold * scale).astype(np.uint8)
+        if im.mode != "L":
+            im = im.convert("L")
+        return (np.asarray(im) > threshold).astype(np.uint8)
+
+
+class MaskFolderDataset(Dataset):
+    """One item per sub-folder of `directory` that contains an `images/` folder."""
+
+    def __init__(
+        self, directory: Union[str, Path], *, class_name: str = "object", threshold: int = 127
+    ) -> None:
+        self.directory = Path(directory)
+        if not self.directory.is_dir():
+            raise FileNotFoundError(f"mask folder dataset directory not found: {self.directory}")
+        self.threshold = int(threshold)
+        self.class_names: list[str] = [class_name]
+        self.category_ids: list[int] = [1]
+        self._images: list[Path] = []
+        self._masks: list[list[Path]] = []
+        for folder in sorted(p for p in self.directory.iterdir() if (p / "images").is_dir()):
+            candidates = sorted(
+                p for p in (folder / "images").iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES
+            )
+            preferred = [p for p in candidates if p.stem == folder.name]
+            if preferred:
+                candidates = preferred
+            if len(candidates) != 1:
+                raise ValueError(
+                    f"{folder / 'images'}: expected exactly one image (ideally {folder.name}.png), "
+                    f"found {[p.name for p in candidates]}"
+                )
+            mask_dir = folder / "masks"
+            masks = sorted(mask_dir.glob("*.png")) if mask_dir.is_dir() else []
+            self._images.append(candidates[0])
+            self._masks.append(masks)
+        if not self._images:
+            raise ValueError(f"{self.directory}: no '<id>/images/' folders found")
+        self.image_ids: list[int] = list(range(len(self._images)))
+        self._sizes: dict[int, tuple[int, int]] = {}
+
+    @property
+    def num_classes(self) -> int:
+        return 1
+
+    def __len__(self) -> int:
+        return len(self._images)
+
+    def file_name(self, index: int) -> str:
+        return str(self._images[index].relative_to(self.directory))
+
+    def num_annotations(self, index: int) -> int:
+        """Number of mask files of item `index` (before dropping masks that are empty)."""
+        return len(self._masks[index])
+
+    def image_size(self, index: int) -> tuple[int, int]:
+        if index not in self._sizes:
+            path = self._images[index]
+            if not path.is_file():
+                raise FileNotFoundError(f"image file not found: {path} (image id {index})")
+            with Image.open(path) as im:
+                self._sizes[index] = (im.height, im.width)
+        return self._sizes[index]
+
+    def load_targets(self, index: int) -> tuple[Targets, torch.Tensor]:
+        h, w = self.image_size(index)
+        masks = []
+        for path in self._masks[index]:
+            m = _read_mask(path, self.threshold)
+            if m.shape != (h, w):
+                raise ValueError(
+                    f"mask {path} is {m.shape[0]}x{m.shape[1]} but its image (id {index}) is {h}x{w}"
+                )
+            if m.any():
+                masks.append(m)
+        if masks:
+            mask_t = torch.from_numpy(np.stack(masks))
+        else:
+            mask_t = torch.zeros((0, h, w), dtype=torch.uint8)
+        labels = torch.ones(len(masks), dtype=torch.int64)
+        return Targets(masks_to_boxes(mask_t), labels, mask_t), torch.zeros((0, 4), dtype=torch.float32)
+
+    def __getitem__(self, index: int) -> Sample:
+        path = self._images[index]
+        if not path.is_file():
+            raise FileNotFoundError(f"image file not found: {path} (image id {index})")
+        image = load_image(path)
+        self._sizes[index] = (image.shape[1], image.shape[2])
+        targets, crowd = self.load_targets(index)
+        return Sample(image, targets, index, self.file_name(index), crowd_boxes=crowd)
+
+    def __repr__(self) -> str:
+        return f"MaskFolderDataset({self.directory}, {len(self)} images)"

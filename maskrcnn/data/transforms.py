@@ -1,0 +1,284 @@
+"""Image loading and training-time transforms on `Sample`s.
+
+Every transform takes a `Sample` (and optionally a `torch.Generator` for its randomness; the
+global RNG is used when none is given) and returns a new `Sample` whose image, boxes, masks and
+crowd boxes describe the same scene. After any geometric change the boxes are recomputed from
+the masks, so they always stay tight around them, and instances whose mask became empty are
+removed.
+
+Resampling: images use bilinear interpolation (half-pixel centres, antialiased when shrinking);
+masks use "nearest-exact" sampling of the same pixel-centre mapping, which keeps them binary and
+aligned with the image.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Optional, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import Tensor
+
+from maskrcnn.structures import Sample, Targets
+
+__all__ = [
+    "Compose",
+    "HorizontalFlip",
+    "LargeScaleJitter",
+    "ResizeShortestEdge",
+    "Transform",
+    "load_image",
+    "masks_to_boxes",
+    "remove_empty",
+]
+
+
+def load_image(path: Union[str, Path]) -> Tensor:
+    """Read an image file as a float32 (3, H, W) RGB tensor in [0, 1].
+
+    Alpha channels are dropped (not composited), grayscale is replicated to 3 channels and
+    16-bit images are scaled by 1/65535. EXIF orientation is ignored: annotations refer to the
+    stored pixel grid, as in COCO.
+    """
+    with Image.open(path) as im:
+        im.load()
+        if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+            arr = np.asarray(im, dtype=np.float32) / (65535.0 if im.mode.startswith("I;16") else 1.0)
+            arr = np.clip(arr, 0.0, 1.0)
+            return torch.from_numpy(np.ascontiguousarray(arr))[None].expand(3, -1, -1).contiguous()
+        if im.mode != "RGB":
+            im = im.convert("RGB")
+        arr = np.asarray(im, dtype=np.uint8)
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div_(255.0)
+
+
+def masks_to_boxes(masks: Tensor) -> Tensor:
+    """Tight xyxy boxes (G, 4) float32 of binary masks (G, H, W).
+
+    x1/y1 are the first set column/row and x2/y2 the last set column/row + 1, so the box width
+    x2 - x1 counts the mask's columns. An empty mask gives the box (0, 0, 0, 0).
+    """
+    g, h, w = masks.shape
+    if g == 0:
+        return torch.zeros((0, 4), dtype=torch.float32, device=masks.device)
+    if masks.device.type == "cpu":
+        # NumPy's reductions are fast and do not depend on torch's intra-op thread pool.
+        m = masks.detach()
+        arr = (m.view(torch.uint8) if m.dtype == torch.bool else m).numpy()
+        cols = torch.from_numpy(arr.any(axis=1).view(np.uint8))  # (G, W)
+        rows = torch.from_numpy(arr.any(axis=2).view(np.uint8))  # (G, H)
+    else:
+        m = masks.view(torch.uint8) if masks.dtype == torch.bool else (masks != 0).to(torch.uint8)
+        cols, rows = m.amax(dim=1), m.amax(dim=2)
+    x1 = cols.argmax(dim=1)
+    x2 = w - cols.flip(1).argmax(dim=1)
+    y1 = rows.argmax(dim=1)
+    y2 = h - rows.flip(1).argmax(dim=1)
+    boxes = torch.stack([x1, y1, x2, y2], dim=1).to(torch.float32)
+    boxes[cols.amax(dim=1) == 0] = 0.0
+    return boxes
+
+
+def remove_empty(targets: Targets) -> Targets:
+    """Drop instances whose mask has no pixel set."""
+    if len(targets) == 0:
+        return targets
+    keep = targets.masks.flatten(1).any(dim=1).bool()
+    if bool(keep.all()):
+        return targets
+    return Targets(targets.boxes[keep], targets.labels[keep], targets.masks[keep])
+
+
+def _targets_from_masks(masks: Tensor, labels: Tensor) -> Targets:
+    """Targets with boxes recomputed from `masks`, dropping instances whose mask is empty."""
+    boxes = masks_to_boxes(masks)
+    keep = boxes[:, 2] > boxes[:, 0]
+    if bool(keep.all()):
+        return Targets(boxes, labels, masks)
+    return Targets(boxes[keep], labels[keep], masks[keep])
+
+
+def _uniform(generator: Optional[torch.Generator]) -> float:
+    return float(torch.rand((), generator=generator))
+
+
+def _resize_image(image: Tensor, out_h: int, out_w: int) -> Tensor:
+    h, w = image.shape[-2:]
+    if (out_h, out_w) == (h, w):
+        return image
+    shrink = out_h < h or out_w < w
+    out = F.interpolate(
+        image[None], size=(out_h, out_w), mode="bilinear", align_corners=False, antialias=shrink
+    )[0]
+    return out.clamp_(0.0, 1.0)
+
+
+def _nearest_index(start: int, length: int, in_size: int, out_size: int) -> Tensor:
+    """Source indices of output pixels start..start+length-1 ("nearest-exact", pixel centres)."""
+    dst = torch.arange(start, start + length, dtype=torch.float64)
+    src = torch.floor((dst + 0.5) * (in_size / out_size)).to(torch.int64)
+    return src.clamp_(0, in_size - 1)
+
+
+def _resize_crop_masks(
+    masks: Tensor, out_h: int, out_w: int, y0: int = 0, x0: int = 0, crop_h: int = -1, crop_w: int = -1
+) -> Tensor:
+    """Resize masks (G, H, W) to (out_h, out_w) and return the window [y0:y0+crop_h, x0:x0+crop_w].
+
+    Only the window is materialised, so large upscales followed by a crop stay cheap.
+    """
+    h, w = masks.shape[-2:]
+    crop_h = out_h - y0 if crop_h < 0 else crop_h
+    crop_w = out_w - x0 if crop_w < 0 else crop_w
+    ys = _nearest_index(y0, crop_h, h, out_h)
+    xs = _nearest_index(x0, crop_w, w, out_w)
+    return masks.index_select(1, ys).index_select(2, xs)
+
+
+def _with(sample: Sample, image: Tensor, targets: Targets, crowd_boxes: Optional[Tensor]) -> Sample:
+    return dataclasses.replace(
+        sample, image=image, targets=targets, crowd_boxes=crowd_boxes, extra=dict(sample.extra)
+    )
+
+
+def _scale_boxes(boxes: Optional[Tensor], sx: float, sy: float) -> Optional[Tensor]:
+    if boxes is None:
+        return None
+    return boxes * torch.tensor([sx, sy, sx, sy], dtype=boxes.dtype)
+
+
+def _resize_sample(sample: Sample, out_h: int, out_w: int) -> Sample:
+    h, w = sample.image.shape[-2:]
+    if (out_h, out_w) == (h, w):
+        return sample
+    image = _resize_image(sample.image, out_h, out_w)
+    t = sample.targets
+    masks = _resize_crop_masks(t.masks, out_h, out_w)
+    targets = _targets_from_masks(masks, t.labels)
+    crowd = _scale_boxes(sample.crowd_boxes, out_w / w, out_h / h)
+    return _with(sample, image, targets, crowd)
+
+
+class Transform:
+    """Base class: `transform(sample, generator=None) -> Sample`."""
+
+    def __call__(self, sample: Sample, generator: Optional[torch.Generator] = None) -> Sample:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
+        return f"{type(self).__name__}({fields})"
+
+
+class Compose(Transform):
+    """Apply transforms in order, sharing one generator."""
+
+    def __init__(self, transforms: Sequence[Transform]) -> None:
+        self.transforms = list(transforms)
+
+    def __call__(self, sample: Sample, generator: Optional[torch.Generator] = None) -> Sample:
+        for t in self.transforms:
+            sample = t(sample, generator)
+        return sample
+
+
+def shortest_edge_size(h: int, w: int, min_size: int, max_size: int) -> tuple[int, int]:
+    """Output (h, w) with the shorter side min_size, unless that makes the longer side exceed
+    max_size, in which case the longer side becomes max_size. Sizes are rounded to nearest."""
+    scale = min_size / min(h, w)
+    if max(h, w) * scale > max_size:
+        scale = max_size / max(h, w)
+    return max(1, int(h * scale + 0.5)), max(1, int(w * scale + 0.5))
+
+
+class ResizeShortestEdge(Transform):
+    """Resize so the shorter side equals a size drawn uniformly from `min_sizes`, capping the
+    longer side at `max_size`."""
+
+    def __init__(self, min_sizes: Union[int, Sequence[int]], max_size: int) -> None:
+        self.min_sizes = (int(min_sizes),) if isinstance(min_sizes, int) else tuple(int(s) for s in min_sizes)
+        if not self.min_sizes or min(self.min_sizes) <= 0 or max_size <= 0:
+            raise ValueError(f"ResizeShortestEdge needs positive sizes, got {min_sizes}, {max_size}")
+        self.max_size = int(max_size)
+
+    def __call__(self, sample: Sample, generator: Optional[torch.Generator] = None) -> Sample:
+        if len(self.min_sizes) == 1:
+            size = self.min_sizes[0]
+        else:
+            size = self.min_sizes[int(torch.randint(len(self.min_sizes), (), generator=generator))]
+        h, w = sample.image.shape[-2:]
+        return _resize_sample(sample, *shortest_edge_size(h, w, size, self.max_size))
+
+
+def _flip_boxes(boxes: Tensor, width: int) -> Tensor:
+    return torch.stack([width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]], dim=1)
+
+
+class HorizontalFlip(Transform):
+    """Mirror left-right with probability `prob` (one random draw per call)."""
+
+    def __init__(self, prob: float = 0.5) -> None:
+        if not 0.0 <= prob <= 1.0:
+            raise ValueError(f"flip probability must be in [0, 1], got {prob}")
+        self.prob = float(prob)
+
+    def __call__(self, sample: Sample, generator: Optional[torch.Generator] = None) -> Sample:
+        if _uniform(generator) >= self.prob:
+            return sample
+        w = sample.image.shape[-1]
+        t = sample.targets
+        targets = Targets(_flip_boxes(t.boxes, w), t.labels, t.masks.flip(-1))
+        crowd = None if sample.crowd_boxes is None else _flip_boxes(sample.crowd_boxes, w)
+        return _with(sample, sample.image.flip(-1), targets, crowd)
+
+
+class LargeScaleJitter(Transform):
+    """Large-scale jitter (Ghiasi et al. 2021): resize the image by
+    output_size * s / max(h, w) with s ~ U(scale_range), then take a random output_size square
+    crop (when larger) and zero-pad bottom/right (when smaller). The valid image region is stored
+    in `sample.extra["valid_size"]` as (h, w)."""
+
+    def __init__(self, output_size: int, scale_range: tuple[float, float] = (0.1, 2.0)) -> None:
+        lo, hi = scale_range
+        if output_size <= 0 or not 0 < lo <= hi:
+            raise ValueError(f"bad LargeScaleJitter arguments: {output_size}, {scale_range}")
+        self.output_size = int(output_size)
+        self.scale_range = (float(lo), float(hi))
+
+    def __call__(self, sample: Sample, generator: Optional[torch.Generator] = None) -> Sample:
+        out = self.output_size
+        h, w = sample.image.shape[-2:]
+        lo, hi = self.scale_range
+        s = lo + (hi - lo) * _uniform(generator)
+        f = out * s / max(h, w)
+        nh, nw = max(1, int(h * f + 0.5)), max(1, int(w * f + 0.5))
+        # Offsets are always drawn so that the random stream does not depend on the image size.
+        uy, ux = _uniform(generator), _uniform(generator)
+        y0 = min(int(uy * (nh - out + 1)), nh - out) if nh > out else 0
+        x0 = min(int(ux * (nw - out + 1)), nw - out) if nw > out else 0
+        ch, cw = min(nh, out), min(nw, out)
+
+        resized = _resize_image(sample.image, nh, nw)[:, y0 : y0 + ch, x0 : x0 + cw]
+        image = resized.new_zeros((3, out, out))
+        image[:, :ch, :cw] = resized
+
+        t = sample.targets
+        crop = _resize_crop_masks(t.masks, nh, nw, y0, x0, ch, cw)
+        masks = t.masks.new_zeros((len(t), out, out))
+        masks[:, :ch, :cw] = crop
+        targets = _targets_from_masks(masks, t.labels)
+
+        crowd = sample.crowd_boxes
+        if crowd is not None:
+            crowd = _scale_boxes(crowd, nw / w, nh / h) - torch.tensor([x0, y0, x0, y0], dtype=crowd.dtype)
+            crowd[:, 0::2] = crowd[:, 0::2].clamp(0, cw)
+            crowd[:, 1::2] = crowd[:, 1::2].clamp(0, ch)
+            crowd = crowd[(crowd[:, 2] > crowd[:, 0]) & (crowd[:, 3] > crowd[:, 1])]
+        result = _with(sample, image, targets, crowd)
+        result.extra["valid_size"] = (ch, cw)
+        return result
