@@ -75,6 +75,7 @@ class RoIHeadsConfig:
     box_head: str = "fc"  # fc: 2 FC (paper) | conv: 4 conv + 1 FC (torchvision v2)
     box_head_norm: str = "none"  # none | bn | gn (conv head only)
     fc_dim: int = 1024
+    box_conv_dim: int = 256  # conv box head only
     fg_iou_thresh: float = 0.5
     bg_iou_thresh: float = 0.5
     batch_size_per_image: int = 512
@@ -86,6 +87,8 @@ class RoIHeadsConfig:
     nms_thresh: float = 0.5
     detections_per_image: int = 100
     mask_head_norm: str = "none"
+    mask_head_dim: int = 256
+    mask_head_convs: int = 4
     mask_pool_size: int = 14  # mask logits are 2x this (28)
     class_agnostic_mask: bool = False
     mask_loss: str = "sigmoid"  # sigmoid (paper) | softmax (the paper's ablation)
@@ -184,7 +187,43 @@ def default() -> Config:
     return _with_heads(cfg, aligned=True, sampling_ratio=0)
 
 
-PRESETS = {"default": default, "torchvision_v1": torchvision_v1, "torchvision_v2": torchvision_v2}
+def shapes_demo() -> Config:
+    """A small ResNet-18-FPN for the built-in demo: 128×128 synthetic shapes, trained on 2 CPU cores."""
+    model = ModelConfig(
+        num_classes=3,
+        input=InputConfig(min_size=(128,), max_size=128),
+        backbone=BackboneConfig(depth=18, norm="bn", frozen_stages=0, fpn_channels=64, width=32),
+        anchors=AnchorConfig(sizes=(12, 24, 48, 96, 192)),
+        rpn=RPNConfig(
+            pre_nms_topk_train=600,
+            post_nms_topk_train=300,
+            pre_nms_topk_test=300,
+            post_nms_topk_test=100,
+            batch_size_per_image=128,
+        ),
+        roi_heads=RoIHeadsConfig(
+            aligned=True,
+            sampling_ratio=2,
+            fc_dim=256,
+            batch_size_per_image=64,
+            mask_head_dim=64,
+            detections_per_image=20,
+        ),
+    )
+    solver = SolverConfig(
+        base_lr=0.02, ims_per_batch=8, max_iter=400, warmup_iters=50, steps=(300, 370), clip_grad_norm=10.0
+    )
+    data = DataConfig(num_workers=1)
+    train = TrainConfig(checkpoint_period=200, log_period=10, device="cpu")
+    return Config(model=model, solver=solver, data=data, train=train)
+
+
+PRESETS = {
+    "default": default,
+    "torchvision_v1": torchvision_v1,
+    "torchvision_v2": torchvision_v2,
+    "shapes_demo": shapes_demo,
+}
 
 
 def get_preset(name: str) -> Config:

@@ -99,7 +99,13 @@ def build_model(cfg: Config | ModelConfig, class_names: list[str] | None = None)
         box_head=box_head,
         box_predictor=BoxPredictor(in_dim=box_head.out_dim, num_classes=mc.num_classes),
         mask_pooler=pooler(h.mask_pool_size),
-        mask_head=MaskHead(in_channels=channels, num_outputs=mask_outputs, norm=h.mask_head_norm),
+        mask_head=MaskHead(
+            in_channels=channels,
+            num_outputs=mask_outputs,
+            conv_dim=h.mask_head_dim,
+            num_convs=h.mask_head_convs,
+            norm=h.mask_head_norm,
+        ),
         box_coder=BoxCoder(weights=h.box_reg_weights),
         roi_matcher=Matcher(
             high_threshold=h.fg_iou_thresh, low_threshold=h.bg_iou_thresh, allow_low_quality_matches=False
