@@ -217,10 +217,11 @@ class Trainer:
             self.state.nonfinite_total += 1
             self.state.nonfinite_in_a_row += 1
             if self.state.nonfinite_in_a_row >= self.cfg.solver.max_nonfinite_steps:
+                values = {k: float(v) for k, v in losses.items()}
                 raise NonFiniteLossError(
-                    f"loss was not finite in {self.state.nonfinite_in_a_row} consecutive iterations (at iteration "
-                    f"{self.state.iteration}: { {k: float(v) for k, v in losses.items()} }); lower solver.base_lr, "
-                    f"add warmup or enable solver.clip_grad_norm"
+                    f"loss was not finite in {self.state.nonfinite_in_a_row} consecutive iterations "
+                    f"(at iteration {self.state.iteration}: {values}); lower solver.base_lr, "
+                    "add warmup or enable solver.clip_grad_norm"
                 )
             return None
         self.state.nonfinite_in_a_row = 0
