@@ -51,6 +51,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu")
     p.add_argument("inputs", nargs="+", help="image files")
     p.set_defaults(func=_cmd_predict)
+
+    from .engine import commands
+
+    p = sub.add_parser("train", help="train a model (single process, or under torchrun for several)")
+    commands.add_train_arguments(p)
+    p.set_defaults(func=commands.cmd_train)
+
+    p = sub.add_parser(
+        "demo", help="train and evaluate a small model on synthetic shapes (CPU, no downloads)"
+    )
+    commands.add_demo_arguments(p)
+    p.set_defaults(func=commands.cmd_demo)
     return parser
 
 
