@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -34,6 +36,86 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _user_errors(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """Report bad inputs (missing files, malformed data) as one line on stderr and exit status 2."""
+
+    @functools.wraps(func)
+    def wrapper(args: argparse.Namespace) -> int:
+        try:
+            return func(args)
+        except (FileNotFoundError, ValueError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+
+    return wrapper
+
+
+def _report(metrics: dict, results: list[dict], out: str) -> None:
+    from .evaluation.coco_eval import format_per_class, format_table, write_report
+
+    paths = write_report(metrics, results, out)
+    print(format_table(metrics))
+    print("\nper-class AP (IoU .5:.95, %)")
+    print(format_per_class(metrics))
+    print(f"\nwrote {', '.join(str(p) for p in paths.values())}")
+
+
+@_user_errors
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from . import load
+    from .data.specs import build_dataset
+    from .evaluation.coco_eval import evaluate_model
+
+    dataset = build_dataset(args.data)
+    model = load(args.weights)
+    metrics, results = evaluate_model(model, dataset, batch_size=args.batch_size, device=args.device)
+    _report(metrics, results, args.out)
+    return 0
+
+
+@_user_errors
+def _cmd_evaluate_results(args: argparse.Namespace) -> int:
+    from .evaluation.coco_eval import evaluate_coco_results, load_results
+
+    results = load_results(args.results)
+    metrics = evaluate_coco_results(args.annotations, args.results)
+    _report(metrics, results, args.out)
+    return 0
+
+
+@_user_errors
+def _cmd_show_data(args: argparse.Namespace) -> int:
+    from .data.specs import build_dataset
+    from .visualize import draw_targets
+
+    if args.limit is not None and args.limit < 0:
+        raise ValueError(f"--limit must be >= 0, got {args.limit}")
+    dataset = build_dataset(args.spec)
+    count = len(dataset) if args.limit is None else min(args.limit, len(dataset))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    used: set[str] = set()
+    for index in range(count):
+        sample = dataset[index]
+        name = Path(sample.file_name).stem or str(index)
+        if name in used:
+            name = f"{name}_{index}"
+        used.add(name)
+        draw_targets(sample.image, sample.targets, dataset.class_names).save(out / f"{name}.png")
+    print(f"wrote {count} images to {out}")
+    return 0
+
+
+@_user_errors
+def _cmd_convert_dataset(args: argparse.Namespace) -> int:
+    from .data.specs import build_dataset, write_coco_json
+
+    dataset = build_dataset(args.spec)
+    path = write_coco_json(dataset, args.output)
+    print(f"wrote {path}: {len(dataset)} images, {dataset.num_classes} classes")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="maskrcnn", description="Mask R-CNN instance segmentation.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -51,6 +133,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu")
     p.add_argument("inputs", nargs="+", help="image files")
     p.set_defaults(func=_cmd_predict)
+
+    p = sub.add_parser("evaluate", help="COCO-evaluate a model on a dataset and write a report")
+    p.add_argument("--weights", required=True, help="checkpoint path or URL")
+    p.add_argument("--data", required=True, help="dataset spec, e.g. coco:ANN.json:IMAGE_DIR, via:DIR")
+    p.add_argument("--out", required=True, help="report folder")
+    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("evaluate-results", help="COCO-evaluate a results JSON against ground truth")
+    p.add_argument("--results", required=True, help="COCO results JSON (a list of detection records)")
+    p.add_argument("--annotations", required=True, help="COCO ground-truth JSON")
+    p.add_argument("--out", required=True, help="report folder")
+    p.set_defaults(func=_cmd_evaluate_results)
+
+    p = sub.add_parser("show-data", help="draw a dataset's ground truth into PNG files")
+    p.add_argument("spec", help="dataset spec, e.g. shapes:8, via:DIR, masks:DIR, coco:ANN.json:IMAGE_DIR")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--limit", type=int, default=20, help="draw the first N images (default 20)")
+    p.set_defaults(func=_cmd_show_data)
+
+    p = sub.add_parser("convert-dataset", help="write a dataset as a COCO instances JSON file")
+    p.add_argument("spec", help="dataset spec, e.g. via:DIR, masks:DIR, shapes:N")
+    p.add_argument("output", help="COCO JSON file to write")
+    p.set_defaults(func=_cmd_convert_dataset)
 
     from .engine import commands
 

@@ -68,6 +68,13 @@ def detections_to_coco(
     return records
 
 
+def default_file_mode() -> int:
+    """0o666 minus the process umask: what open() would give (mkstemp gives 0o600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def write_json_atomic(obj, path: str | Path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -75,6 +82,7 @@ def write_json_atomic(obj, path: str | Path) -> None:
     try:
         with os.fdopen(fd, "w") as f:
             json.dump(obj, f)
+        os.chmod(tmp, default_file_mode())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

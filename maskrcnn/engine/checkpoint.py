@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from ..config import Config, from_dict, to_dict
+from ..predict import default_file_mode
 
 FORMAT = "maskrcnn"
 VERSION = 1
@@ -36,6 +37,7 @@ def atomic_save(obj: Any, path: str | Path) -> None:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, default_file_mode())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -177,12 +179,22 @@ def load_backbone_weights(model, path_or_url: str | Path, *, sha256: str | None 
     from ..convert.torchvision import resnet_imagenet_to_backbone
 
     state = torch.load(resolve_weights(path_or_url, sha256=sha256), map_location="cpu", weights_only=True)
-    missing, unexpected = model.backbone.body.load_state_dict(
-        resnet_imagenet_to_backbone(state), strict=False
-    )
-    missing = [k for k in missing if not k.endswith("num_batches_tracked")]
-    if missing or unexpected:
+    state = resnet_imagenet_to_backbone(state)
+    body = model.backbone.body
+    # checked before loading: load_state_dict would copy the fitting tensors before it raises on a
+    # shape mismatch (e.g. ResNet-50 weights into a ResNet-18), leaving a half-loaded backbone
+    own = body.state_dict()
+    counter = "num_batches_tracked"  # absent from FrozenBatchNorm2d and from some checkpoints
+    missing = [k for k in own if k not in state and not k.endswith(counter)]
+    unexpected = [k for k in state if k not in own and not k.endswith(counter)]
+    mismatched = [
+        f"{k}: {tuple(v.shape)} vs {tuple(own[k].shape)}"
+        for k, v in state.items()
+        if k in own and v.shape != own[k].shape
+    ]
+    if missing or unexpected or mismatched:
         raise ValueError(
             f"{path_or_url}: ResNet weights do not fit the backbone (missing {missing[:5]}, "
-            f"unexpected {unexpected[:5]}); check backbone.depth"
+            f"unexpected {unexpected[:5]}, shape mismatches {mismatched[:5]}); check backbone.depth"
         )
+    body.load_state_dict(state, strict=False)

@@ -1,0 +1,329 @@
+"""COCO evaluation (pycocotools' COCOeval) of result records, of a model on a dataset, and reports.
+
+`evaluate_coco_results` runs COCOeval for each IoU type as pycocotools does (loadRes, evaluate,
+accumulate, summarize) and returns, per IoU type:
+    the 12 summary stats by name (AP, AP50, AP75, APs, APm, APl, AR1, AR10, AR100, ARs, ARm, ARl),
+    floats in [0, 1]; None where COCOeval reports -1 (no ground truth in that area range);
+    "per_class": {category name: AP at IoU .5:.95, area all, 100 detections}, for the categories
+    with ground truth (a category without any has no AP and is left out);
+    "pr": {"recall": 101 recall points, "precision": {"0.50": [...], "0.75": [...]}}, precision at
+    IoU .5 and .75 (area all, 100 detections) averaged over the categories with ground truth.
+
+As in torchvision's and detectron2's evaluators, each IoU type is given only its own field of the
+records: "bbox" for box AP and "segmentation" for mask AP, so pycocotools takes the area of a
+detection (for APs/APm/APl) from its mask, not from its box.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import json
+import os
+import tempfile
+import uuid
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import numpy as np
+from pycocotools import mask as mask_utils
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+__all__ = [
+    "IOU_TYPES",
+    "STAT_NAMES",
+    "evaluate_coco_results",
+    "evaluate_model",
+    "format_per_class",
+    "format_table",
+    "load_ground_truth",
+    "load_results",
+    "write_report",
+]
+
+IOU_TYPES = ("bbox", "segm")
+STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
+TABLE_COLUMNS = STAT_NAMES[:6]
+PR_IOUS = (0.5, 0.75)
+_FIELD = {"bbox": "bbox", "segm": "segmentation"}
+
+
+def _quiet(verbose: bool) -> contextlib.AbstractContextManager:
+    return contextlib.nullcontext() if verbose else contextlib.redirect_stdout(io.StringIO())
+
+
+def _read_json(path: Path, what: str) -> Any:
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} file not found: {path}")
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{what} file {path} is not valid JSON: {e}") from e
+
+
+def load_ground_truth(gt: Union[COCO, str, Path]) -> COCO:
+    """A pycocotools COCO object (returned as is) or a COCO instances JSON file -> COCO."""
+    if isinstance(gt, COCO):
+        return gt
+    path = Path(gt)
+    data = _read_json(path, "ground-truth annotation")
+    if (
+        not isinstance(data, dict)
+        or not isinstance(data.get("images"), list)
+        or not isinstance(data.get("categories"), list)
+    ):
+        raise ValueError(f"{path}: a COCO ground-truth file needs 'images' and 'categories' lists")
+    data.setdefault("annotations", [])
+    for i, a in enumerate(data["annotations"]):
+        missing = [k for k in ("id", "image_id", "category_id", "area") if k not in a]
+        if missing:
+            raise ValueError(f"{path}: annotation {a.get('id', f'#{i}')} is missing {missing}")
+    coco = COCO()
+    coco.dataset = data
+    with _quiet(verbose=False):
+        coco.createIndex()
+    return coco
+
+
+def load_results(results: Union[Sequence[dict], str, Path]) -> list[dict]:
+    """COCO result records from a list or a JSON file (a list of records)."""
+    if not isinstance(results, (str, Path)):
+        return list(results)
+    path = Path(results)
+    data = _read_json(path, "results")
+    if not isinstance(data, list):
+        raise ValueError(f"{path}: COCO results must be a JSON list of records, got {type(data).__name__}")
+    return data
+
+
+def _check_records(records: list[dict], gt: COCO, iou_types: Sequence[str], where: str) -> list[dict]:
+    """Validate records against the ground truth; polygon or list-count masks become compressed RLE."""
+    need = ("image_id", "category_id", "score", *(_FIELD[t] for t in iou_types))
+    out = []
+    for i, r in enumerate(records):
+        if not isinstance(r, dict):
+            raise ValueError(f"{where}: record {i} is a {type(r).__name__}, not a dict")
+        missing = [k for k in need if k not in r]
+        if missing:
+            raise ValueError(f"{where}: record {i} is missing {missing}")
+        if r["image_id"] not in gt.imgs:
+            raise ValueError(f"{where}: record {i} has image_id {r['image_id']!r}, not in the ground truth")
+        if r["category_id"] not in gt.cats:
+            cat = r["category_id"]
+            raise ValueError(f"{where}: record {i} has category_id {cat!r}, not in the ground truth")
+        if "bbox" in need and (not isinstance(r["bbox"], (list, tuple)) or len(r["bbox"]) != 4):
+            raise ValueError(f"{where}: record {i}: bbox must be [x, y, w, h], got {r['bbox']!r}")
+        seg = r.get("segmentation")
+        if "segmentation" not in need:
+            pass
+        elif not (isinstance(seg, list) or (isinstance(seg, dict) and {"size", "counts"} <= set(seg))):
+            raise ValueError(f"{where}: record {i}: segmentation must be an RLE dict or polygons")
+        elif isinstance(seg, list) or isinstance(seg["counts"], list):
+            img = gt.imgs[r["image_id"]]
+            rles = mask_utils.frPyObjects(seg, img["height"], img["width"])
+            r = {**r, "segmentation": mask_utils.merge(rles) if isinstance(rles, list) else rles}
+        out.append(r)
+    return out
+
+
+def _load_res(gt: COCO, records: list[dict]) -> COCO:
+    if records:
+        return gt.loadRes(records)
+    res = COCO()  # loadRes cannot take an empty list
+    res.dataset = {
+        "images": list(gt.dataset["images"]),
+        "annotations": [],
+        "categories": copy.deepcopy(gt.dataset["categories"]),
+    }
+    with _quiet(verbose=False):
+        res.createIndex()
+    return res
+
+
+def _evaluate_one(gt: COCO, records: list[dict], iou_type: str) -> dict:
+    key = _FIELD[iou_type]
+    subset = [
+        {"image_id": r["image_id"], "category_id": r["category_id"], "score": r["score"], key: r[key]}
+        for r in records
+    ]
+    coco_eval = COCOeval(gt, _load_res(gt, subset), iou_type)
+    coco_eval.evaluate()
+    coco_eval.accumulate()
+    coco_eval.summarize()
+    out: dict[str, Any] = {n: (float(v) if v > -1 else None) for n, v in zip(STAT_NAMES, coco_eval.stats)}
+
+    params = coco_eval.params
+    precision = coco_eval.eval["precision"]  # (T iou thresholds, R recall points, K classes, A areas, M)
+    area, dets = list(params.areaRngLbl).index("all"), list(params.maxDets).index(100)
+    per_class: dict[str, float] = {}
+    for k, cat_id in enumerate(params.catIds):
+        p = precision[:, :, k, area, dets]
+        p = p[p > -1]
+        if p.size:
+            name = str(gt.cats[cat_id]["name"])
+            per_class[f"{name} ({cat_id})" if name in per_class else name] = float(np.mean(p))
+    out["per_class"] = per_class
+
+    curves = {}
+    for thr in PR_IOUS:
+        t = int(np.argmin(np.abs(params.iouThrs - thr)))
+        p = precision[t, :, :, area, dets]  # (R, K)
+        valid = (p > -1).all(axis=0)
+        curves[f"{thr:.2f}"] = p[:, valid].mean(axis=1).tolist() if valid.any() else []
+    out["pr"] = {"recall": [float(r) for r in params.recThrs], "precision": curves}
+    return out
+
+
+def evaluate_coco_results(
+    gt: Union[COCO, str, Path],
+    results: Union[Sequence[dict], str, Path],
+    *,
+    iou_types: Sequence[str] = IOU_TYPES,
+    verbose: bool = False,
+) -> dict:
+    """COCO metrics of result records against ground truth (see the module docstring).
+
+    `gt`: a COCO object or an instances JSON path; `results`: records or a results JSON path.
+    Returns {iou_type: {...}, "num_images", "num_detections"}. `verbose` lets pycocotools print.
+    """
+    unknown = [t for t in iou_types if t not in _FIELD]
+    if unknown or not iou_types:
+        raise ValueError(f"iou_types must be a non-empty subset of {IOU_TYPES}, got {tuple(iou_types)}")
+    where = str(results) if isinstance(results, (str, Path)) else "results"
+    coco_gt = load_ground_truth(gt)
+    records = _check_records(load_results(results), coco_gt, iou_types, where)
+    metrics: dict[str, Any] = {}
+    with _quiet(verbose):
+        for iou_type in iou_types:
+            metrics[iou_type] = _evaluate_one(coco_gt, records, iou_type)
+    metrics["num_images"] = len(coco_gt.getImgIds())
+    metrics["num_detections"] = len(records)
+    return metrics
+
+
+def _ground_truth_of(dataset: Any, tmp_dir: Path) -> COCO:
+    from ..data.coco import CocoDataset
+    from ..data.specs import write_coco_json
+
+    if isinstance(dataset, CocoDataset):  # the original file: crowd regions are kept for COCOeval
+        return load_ground_truth(dataset.annotation_file)
+    if not hasattr(dataset, "class_names"):
+        raise TypeError(f"cannot build COCO ground truth for {type(dataset).__name__}: it has no class_names")
+    return load_ground_truth(write_coco_json(dataset, tmp_dir / "ground_truth.json"))
+
+
+def evaluate_model(
+    model: Any,
+    dataset: Any,
+    *,
+    batch_size: int = 1,
+    device: str = "cpu",
+    progress: bool = True,
+    iou_types: Sequence[str] = IOU_TYPES,
+) -> tuple[dict, list[dict]]:
+    """Predict over `dataset` with `model.predict` and COCO-evaluate; returns (metrics, result records).
+
+    Record image ids are the samples' image ids; category ids are `dataset.category_ids[label - 1]`
+    when the dataset has them, else the labels. Ground truth: a CocoDataset's own annotation file,
+    for other datasets the file `maskrcnn.data.write_coco_json` writes (in a temporary folder).
+    """
+    import torch
+    from tqdm import tqdm
+
+    from ..predict import detections_to_coco
+
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    category_ids: Optional[list[int]] = list(getattr(dataset, "category_ids", None) or []) or None
+    num_labels = len(category_ids) if category_ids else None
+    model_names, data_names = getattr(model, "class_names", None), getattr(dataset, "class_names", None)
+    if model_names and data_names and list(model_names) != list(data_names):
+        warnings.warn(
+            f"the model's classes {list(model_names)[:5]}... differ from the dataset's "
+            f"{list(data_names)[:5]}...; labels are mapped by position",
+            stacklevel=2,
+        )
+    model = model.to(device).eval()
+    records: list[dict] = []
+    n = len(dataset)
+    with torch.no_grad(), tqdm(total=n, desc="evaluate", unit="img", disable=not progress) as bar:
+        for start in range(0, n, batch_size):
+            samples = [dataset[i] for i in range(start, min(n, start + batch_size))]
+            for sample, det in zip(samples, model.predict([s.image.to(device) for s in samples])):
+                labels = det.labels.cpu()
+                if len(labels) and (labels.min() < 1 or (num_labels and labels.max() > num_labels)):
+                    allowed = f"1..{num_labels}" if num_labels else ">= 1"
+                    raise ValueError(
+                        f"model predicted labels {labels.min().item()}..{labels.max().item()} on "
+                        f"{sample.file_name}; the dataset's labels are {allowed}"
+                    )
+                records += detections_to_coco(
+                    det, image_id=int(sample.image_id), file_name=sample.file_name, category_ids=category_ids
+                )
+            bar.update(len(samples))
+    with tempfile.TemporaryDirectory(prefix="maskrcnn-eval-") as tmp:
+        gt = _ground_truth_of(dataset, Path(tmp))
+    return evaluate_coco_results(gt, records, iou_types=iou_types), records
+
+
+def _fmt(value: Optional[float]) -> str:
+    return "-" if value is None else f"{100.0 * value:.2f}"
+
+
+def _table(rows: list[list[str]]) -> str:
+    """Aligned text table: first column left-aligned, the others right-aligned."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join(
+        "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip()
+        for r in rows
+    )
+
+
+def format_table(metrics: dict) -> str:
+    """AP table in percent: one row per IoU type, columns AP AP50 AP75 APs APm APl."""
+    rows = [["IoU type", *TABLE_COLUMNS]]
+    rows += [[t, *(_fmt(metrics[t].get(c)) for c in TABLE_COLUMNS)] for t in IOU_TYPES if t in metrics]
+    return _table(rows)
+
+
+def format_per_class(metrics: dict) -> str:
+    """Per-category AP table in percent (AP at IoU .5:.95): one row per category, a column per IoU type."""
+    iou_types = [t for t in IOU_TYPES if t in metrics]
+    names: dict[str, None] = {}
+    for t in iou_types:
+        names.update(dict.fromkeys(metrics[t].get("per_class", {})))
+    rows = [["category", *(f"{t} AP" for t in iou_types)]]
+    rows += [[n, *(_fmt(metrics[t]["per_class"].get(n)) for t in iou_types)] for n in names]
+    return _table(rows)
+
+
+def _write_atomic(path: Path, write: Any) -> None:
+    """Call write(tmp) on a temporary file beside `path`, then move it into place."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_report(metrics: dict, results: Sequence[dict], out_dir: Union[str, Path]) -> dict[str, Path]:
+    """Write metrics.json, detections.json, per_class_ap.txt and pr_curve.png into `out_dir`."""
+    from ..visualize import draw_pr_curves
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    names = ("metrics.json", "detections.json", "per_class_ap.txt", "pr_curve.png")
+    paths = {name: out / name for name in names}
+    for name, obj in (("metrics.json", metrics), ("detections.json", list(results))):
+        _write_atomic(paths[name], lambda p, obj=obj: p.write_text(json.dumps(obj), encoding="utf-8"))
+    text = format_table(metrics) + "\n\nper-class AP (IoU .5:.95, %)\n" + format_per_class(metrics) + "\n"
+    _write_atomic(paths["per_class_ap.txt"], lambda p: p.write_text(text, encoding="utf-8"))
+    _write_atomic(paths["pr_curve.png"], lambda p: draw_pr_curves(metrics).save(p, format="PNG"))
+    return paths
