@@ -181,7 +181,8 @@ def main() -> None:
     print(f"{'model':<12} {'iters':>6} {'img/s':>7} {'box AP':>7} {'mask AP':>8}")
     for name, r in rows.items():
         print(
-            f"{name:<12} {r['iterations']:>6} {r['images_per_s']:>7.1f} {r['box_AP']:>7.3f} {r['mask_AP']:>8.3f}"
+            f"{name:<12} {r['iterations']:>6} {r['images_per_s']:>7.1f} "
+            f"{r['box_AP']:>7.3f} {r['mask_AP']:>8.3f}"
         )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
