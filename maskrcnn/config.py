@@ -13,9 +13,10 @@ Presets
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import Any, get_args, get_origin, get_type_hints
 
 import yaml
 
@@ -248,27 +249,47 @@ def to_dict(cfg: Any) -> dict:
     return out
 
 
+# PyYAML follows YAML 1.1, which reads `1e-3` (no dot) as a string: such strings count as numbers
+_NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+
+
+def _as_number(value: Any) -> Any:
+    if isinstance(value, str) and _NUMBER.match(value.strip()):
+        return float(value)
+    return value
+
+
 def _coerce(value: Any, annotation: Any, where: str) -> Any:
-    text = str(annotation)
-    if text.startswith("tuple"):
+    if get_origin(annotation) is tuple:
         if not isinstance(value, (list, tuple)):
             value = [value]
-        inner = "float" if "float" in text else "int" if "int" in text else None
-        cast = {"float": float, "int": int}.get(inner, lambda v: v)
-        return tuple(cast(v) for v in value)
-    if annotation is bool or text == "bool":
+        args = get_args(annotation)
+        if len(args) == 2 and args[1] is Ellipsis:  # tuple[int, ...]: any length
+            element_types = [args[0]] * len(value)
+        else:  # tuple[float, float]: exactly that many
+            if len(value) != len(args):
+                raise ValueError(f"{where}: expected a list of {len(args)} values, got {list(value)!r}")
+            element_types = list(args)
+        return tuple(_coerce(v, t, f"{where}[{i}]") for i, (v, t) in enumerate(zip(value, element_types)))
+    if annotation is bool:
         if not isinstance(value, bool):
             raise ValueError(f"{where}: expected true/false, got {value!r}")
         return value
-    if annotation is int or text == "int":
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
+    if annotation is int:
+        value = _as_number(value)
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or (isinstance(value, float) and not value.is_integer())
+        ):
             raise ValueError(f"{where}: expected an integer, got {value!r}")
         return int(value)
-    if annotation is float or text == "float":
+    if annotation is float:
+        value = _as_number(value)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ValueError(f"{where}: expected a number, got {value!r}")
         return float(value)
-    if annotation is str or text == "str":
+    if annotation is str:
         if not isinstance(value, str):
             raise ValueError(f"{where}: expected a string, got {value!r}")
         return value
@@ -327,5 +348,7 @@ def save_config(cfg: Config, path: str | Path) -> None:
 def resolve(spec: str | None, overrides: list[str] | None = None) -> Config:
     """A preset name or a YAML path, plus overrides."""
     spec = spec or "default"
+    if spec not in PRESETS and not Path(spec).is_file():
+        raise FileNotFoundError(f"config {spec!r} is neither a preset {sorted(PRESETS)} nor a YAML file")
     cfg = get_preset(spec) if spec in PRESETS else load_config(spec)
     return apply_overrides(cfg, overrides or [])

@@ -73,7 +73,11 @@ def build_model(cfg: Config | ModelConfig, class_names: list[str] | None = None)
         box_head = FCBoxHead(in_channels=channels, pool_size=BOX_POOL_SIZE, fc_dim=h.fc_dim)
     elif h.box_head == "conv":
         box_head = ConvFCBoxHead(
-            in_channels=channels, pool_size=BOX_POOL_SIZE, fc_dim=h.fc_dim, norm=h.box_head_norm
+            in_channels=channels,
+            pool_size=BOX_POOL_SIZE,
+            conv_dim=h.box_conv_dim,
+            fc_dim=h.fc_dim,
+            norm=h.box_head_norm,
         )
     else:
         raise ValueError(f"unknown box head {h.box_head!r}; choose fc or conv")

@@ -104,6 +104,8 @@ class MaskRCNN(nn.Module):
     def loss(self, images: list[Tensor], targets: list[TargetsLike]) -> dict[str, Tensor]:
         if len(images) != len(targets):
             raise ValueError(f"{len(images)} images but {len(targets)} targets")
+        for i, t in enumerate(targets):
+            _check_targets(Targets.from_any(t), i)
         batch, targets = self.preprocess(images, targets)
         features = self.backbone(batch.tensor)
         proposals, losses = self.propose(batch, features, targets)
@@ -207,6 +209,24 @@ class MaskRCNN(nn.Module):
         if self.training and targets is not None:
             return self.loss(images, targets)
         return self.predict(images)
+
+
+def _check_targets(t: Targets, index: int) -> None:
+    """Reject ground truth that would silently give NaN losses (as torchvision does): a box without
+    area is encoded with log(0) and matches every anchor as a low-quality match."""
+    if t.boxes.dim() != 2 or t.boxes.shape[-1] != 4:
+        raise ValueError(f"targets {index}: boxes must be (G, 4), got shape {tuple(t.boxes.shape)}")
+    if not len(t.boxes) == len(t.labels) == t.masks.shape[0]:
+        raise ValueError(
+            f"targets {index}: {len(t.boxes)} boxes, {len(t.labels)} labels and {t.masks.shape[0]} masks; "
+            "the counts must be equal"
+        )
+    bad = torch.where((t.boxes[:, 2] <= t.boxes[:, 0]) | (t.boxes[:, 3] <= t.boxes[:, 1]))[0]
+    if len(bad):
+        j = int(bad[0])
+        raise ValueError(
+            f"targets {index}: box {j} {t.boxes[j].tolist()} has no area; boxes need x2 > x1 and y2 > y1"
+        )
 
 
 def _as_float_image(image: Tensor, index: int) -> Tensor:

@@ -1,0 +1,103 @@
+"""The command line as a user runs it: real processes, real files."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from pycocotools.coco import COCO
+
+from .model.tv_reference import torchvision_model
+
+CONSOLE_SCRIPT = Path(sys.executable).parent / "maskrcnn"
+# a square image (612 x 612 -> 800 x 800 at the default size): the cheapest full-size prediction
+IMAGE = "coco-mini/val2017/000000165518.jpg"
+
+
+def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    return subprocess.run(
+        [sys.executable, "-m", "maskrcnn", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=env,
+        timeout=300,
+    )
+
+
+def test_help_lists_the_commands():
+    # the installed console script (each process pays for importing torch: keep their number low)
+    result = subprocess.run([str(CONSOLE_SCRIPT), "--help"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "usage: maskrcnn" in result.stdout
+    for name in ("convert", "predict"):
+        assert name in result.stdout
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory) -> Path:
+    """`maskrcnn convert` run on a saved torchvision v1 state dict (random but decisive weights)."""
+    folder = tmp_path_factory.mktemp("convert")
+    tv_path, out_path = folder / "tv.pth", folder / "ours.pt"
+    torch.save(torchvision_model("v1").state_dict(), tv_path)
+    result = run("convert", "--from", "torchvision-v1", str(tv_path), str(out_path))
+    assert result.returncode == 0, result.stderr
+    assert f"wrote {out_path}" in result.stdout and "90 classes" in result.stdout
+    tv_path.unlink()  # 170 MB; not needed any more
+    return out_path
+
+
+def test_convert_writes_a_loadable_checkpoint(converted):
+    from maskrcnn.engine.checkpoint import read_checkpoint
+
+    ckpt = read_checkpoint(converted)
+    assert ckpt["format"] == "maskrcnn"
+    assert ckpt["config"]["model"]["num_classes"] == 90
+    assert ckpt["config"]["model"]["anchors"]["image_size_strides"] is True  # the torchvision_v1 preset
+    assert ckpt["class_names"][0] == "person" and len(ckpt["class_names"]) == 90
+    # torchvision's 91 mask channels lose the background one
+    assert ckpt["model"]["mask_head.predictor.weight"].shape[0] == 90
+
+
+def test_predict_writes_coco_results(converted, shared_data, tmp_path):
+    image = shared_data / IMAGE
+    out = tmp_path / "out"
+    result = run("predict", "--weights", str(converted), "--out", str(out), str(image))
+    assert result.returncode == 0, result.stderr
+    path = out / "predictions.json"
+    assert f"wrote {path}" in result.stdout
+    records = json.loads(path.read_text())
+    assert len(records) > 0
+    for r in records:
+        assert r["image_id"] == 165518 and r["file_name"] == image.name
+        assert len(r["bbox"]) == 4 and all(isinstance(v, (int, float)) for v in r["bbox"])
+        assert r["bbox"][2] >= 0 and r["bbox"][3] >= 0
+        assert isinstance(r["score"], float) and 0.05 < r["score"] <= 1.0
+        assert isinstance(r["category_id"], int) and 1 <= r["category_id"] <= 90
+        assert isinstance(r["segmentation"]["counts"], str)
+        assert r["segmentation"]["size"] == [612, 612]
+    scores = [r["score"] for r in records]
+    assert scores == sorted(scores, reverse=True)
+    # pycocotools reads the file as detection results for the val annotations
+    gt = COCO(str(shared_data / "coco-mini/annotations/instances_val2017.json"))
+    dt = gt.loadRes(str(path))
+    assert len(dt.getAnnIds()) == len(records)
+    assert {a["image_id"] for a in dt.loadAnns(dt.getAnnIds())} == {165518}
+    assert sum(a["area"] > 0 for a in dt.loadAnns(dt.getAnnIds())) > 0
+
+
+def test_predict_missing_input_fails_with_its_name(converted, shared_data, tmp_path):
+    missing = tmp_path / "no_such_image.jpg"
+    out = tmp_path / "out"
+    result = run(
+        "predict", "--weights", str(converted), "--out", str(out), str(shared_data / IMAGE), str(missing)
+    )
+    assert result.returncode != 0
+    assert str(missing) in result.stderr and "not found" in result.stderr
+    assert not (out / "predictions.json").exists()
