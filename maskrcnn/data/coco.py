@@ -26,14 +26,25 @@ from maskrcnn.structures import Sample, Targets
 __all__ = ["CocoDataset", "decode_rles", "decode_segmentation"]
 
 
-def _load_json(path: Path) -> Any:
+def read_json(path: Path, what: str = "annotation") -> Any:
+    """Parse a JSON file; a missing or malformed file raises an error naming it."""
     if not path.is_file():
-        raise FileNotFoundError(f"annotation file not found: {path}")
+        raise FileNotFoundError(f"{what} file not found: {path}")
     try:
         with open(path, encoding="utf-8") as f:
             return json.load(f)
     except json.JSONDecodeError as e:
-        raise ValueError(f"annotation file {path} is not valid JSON: {e}") from e
+        raise ValueError(f"{what} file {path} is not valid JSON: {e}") from e
+
+
+def targets_from_rles(rles: list, labels: list[int], h: int, w: int) -> Targets:
+    """Instance RLEs (empty ones dropped) and their labels -> Targets with tight boxes."""
+    if rles:
+        keep = mask_utils.area(rles) > 0
+        rles = [r for r, k in zip(rles, keep) if k]
+        labels = [lab for lab, k in zip(labels, keep) if k]
+    masks = decode_rles(rles, h, w)
+    return Targets(masks_to_boxes(masks), torch.tensor(labels, dtype=torch.int64), masks)
 
 
 def _check_segmentation(seg: Any, height: int, width: int) -> str | None:
@@ -116,7 +127,7 @@ class CocoDataset(Dataset):
     ) -> None:
         self.annotation_file = Path(annotation_file)
         self.image_dir = Path(image_dir)
-        data = _load_json(self.annotation_file)
+        data = read_json(self.annotation_file)
         where = str(self.annotation_file)
         if not isinstance(data, dict) or "images" not in data or "categories" not in data:
             raise ValueError(f"{where}: a COCO file needs 'images' and 'categories' lists")
@@ -207,12 +218,7 @@ class CocoDataset(Dataset):
                 rles.append(rle)
                 labels.append(label)
 
-        if rles:
-            keep = mask_utils.area(rles) > 0
-            rles = [r for r, k in zip(rles, keep) if k]
-            labels = [lab for lab, k in zip(labels, keep) if k]
-        masks = decode_rles(rles, h, w)
-        targets = Targets(masks_to_boxes(masks), torch.tensor(labels, dtype=torch.int64), masks)
+        targets = targets_from_rles(rles, labels, h, w)
 
         crowd_boxes = torch.zeros((0, 4), dtype=torch.float32)
         if crowd_rles:

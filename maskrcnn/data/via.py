@@ -22,8 +22,8 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from torch.utils.data import Dataset
 
-from maskrcnn.data.coco import decode_rles
-from maskrcnn.data.transforms import load_image, masks_to_boxes
+from maskrcnn.data.coco import targets_from_rles
+from maskrcnn.data.transforms import load_image
 from maskrcnn.structures import Sample, Targets
 
 __all__ = ["ViaDataset"]
@@ -155,13 +155,7 @@ class ViaDataset(Dataset):
                 continue
             rles.append(mask_utils.merge(mask_utils.frPyObjects([poly], h, w)))
             labels.append(self._label_of[cls])
-        if rles:
-            keep = mask_utils.area(rles) > 0
-            rles = [r for r, k in zip(rles, keep) if k]
-            labels = [lab for lab, k in zip(labels, keep) if k]
-        masks = decode_rles(rles, h, w)
-        targets = Targets(masks_to_boxes(masks), torch.tensor(labels, dtype=torch.int64), masks)
-        return targets, torch.zeros((0, 4), dtype=torch.float32)
+        return targets_from_rles(rles, labels, h, w), torch.zeros((0, 4), dtype=torch.float32)
 
     def __getitem__(self, index: int) -> Sample:
         image = load_image(self._path(index))

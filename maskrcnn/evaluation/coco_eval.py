@@ -33,6 +33,8 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from ..data.coco import read_json
+
 __all__ = [
     "IOU_TYPES",
     "STAT_NAMES",
@@ -56,22 +58,12 @@ def _quiet(verbose: bool) -> contextlib.AbstractContextManager:
     return contextlib.nullcontext() if verbose else contextlib.redirect_stdout(io.StringIO())
 
 
-def _read_json(path: Path, what: str) -> Any:
-    if not path.is_file():
-        raise FileNotFoundError(f"{what} file not found: {path}")
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{what} file {path} is not valid JSON: {e}") from e
-
-
 def load_ground_truth(gt: Union[COCO, str, Path]) -> COCO:
     """A pycocotools COCO object (returned as is) or a COCO instances JSON file -> COCO."""
     if isinstance(gt, COCO):
         return gt
     path = Path(gt)
-    data = _read_json(path, "ground-truth annotation")
+    data = read_json(path, "ground-truth annotation")
     if (
         not isinstance(data, dict)
         or not isinstance(data.get("images"), list)
@@ -95,7 +87,7 @@ def load_results(results: Union[Sequence[dict], str, Path]) -> list[dict]:
     if not isinstance(results, (str, Path)):
         return list(results)
     path = Path(results)
-    data = _read_json(path, "results")
+    data = read_json(path, "results")
     if not isinstance(data, list):
         raise ValueError(f"{path}: COCO results must be a JSON list of records, got {type(data).__name__}")
     return data
