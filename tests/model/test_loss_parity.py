@@ -20,8 +20,9 @@ from maskrcnn.predict import load_image
 from .tv_reference import torchvision_model
 
 
-def coco2_train(shared_data):
-    """The coco-2img train image and its instances, decoded directly with pycocotools."""
+def coco2_train(shared_data, label_of=lambda category_id: category_id):
+    """The coco-2img train image and its instances, decoded directly with pycocotools; labels are
+    `label_of(category_id)`."""
     ann = json.loads((shared_data / "coco-2img/annotations/instances_train2017.json").read_text())
     info = ann["images"][0]
     image = load_image(shared_data / "coco-2img/images/train2017" / info["file_name"])
@@ -32,7 +33,7 @@ def coco2_train(shared_data):
         m = mask_util.decode(mask_util.merge(rles) if isinstance(rles, list) else rles)
         x, y, bw, bh = a["bbox"]
         boxes.append([x, y, x + bw, y + bh])
-        labels.append(a["category_id"])
+        labels.append(label_of(a["category_id"]))
         masks.append(m)
     target = {
         "boxes": torch.tensor(boxes, dtype=torch.float32),

@@ -3,10 +3,6 @@ prediction, and forward() in train / eval mode."""
 
 from __future__ import annotations
 
-import json
-
-import numpy as np
-import pycocotools.mask as mask_util
 import pytest
 import torch
 
@@ -16,6 +12,7 @@ from maskrcnn.model import build_model
 from maskrcnn.predict import load_image
 from maskrcnn.structures import Detections, Targets
 
+from .test_loss_parity import coco2_train as coco2_train_dict
 from .tv_reference import torchvision_model
 
 # a small random model (ResNet-18 at a quarter width, 2 classes, small inputs): fast on CPU; with 2
@@ -63,24 +60,8 @@ def empty_targets(h: int, w: int) -> dict:
 def coco2_train(shared_data):
     """The coco-2img train image with its 4 instances (labels 1/2 by parity of the category id, to
     fit the 2-class tiny model)."""
-    ann = json.loads((shared_data / "coco-2img/annotations/instances_train2017.json").read_text())
-    info = ann["images"][0]
-    image = load_image(shared_data / "coco-2img/images/train2017" / info["file_name"])
-    h, w = info["height"], info["width"]
-    boxes, labels, masks = [], [], []
-    for a in ann["annotations"]:
-        rles = mask_util.frPyObjects(a["segmentation"], h, w)
-        m = mask_util.decode(mask_util.merge(rles) if isinstance(rles, list) else rles)
-        x, y, bw, bh = a["bbox"]
-        boxes.append([x, y, x + bw, y + bh])
-        labels.append(1 + a["category_id"] % 2)
-        masks.append(m)
-    target = Targets(
-        boxes=torch.tensor(boxes, dtype=torch.float32),
-        labels=torch.tensor(labels),
-        masks=torch.from_numpy(np.stack(masks)).to(torch.uint8),
-    )
-    return image, target
+    image, target = coco2_train_dict(shared_data, label_of=lambda category_id: 1 + category_id % 2)
+    return image, Targets.from_any(target)
 
 
 LOSS_KEYS = {"loss_rpn_cls", "loss_rpn_box", "loss_cls", "loss_box", "loss_mask"}
