@@ -12,6 +12,7 @@ original values.
 from __future__ import annotations
 
 import colorsys
+import os
 from collections.abc import Sequence
 from functools import lru_cache
 from typing import Any, Optional, Union
@@ -20,6 +21,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from .inputs import as_rgb_uint8
 from .structures import Detections, Targets
 
 __all__ = [
@@ -32,7 +34,7 @@ __all__ = [
     "to_rgb_array",
 ]
 
-ImageLike = Union[torch.Tensor, np.ndarray, Image.Image]
+ImageLike = Union[torch.Tensor, np.ndarray, Image.Image, str, os.PathLike]
 BOX_WIDTH = 2
 _LABEL_PAD = 2
 
@@ -56,22 +58,17 @@ def text_color_for(background: Sequence[int]) -> tuple[int, int, int]:
 
 
 def to_rgb_array(image: ImageLike) -> np.ndarray:
-    """A (3, H, W) float tensor in [0, 1] (or uint8), an (H, W, 3) array or a PIL image -> (H, W, 3) uint8."""
-    if isinstance(image, Image.Image):
-        return np.array(image.convert("RGB"), dtype=np.uint8)
-    if isinstance(image, torch.Tensor):
-        if image.ndim != 3 or image.shape[0] not in (1, 3):
-            raise ValueError(f"image tensor must be (3, H, W) or (1, H, W), got {tuple(image.shape)}")
-        image = image.detach().cpu().permute(1, 2, 0).numpy()
-    if not isinstance(image, np.ndarray):
-        raise TypeError(f"image must be a tensor, a numpy array or a PIL image, got {type(image).__name__}")
-    if image.ndim == 2:
-        image = image[..., None]
-    if image.ndim != 3 or image.shape[2] not in (1, 3):
-        raise ValueError(f"image array must be (H, W, 3) or (H, W), got {image.shape}")
-    if image.dtype != np.uint8:
-        image = np.round(np.clip(image.astype(np.float64), 0.0, 1.0) * 255.0).astype(np.uint8)
-    return np.ascontiguousarray(np.broadcast_to(image, (*image.shape[:2], 3)))
+    """An image -> (H, W, 3) uint8: a (3, H, W) or (1, H, W) tensor (float in [0, 1], or uint8), or
+    anything `maskrcnn.inputs.as_image_tensor` reads (file path, PIL image, numpy array), decoded the
+    same way, so an overlay shows the pixels the model saw."""
+    if not isinstance(image, torch.Tensor):
+        return as_rgb_uint8(image)
+    if image.ndim != 3 or image.shape[0] not in (1, 3):
+        raise ValueError(f"image tensor must be (3, H, W) or (1, H, W), got {tuple(image.shape)}")
+    array = image.detach().cpu().permute(1, 2, 0).numpy()
+    if array.dtype != np.uint8:
+        array = np.round(np.clip(array.astype(np.float64), 0.0, 1.0) * 255.0).astype(np.uint8)
+    return np.ascontiguousarray(np.broadcast_to(array, (*array.shape[:2], 3)))
 
 
 @lru_cache(maxsize=8)

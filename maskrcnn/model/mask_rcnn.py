@@ -144,13 +144,16 @@ class MaskRCNN(nn.Module):
 
     # ------------------------------------------------------------------ inference
     @torch.no_grad()
-    def predict(self, images: list[Tensor]) -> list[Detections]:
+    def predict(self, images: list) -> list[Detections]:
         """Detections per image. Images are batched with others of the same padded size, so a
-        result never depends on which other images share the call."""
+        result never depends on which other images share the call. An image is a (3, H, W) tensor
+        in [0, 1], or a file path, PIL image or numpy array (see `maskrcnn.inputs.as_image_tensor`)."""
+        from ..inputs import as_image_tensor
+
         was_training = self.training
         self.eval()
         try:
-            images = [_as_float_image(im, i) for i, im in enumerate(images)]
+            images = [_as_float_image(as_image_tensor(im), i) for i, im in enumerate(images)]
             groups: dict[tuple[int, int], list[int]] = defaultdict(list)
             for i, im in enumerate(images):
                 groups[self._padded_size(im)].append(i)
