@@ -22,17 +22,33 @@ def _cmd_convert(args: argparse.Namespace) -> int:
 
 def _cmd_predict(args: argparse.Namespace) -> int:
     from . import load
-    from .predict import predict_files, write_json_atomic
+    from .inputs import collect_inputs
+    from .predict import run_predictions
 
-    missing = [p for p in args.inputs if not Path(p).exists()]
-    if missing:
-        print(f"error: input not found: {', '.join(missing)}", file=sys.stderr)
-        return 2
+    items, problems = collect_inputs(args.inputs, glob=args.glob)
     model = load(args.weights)
-    records = predict_files(model, args.inputs, batch_size=args.batch_size, device=args.device)
-    out = Path(args.out) / "predictions.json"
-    write_json_atomic(records, out)
-    print(f"wrote {out}: {len(records)} detections on {len(args.inputs)} images")
+    report = run_predictions(
+        model,
+        items,
+        args.out,
+        batch_size=args.batch_size,
+        device=args.device,
+        score_thresh=args.score_thresh,
+        classes=args.classes,
+        save_masks=args.save_masks,
+        overlays=not args.no_overlays,
+        progress=not args.no_progress,
+    )
+    out = Path(args.out)
+    print(f"wrote {out / 'predictions.json'}: {len(report.records)} detections on {report.images} images")
+    for video, frames, count in report.videos:
+        print(f"wrote {video} and {frames}: {count} frames")
+    failures = problems + report.failures
+    if failures:
+        print(f"error: {len(failures)} input(s) failed and were skipped:", file=sys.stderr)
+        for name, reason in failures:
+            print(f"  {reason if reason.startswith(name) else f'{name}: {reason}'}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -126,13 +142,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("output", help="our checkpoint (.pt)")
     p.set_defaults(func=_cmd_convert)
 
-    p = sub.add_parser("predict", help="run a model on images and write COCO results")
+    p = sub.add_parser(
+        "predict", help="run a model on images, folders and videos; write results and overlays"
+    )
     p.add_argument("--weights", required=True, help="checkpoint path or URL")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--device", default="cpu")
-    p.add_argument("inputs", nargs="+", help="image files")
-    p.set_defaults(func=_cmd_predict)
+    p.add_argument("--score-thresh", type=float, default=None, help="keep detections scoring at least this")
+    p.add_argument(
+        "--classes",
+        action="append",
+        metavar="NAMES",
+        help="keep only these classes: names or category ids, comma-separated (repeatable)",
+    )
+    p.add_argument("--glob", default=None, help="pattern for files in folder inputs (default: image files)")
+    p.add_argument("--save-masks", action="store_true", help="also write one PNG per detected instance")
+    p.add_argument("--no-overlays", action="store_true", help="do not draw overlay images")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("inputs", nargs="+", help="image files, folders (searched recursively) and video files")
+    p.set_defaults(func=_user_errors(_cmd_predict))
 
     p = sub.add_parser("evaluate", help="COCO-evaluate a model on a dataset and write a report")
     p.add_argument("--weights", required=True, help="checkpoint path or URL")

@@ -1,31 +1,55 @@
-"""Inference on files: image loading, batched prediction, COCO result records.
+"""Inference on files: COCO result records, and `run_predictions`, which writes everything that
+`maskrcnn predict` produces.
 
 A COCO result record: {"image_id", "file_name", "category_id", "bbox": [x, y, w, h], "score",
 "segmentation": {"size": [H, W], "counts": str}} (RLE with string counts), what
 pycocotools' `COCO.loadRes` and COCOeval read.
+
+Output layout of `run_predictions(model, items, out)`:
+
+    out/predictions.json               COCO results for every image input (written atomically)
+    out/overlays/<name>.jpg|.png       masks, boxes and labels drawn on each image (JPEG for JPEG inputs)
+    out/masks/<name>_<k>_<class>.png   with save_masks: detection k's mask, 0 / 255
+    out/<video>.mp4                    each video with its detections drawn on every frame
+    out/<video>_frames.json            {"video", "fps", "width", "height", "frames": [{"frame",
+                                       "time", "detections": [records without image_id/file_name]}]}
+
+<name> is the input's file name (its path below a folder input) without its suffix, made unique.
+An input that cannot be read is skipped and listed in the report's failures; the rest go on.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import sys
 import tempfile
-from pathlib import Path
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 import pycocotools.mask as mask_util
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 
+from .inputs import ImageReadError, InputItem, as_image_tensor, load_image
 from .structures import Detections
 
-
-def load_image(path: str | Path) -> torch.Tensor:
-    """An image file -> (3, H, W) float32 in [0, 1], EXIF orientation applied, RGB."""
-    with Image.open(path) as im:
-        im = ImageOps.exif_transpose(im)
-        rgb = np.array(im.convert("RGB"), dtype=np.uint8)
-    return torch.from_numpy(rgb).permute(2, 0, 1).float().div_(255.0)
+__all__ = [
+    "PredictReport",
+    "as_image_tensor",
+    "detection_records",
+    "detections_to_coco",
+    "encode_masks",
+    "image_id_for",
+    "load_image",
+    "predict_files",
+    "resolve_classes",
+    "run_predictions",
+    "write_json_atomic",
+]
 
 
 def image_id_for(path: str | Path, index: int) -> int:
@@ -45,9 +69,8 @@ def encode_masks(masks: torch.Tensor) -> list[dict]:
     return rles
 
 
-def detections_to_coco(
-    det: Detections, *, image_id: int, file_name: str, category_ids: list[int] | None = None
-) -> list[dict]:
+def detection_records(det: Detections, *, category_ids: Sequence[int] | None = None) -> list[dict]:
+    """One {"category_id", "bbox" (xywh), "score", "segmentation" (RLE)} per detection."""
     boxes = det.boxes.detach().cpu()
     xywh = torch.cat((boxes[:, :2], boxes[:, 2:] - boxes[:, :2]), dim=1).tolist()
     labels = det.labels.cpu().tolist()
@@ -57,8 +80,6 @@ def detections_to_coco(
         category = category_ids[label - 1] if category_ids else label
         records.append(
             {
-                "image_id": image_id,
-                "file_name": file_name,
                 "category_id": int(category),
                 "bbox": [round(v, 3) for v in box],
                 "score": round(float(score), 5),
@@ -66,6 +87,15 @@ def detections_to_coco(
             }
         )
     return records
+
+
+def detections_to_coco(
+    det: Detections, *, image_id: int, file_name: str, category_ids: Sequence[int] | None = None
+) -> list[dict]:
+    return [
+        {"image_id": image_id, "file_name": file_name, **r}
+        for r in detection_records(det, category_ids=category_ids)
+    ]
 
 
 def default_file_mode() -> int:
@@ -92,22 +122,231 @@ def write_json_atomic(obj, path: str | Path) -> None:
 def predict_files(
     model, paths: list[str | Path], *, batch_size: int = 1, device: str = "cpu", progress: bool = True
 ) -> list[dict]:
-    """Run the model over image files; return all COCO result records."""
-    from tqdm import tqdm
+    """Run the model over image files; return all COCO result records (no other outputs)."""
+    items = [InputItem(Path(p), Path(p).name, "image") for p in paths]
+    report = run_predictions(
+        model, items, None, batch_size=batch_size, device=device, overlays=False, progress=progress
+    )
+    if report.failures:
+        raise ImageReadError("; ".join(reason for _, reason in report.failures))
+    return report.records
 
-    model = model.to(device).eval()
-    category_ids = getattr(model, "category_ids", None)
-    records: list[dict] = []
-    with tqdm(total=len(paths), desc="predict", unit="img", disable=not progress) as bar:
-        for start in range(0, len(paths), batch_size):
-            chunk = paths[start : start + batch_size]
-            images = [load_image(p).to(device) for p in chunk]
-            for offset, (p, det) in enumerate(zip(chunk, model.predict(images))):
-                records += detections_to_coco(
-                    det,
-                    image_id=image_id_for(p, start + offset),
-                    file_name=Path(p).name,
-                    category_ids=category_ids,
+
+# ---- classes -----------------------------------------------------------------------------------
+
+
+def resolve_classes(
+    wanted: Iterable[str], *, class_names: Sequence[str] | None, category_ids: Sequence[int] | None
+) -> set[int]:
+    """Class names or category ids (as in predictions.json; comma-separated lists allowed) -> the
+    model's labels (1..K). Names match exactly, else ignoring case. Unknown ones raise ValueError."""
+    names = list(class_names or [])
+    ids = list(category_ids) if category_ids else list(range(1, len(names) + 1))
+    labels: set[int] = set()
+    for token in (t.strip() for spec in wanted for t in spec.split(",")):
+        if not token:
+            continue
+        folded = [n.lower() for n in names]
+        if token in names:
+            labels.add(names.index(token) + 1)
+        elif token.lower() in folded:
+            labels.add(folded.index(token.lower()) + 1)
+        elif token.isdigit() and int(token) in ids:
+            labels.add(ids.index(int(token)) + 1)
+        else:
+            known = ", ".join(f"{n} ({i})" for n, i in zip(names, ids)) or f"ids {ids}"
+            raise ValueError(f"--classes: this model has no class {token!r}; its classes: {known}")
+    return labels
+
+
+def _keep_labels(det: Detections, labels: set[int] | None) -> Detections:
+    if labels is None:
+        return det
+    keep = torch.isin(det.labels, torch.tensor(sorted(labels), device=det.labels.device))
+    return Detections(det.boxes[keep], det.scores[keep], det.labels[keep], det.masks[keep])
+
+
+# ---- the prediction run ------------------------------------------------------------------------
+
+
+@dataclass
+class PredictReport:
+    records: list[dict] = field(default_factory=list)  # COCO results of the images
+    images: int = 0  # images predicted
+    videos: list[tuple[Path, Path, int]] = field(default_factory=list)  # (video, frames JSON, frames)
+    failures: list[tuple[str, str]] = field(default_factory=list)  # (input, reason)
+
+
+def _safe(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-.") or "x"
+
+
+class _Run:
+    """State of one run: the model, output folder, options and the names already handed out."""
+
+    def __init__(self, model, out: Path | None, *, labels, overlays: bool, save_masks: bool, progress: bool):
+        self.model, self.out, self.labels = model, out, labels
+        self.overlays, self.save_masks, self.progress = overlays and out is not None, save_masks, progress
+        self.class_names = getattr(model, "class_names", None)
+        self.category_ids = getattr(model, "category_ids", None)
+        self.used: set[str] = set()
+        self.report = PredictReport()
+
+    def base(self, name: str) -> str:
+        """Output name for an input: its relative path without suffix, unique within the run."""
+        parts = PurePosixPath(name).with_suffix("").parts
+        stem = "/".join(_safe(p) for p in parts if p not in ("", ".", ".."))
+        base, n = stem or "input", 2
+        while base in self.used:
+            base, n = f"{stem}_{n}", n + 1
+        self.used.add(base)
+        return base
+
+    def predict(self, images: list[torch.Tensor]) -> list[Detections]:
+        return [_keep_labels(det, self.labels) for det in self.model.predict(images)]
+
+    def draw(self, image: torch.Tensor, det: Detections) -> Image.Image:
+        from .visualize import draw_detections
+
+        return draw_detections(image, det, class_names=self.class_names)
+
+    def write_masks(self, det: Detections, prefix: str) -> None:
+        assert self.out is not None
+        path = self.out / "masks" / prefix
+        path.parent.mkdir(parents=True, exist_ok=True)
+        masks = det.masks.cpu().numpy()
+        for k, label in enumerate(det.labels.cpu().tolist()):
+            name = self.class_names[label - 1] if self.class_names else f"class{label}"
+            Image.fromarray(masks[k].astype(np.uint8) * 255).save(f"{path}_{k}_{_safe(name)}.png")
+
+    def images(self, items: list[InputItem], batch_size: int) -> None:
+        from tqdm import tqdm
+
+        with tqdm(total=len(items), desc="predict", unit="img", disable=not self.progress) as bar:
+            for start in range(0, len(items), batch_size):
+                loaded: list[tuple[int, InputItem, torch.Tensor]] = []
+                for index, item in enumerate(items[start : start + batch_size], start):
+                    try:
+                        loaded.append((index, item, load_image(item.path)))
+                    except ImageReadError as e:
+                        self.fail(str(item.path), str(e))
+                dets = self.predict([image for _, _, image in loaded]) if loaded else []
+                for (index, item, image), det in zip(loaded, dets):
+                    self.image_outputs(index, item, image, det)
+                bar.update(min(batch_size, len(items) - start))
+
+    def image_outputs(self, index: int, item: InputItem, image: torch.Tensor, det: Detections) -> None:
+        self.report.records += detections_to_coco(
+            det, image_id=image_id_for(item.path, index), file_name=item.name, category_ids=self.category_ids
+        )
+        self.report.images += 1
+        if self.out is None or not (self.overlays or self.save_masks):
+            return
+        base = self.base(item.name)
+        if self.overlays:
+            jpeg = item.path.suffix.lower() in (".jpg", ".jpeg", ".jfif")
+            path = self.out / "overlays" / f"{base}{'.jpg' if jpeg else '.png'}"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.draw(image, det).save(path, **({"quality": 92} if jpeg else {}))
+        if self.save_masks:
+            self.write_masks(det, base)
+
+    def video(self, item: InputItem, batch_size: int) -> None:
+        from tqdm import tqdm
+
+        from .video import VideoReader, VideoWriter
+
+        assert self.out is not None, "videos need an output folder"
+        base = self.base(item.name)
+        video_path, json_path = self.out / f"{base}.mp4", self.out / f"{base}_frames.json"
+        video_path.parent.mkdir(parents=True, exist_ok=True)
+        result: dict = {"video": item.name, "fps": None, "width": None, "height": None, "frames": []}
+        try:
+            with VideoReader(item.path) as reader:
+                result["fps"] = float(reader.fps)
+                bar = tqdm(
+                    total=reader.frame_count or None,
+                    desc=item.name,
+                    unit="frame",
+                    disable=not self.progress,
+                    leave=False,
                 )
-            bar.update(len(chunk))
-    return records
+                with VideoWriter(video_path, fps=reader.fps) as writer, bar:
+                    pending: list[tuple[int, float, np.ndarray]] = []
+                    for frame in reader:
+                        pending.append(frame)
+                        if len(pending) == batch_size:
+                            self.video_batch(pending, writer, result, base)
+                            bar.update(len(pending))
+                            pending = []
+                    if pending:
+                        self.video_batch(pending, writer, result, base)
+                        bar.update(len(pending))
+        except ValueError as e:
+            self.fail(str(item.path), str(e))
+        if result["frames"]:  # what was decoded before a failure is kept
+            write_json_atomic(result, json_path)
+            self.report.videos.append((video_path, json_path, len(result["frames"])))
+
+    def video_batch(self, pending: list, writer, result: dict, base: str) -> None:
+        frames = [torch.from_numpy(rgb).permute(2, 0, 1) for _, _, rgb in pending]
+        dets = self.predict([f.float().div_(255.0) for f in frames])
+        for (index, time, rgb), frame, det in zip(pending, frames, dets):
+            result["height"], result["width"] = rgb.shape[:2]
+            detections = detection_records(det, category_ids=self.category_ids)
+            result["frames"].append({"frame": index, "time": round(time, 6), "detections": detections})
+            writer.write(np.asarray(self.draw(frame, det)))
+            if self.save_masks:
+                self.write_masks(det, f"{base}/{index:06d}")
+
+    def fail(self, name: str, reason: str) -> None:
+        """Record a skipped input; say so at once on stderr when showing progress."""
+        from tqdm import tqdm
+
+        self.report.failures.append((name, reason))
+        if self.progress:
+            message = reason if reason.startswith(name) else f"{name}: {reason}"
+            tqdm.write(f"skipped {message}", file=sys.stderr)
+
+
+def run_predictions(
+    model,
+    items: Sequence[InputItem],
+    out: str | Path | None,
+    *,
+    batch_size: int = 1,
+    device: str | torch.device = "cpu",
+    score_thresh: float | None = None,
+    classes: Iterable[str] | None = None,
+    save_masks: bool = False,
+    overlays: bool = True,
+    progress: bool = True,
+) -> PredictReport:
+    """Predict on image and video inputs and write the outputs described in the module docstring
+    (predictions.json included, when `out` is given). Unreadable inputs are skipped and listed in
+    the returned report's failures. `score_thresh` replaces the model's own for this run; `classes`
+    (names or category ids) keeps only those classes."""
+    if batch_size < 1:
+        raise ValueError(f"batch size must be >= 1, got {batch_size}")
+    if score_thresh is not None and not 0.0 <= score_thresh <= 1.0:
+        raise ValueError(f"score threshold must be in [0, 1], got {score_thresh}")
+    labels = None
+    if classes is not None:
+        names, ids = getattr(model, "class_names", None), getattr(model, "category_ids", None)
+        labels = resolve_classes(classes, class_names=names, category_ids=ids)
+    out_dir = Path(out) if out is not None else None
+    run = _Run(model, out_dir, labels=labels, overlays=overlays, save_masks=save_masks, progress=progress)
+    previous = model.score_thresh
+    model.to(device).eval()
+    try:
+        if score_thresh is not None:
+            model.score_thresh = score_thresh
+        with torch.inference_mode():
+            run.images([i for i in items if i.kind == "image"], batch_size)
+            for item in (i for i in items if i.kind == "video"):
+                run.video(item, batch_size)
+    finally:
+        model.score_thresh = previous
+    if out_dir is not None:
+        write_json_atomic(run.report.records, out_dir / "predictions.json")
+    return run.report
