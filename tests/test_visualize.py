@@ -174,3 +174,26 @@ def test_draw_targets_shapes() -> None:
     inside = masks.any(0) & ~outline & ~label
     assert free.any() and np.array_equal(out[free], original[free])
     assert inside.any() and (out[inside] != original[inside]).any(axis=1).mean() > 0.9
+
+
+def test_every_image_kind_is_drawn_as_decoded(coco_sample: tuple[Sample, list[str]], tmp_path: Path) -> None:
+    """Paths, grayscale arrays, RGBA and 16-bit PIL images: the overlay is the one drawn on the image
+    as `maskrcnn.inputs` decodes it (what the model was given)."""
+    sample, names = coco_sample
+    det = _detections_from_targets(sample)
+    rgb = to_rgb_array(sample.image)
+
+    def drawn(image) -> np.ndarray:
+        return np.array(draw_detections(image, det, class_names=names))
+
+    Image.fromarray(rgb).save(tmp_path / "photo.png")
+    assert np.array_equal(drawn(tmp_path / "photo.png"), drawn(rgb))
+    assert np.array_equal(drawn(str(tmp_path / "photo.png")), drawn(rgb))
+    gray = rgb[..., 1].copy()
+    assert np.array_equal(drawn(gray), drawn(np.dstack([gray] * 3)))
+    assert np.array_equal(drawn(Image.fromarray(gray.astype(np.uint16) * 257)), drawn(np.dstack([gray] * 3)))
+    rgba = np.dstack([rgb, np.full(gray.shape, 255, np.uint8)])
+    rgba[:100, :, 3] = 0  # a transparent band: drawn over white
+    expected = rgb.copy()
+    expected[:100] = 255
+    assert np.array_equal(drawn(Image.fromarray(rgba, "RGBA")), drawn(expected))
