@@ -199,6 +199,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands.add_demo_arguments(p)
     p.set_defaults(func=commands.cmd_demo)
+
+    from . import inspect as inspect_command
+
+    p = sub.add_parser("inspect", help="draw every stage of the model on one image (PNGs + index.html)")
+    inspect_command.add_inspect_arguments(p)
+    p.set_defaults(func=_user_errors(inspect_command.cmd_inspect))
     return parser
 
 

@@ -1,0 +1,445 @@
+"""`maskrcnn inspect`: pictures of every stage of the model on one image, and a page that shows them.
+
+    image -> preprocess -> backbone + FPN -> RPN head -> anchors, pre-NMS candidates, proposals
+          -> RoI level assignment -> box head (refinement) -> mask head (28×28 logits) -> detections
+
+`inspect_model` runs the stages one by one through the model's own public pieces (the RPN's head,
+anchor generator, matcher and `select_proposals`; `box_outputs`, `detect`, `mask_logits`) and keeps
+what each produced in an `Inspection`. Only the RPN's pre-NMS candidates are recomputed here (the
+model does not return them): the same top-k per level, decoding, clipping and size/score filters
+that `select_proposals` applies before its NMS. With ground truth, it is mapped through the
+model's own preprocessing (the resize) before anchors are matched, exactly as in training.
+
+`write_inspection` draws the pictures (maskrcnn.inspect_draw) and writes `index.html` (every
+picture with its caption) and `summary.json` (the numbers behind the pictures).
+
+Stage pictures are drawn on the model's input frame: the image resized as the model resizes it,
+before padding, in which anchors, proposals and RoIs live. The final detections are drawn on the
+original image, as the model returns them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import html
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .model.postprocess import detect_boxes
+from .model.roi_pooler import MultiScaleRoIPooler, assign_levels
+from .model.rpn import flatten_predictions
+from .ops.boxes import box_area, box_iou, clip_boxes, nonempty_boxes
+from .structures import Detections, Targets
+
+__all__ = [
+    "Inspection",
+    "add_inspect_arguments",
+    "cmd_inspect",
+    "find_annotations",
+    "inspect_model",
+    "pooled_levels",
+    "write_inspection",
+]
+
+
+@dataclass
+class Inspection:
+    """What every stage produced on one image. Boxes are in the model's input frame (the resized
+    image, `input_size`) unless said otherwise. Shapes: L FPN levels, T pre-NMS candidates,
+    P proposals, D detections, G ground-truth instances, M mask resolution."""
+
+    image: Tensor  # (3, H, W) float in [0, 1], the original image
+    input_rgb: np.ndarray  # (h, w, 3) uint8: the image resized as the model does (not normalized)
+    original_size: tuple[int, int]
+    input_size: tuple[int, int]
+    padded_size: tuple[int, int]
+    level_names: list[str]  # FPN levels of the RPN, e.g. P2..P6
+    strides: list[tuple[int, int]]  # (y, x) anchor stride per level
+    feature_sizes: list[tuple[int, int]]
+    anchors: list[Tensor]  # per level (A_l, 4)
+    cell_anchors: list[Tensor]  # per level (A, 4), centred on (0, 0)
+    anchor_sizes: list[list[float]]  # nominal anchor sizes per level
+    aspect_ratios: list[float]  # nominal h/w of the A anchors of a location, in cell-anchor order
+    pre_nms_topk: int  # per level
+    post_nms_topk: int  # per image
+    nms_thresh: float
+    pre_boxes: Tensor  # (T, 4) candidates that enter the RPN's NMS
+    pre_scores: Tensor  # (T,) objectness probabilities
+    pre_levels: Tensor  # (T,) index into level_names
+    proposal_boxes: Tensor  # (P, 4) the RPN's output (what the box head sees)
+    proposal_scores: Tensor  # (P,)
+    pooled_level_names: list[str]  # levels the RoI poolers read, e.g. P2..P5
+    proposal_levels: Tensor  # (P,) index into pooled_level_names (box pooler's rule)
+    level_ranges: list[tuple[float, float]]  # sqrt(area) range of each pooled level
+    detections: Detections  # final output, original-image pixels
+    det_input_boxes: Tensor  # (D, 4) the detections in the input frame
+    det_sources: Tensor  # (D,) index of the proposal each detection was refined from
+    det_levels: Tensor  # (D,) pooled level of each detection's mask RoI
+    mask_logits: Tensor  # (D, M, M) logit of each detection's class (p = sigmoid(logit))
+    class_names: Optional[list[str]]
+    det_score_thresh: float
+    targets: Optional[Targets] = None  # ground truth in the input frame
+    gt_class_names: Optional[list[str]] = None
+    anchor_labels: Optional[Tensor] = None  # (A_all,) 1 positive, 0 negative, -1 ignored
+    anchor_matches: Optional[Tensor] = None  # (A_all,) matched ground-truth index or < 0
+    rpn_thresholds: tuple[float, float] = (0.7, 0.3)  # (fg IoU, bg IoU) of the RPN matcher
+    dropped_gt: int = 0  # ground-truth boxes without area, left out of anchor matching
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def all_anchors(self) -> Tensor:
+        return torch.cat(self.anchors, dim=0)
+
+
+def pooled_levels(pooler: MultiScaleRoIPooler, boxes: Tensor) -> Tensor:
+    """(R, 4) boxes -> (R,) index of the pooler's level each box is pooled from (the pooler's rule)."""
+    if len(pooler.scales) == 1:
+        return torch.zeros(len(boxes), dtype=torch.int64, device=boxes.device)
+    return assign_levels(
+        boxes,
+        min_level=pooler.min_level,
+        max_level=pooler.max_level,
+        canonical_box_size=pooler.canonical_box_size,
+        canonical_level=pooler.canonical_level,
+    )
+
+
+def _level_ranges(pooler: MultiScaleRoIPooler) -> list[tuple[float, float]]:
+    """sqrt(area) interval [lo, hi) of boxes pooled from each level (FPN eq. 1, clamped)."""
+    count = pooler.max_level - pooler.min_level + 1
+    ranges = []
+    for i in range(count):
+        k = pooler.min_level + i
+        lo = pooler.canonical_box_size * 2.0 ** (k - pooler.canonical_level)
+        ranges.append((0.0 if i == 0 else lo, float("inf") if i == count - 1 else 2 * lo))
+    return ranges
+
+
+def _anchor_shapes(model: Any) -> tuple[list[list[float]], list[float]]:
+    """Nominal anchor sizes per level and the aspect ratio (h/w) of each of a location's anchors:
+    from the model's config when it describes these anchors, else measured on the cell anchors."""
+    cells = model.rpn.anchor_generator.cell_anchors
+    cfg = getattr(getattr(getattr(model, "config", None), "model", None), "anchors", None)
+    if cfg is not None and len(cfg.sizes) == len(cells) and len(cfg.aspect_ratios) == len(cells[0]):
+        return [[float(s)] for s in cfg.sizes], [float(r) for r in cfg.aspect_ratios]
+    sizes = [sorted({round(float(v)) for v in box_area(c).sqrt()}) for c in cells]
+    heights, widths = cells[0][:, 3] - cells[0][:, 1], cells[0][:, 2] - cells[0][:, 0]
+    return [[float(v) for v in s] for s in sizes], [round(float(r), 2) for r in heights / widths]
+
+
+def _pre_nms_candidates(
+    rpn: Any, objectness: Tensor, deltas: Tensor, anchors: Tensor, counts: list[int], size: tuple[int, int]
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The candidates `select_proposals` hands to NMS for one image (inference settings):
+    (T,) objectness logits and (T, 4) deltas of all anchors -> boxes, probabilities, levels."""
+    k = rpn.pre_nms_topk[1]
+    index, level = [], []
+    offset = 0
+    for lvl, count in enumerate(counts):
+        _, idx = objectness[offset : offset + count].topk(min(k, count))
+        index.append(idx + offset)
+        level.append(torch.full_like(idx, lvl))
+        offset += count
+    index_t, level_t = torch.cat(index), torch.cat(level)
+    scores = objectness[index_t].sigmoid()
+    boxes = clip_boxes(rpn.box_coder.decode(deltas[index_t], anchors[index_t])[:, 0], size)
+    keep = nonempty_boxes(boxes, rpn.min_size)
+    boxes, scores, level_t = boxes[keep], scores[keep], level_t[keep]
+    keep = torch.where(scores >= rpn.score_thresh)[0]
+    return boxes[keep], scores[keep], level_t[keep]
+
+
+def _source_proposals(
+    det: tuple[Tensor, Tensor, Tensor],
+    proposals: Tensor,
+    class_logits: Tensor,
+    box_deltas: Tensor,
+    *,
+    box_coder: Any,
+    size: tuple[int, int],
+) -> Tensor:
+    """Detections (boxes, scores, labels) in the input frame -> (D,) index of the proposal whose
+    refinement for the detection's class gives the detection."""
+    det_boxes, det_scores, det_labels = det
+    if len(det_boxes) == 0:
+        return torch.zeros(0, dtype=torch.int64)
+    scores = F.softmax(class_logits, -1)
+    per_class = box_deltas.reshape(len(proposals), -1, 4)
+    sources = []
+    for box, score, label in zip(det_boxes, det_scores, det_labels):
+        refined = clip_boxes(box_coder.decode(per_class[:, int(label)], proposals)[:, 0], size)
+        distance = (refined - box).abs().sum(dim=1) + 1e3 * (scores[:, int(label)] - score).abs()
+        sources.append(int(distance.argmin()))
+    return torch.tensor(sources, dtype=torch.int64)
+
+
+def _class_logit(mask_logits: Tensor, labels: Tensor, kind: str) -> Tensor:
+    """(D, C, M, M) mask-head output -> (D, M, M) logit of each label's mask (sigmoid(logit) = p)."""
+    index = torch.arange(len(labels), device=labels.device)
+    if kind == "softmax":
+        p = mask_logits.softmax(dim=1)[index, labels].clamp(1e-6, 1 - 1e-6)
+        return torch.log(p) - torch.log1p(-p)
+    channel = labels - 1 if mask_logits.shape[1] > 1 else torch.zeros_like(labels)
+    return mask_logits[index, channel]
+
+
+@torch.no_grad()
+def inspect_model(
+    model: Any,
+    image: Tensor,
+    *,
+    targets: Optional[Targets] = None,
+    gt_class_names: Optional[list[str]] = None,
+) -> Inspection:
+    """Run `model` (a MaskRCNN, put in eval mode) stage by stage on one (3, H, W) image in [0, 1]."""
+    model.eval()
+    if image.dtype == torch.uint8:
+        image = image.float() / 255.0
+    notes: list[str] = []
+    dropped = 0
+    if targets is not None:
+        targets = Targets.from_any(targets)
+        b = targets.boxes
+        keep = torch.where((b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1]))[0]
+        dropped = len(targets) - len(keep)
+        if dropped:
+            notes.append(f"{dropped} ground-truth box(es) without area were left out of anchor matching")
+        targets = Targets(targets.boxes[keep], targets.labels[keep], targets.masks[keep])
+    batch, resized = model.preprocess([image], [targets] if targets is not None else None)
+    size = batch.image_sizes[0]
+    padded = tuple(int(v) for v in batch.tensor.shape[-2:])
+    features = model.backbone(batch.tensor)
+
+    rpn = model.rpn
+    objectness, deltas = rpn.head(features)
+    feature_sizes = [tuple(int(v) for v in f.shape[-2:]) for f in features]
+    anchors = rpn.anchor_generator(feature_sizes, padded, features[0].device)
+    counts = [len(a) for a in anchors]
+    all_anchors = torch.cat(anchors, dim=0)
+    objectness, deltas = flatten_predictions(objectness, deltas)
+    pre_boxes, pre_scores, pre_levels = _pre_nms_candidates(
+        rpn, objectness[0], deltas[0], all_anchors, counts, size
+    )
+    (proposals,) = rpn.select_proposals(objectness, deltas, all_anchors, counts, [size])
+
+    anchor_labels = anchor_matches = None
+    if resized is not None:
+        t = resized[0]
+        labels, _ = rpn.anchor_targets(all_anchors, [t])
+        anchor_labels = labels[0].cpu()
+        if len(t):
+            anchor_matches = rpn.matcher(box_iou(t.boxes, all_anchors)).cpu()
+        else:
+            anchor_matches = torch.full((len(all_anchors),), -1, dtype=torch.int64)
+
+    class_logits, box_deltas = model.box_outputs(features, [proposals.boxes])
+    ((det_boxes, det_scores, det_labels),) = detect_boxes(
+        class_logits,
+        box_deltas,
+        [proposals.boxes],
+        [size],
+        box_coder=model.box_coder,
+        score_thresh=model.score_thresh,
+        nms_thresh=model.nms_thresh,
+        detections_per_image=model.detections_per_image,
+    )
+    (detections,) = model.detect(batch, features, [proposals])
+    sources = _source_proposals(
+        (det_boxes, det_scores, det_labels),
+        proposals.boxes,
+        class_logits,
+        box_deltas,
+        box_coder=model.box_coder,
+        size=size,
+    )
+    if len(det_boxes):
+        logits = _class_logit(model.mask_logits(features, [det_boxes]), det_labels, model.mask_loss_kind)
+    else:
+        m = 2 * model.mask_pooler.output_size
+        logits = torch.zeros((0, m, m))
+
+    rgb = F.interpolate(image[None].float(), size=size, mode="bilinear", align_corners=False)[0]
+    rpn_first = int(round(np.log2(rpn.anchor_generator.strides[0])))
+    matcher = rpn.matcher
+    anchor_sizes, aspect_ratios = _anchor_shapes(model)
+    return Inspection(
+        image=image.cpu(),
+        input_rgb=np.round(rgb.clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255).astype(np.uint8),
+        original_size=tuple(int(v) for v in image.shape[-2:]),
+        input_size=(int(size[0]), int(size[1])),
+        padded_size=padded,
+        level_names=[f"P{rpn_first + i}" for i in range(len(features))],
+        strides=[tuple(int(v) for v in s) for s in rpn.anchor_generator.level_strides(feature_sizes, padded)],
+        feature_sizes=feature_sizes,
+        anchors=[a.cpu() for a in anchors],
+        cell_anchors=[c.cpu() for c in rpn.anchor_generator.cell_anchors],
+        anchor_sizes=anchor_sizes,
+        aspect_ratios=aspect_ratios,
+        pre_nms_topk=int(rpn.pre_nms_topk[1]),
+        post_nms_topk=int(rpn.post_nms_topk[1]),
+        nms_thresh=float(rpn.nms_thresh),
+        pre_boxes=pre_boxes.cpu(),
+        pre_scores=pre_scores.cpu(),
+        pre_levels=pre_levels.cpu(),
+        proposal_boxes=proposals.boxes.cpu(),
+        proposal_scores=proposals.scores.cpu(),
+        pooled_level_names=[
+            f"P{model.box_pooler.min_level + i}" for i in range(len(model.box_pooler.scales))
+        ],
+        proposal_levels=pooled_levels(model.box_pooler, proposals.boxes).cpu(),
+        level_ranges=_level_ranges(model.box_pooler),
+        detections=detections.to("cpu"),
+        det_input_boxes=det_boxes.cpu(),
+        det_sources=sources,
+        det_levels=pooled_levels(model.mask_pooler, det_boxes).cpu(),
+        mask_logits=logits.float().cpu(),
+        class_names=model.class_names,
+        det_score_thresh=float(model.score_thresh),
+        targets=resized[0].to("cpu") if resized is not None else None,
+        gt_class_names=gt_class_names,
+        anchor_labels=anchor_labels,
+        anchor_matches=anchor_matches,
+        rpn_thresholds=(float(matcher.high), float(matcher.low)),
+        dropped_gt=dropped,
+        notes=notes,
+    )
+
+
+# ---------------------------------------------------------------------------------- annotations
+
+
+def find_annotations(spec: str, image_path: str | Path) -> tuple[Targets, list[str], str]:
+    """Ground truth of the image named like `image_path` in the dataset `spec` (matched by file
+    name) -> (targets in original-image pixels, the dataset's class names, a description)."""
+    from .data.specs import build_dataset
+
+    dataset: Any = build_dataset(spec)
+    name = Path(image_path).name
+    if not hasattr(dataset, "file_name"):
+        raise ValueError(f"dataset {spec!r} does not name its images; cannot find {name} in it")
+    matches = [i for i in range(len(dataset)) if Path(dataset.file_name(i)).name == name]
+    if not matches:
+        raise ValueError(f"no image named {name!r} in dataset {spec!r} ({len(dataset)} images)")
+    index = matches[0]
+    if hasattr(dataset, "load_targets"):
+        targets, _ = dataset.load_targets(index)
+    else:
+        targets = dataset[index].targets
+    where = f"{spec} item {index} ({dataset.file_name(index)})"
+    if len(matches) > 1:
+        where += f"; {len(matches)} items share this file name, the first is used"
+    return targets, list(getattr(dataset, "class_names", [])), where
+
+
+# ---------------------------------------------------------------------------------- output
+
+
+def write_inspection(
+    inspection: Inspection, out: str | Path, *, title: str, details: Optional[dict[str, str]] = None
+) -> list[dict]:
+    """Draw every picture into `out`, then `index.html` and `summary.json`; returns the picture list
+    (file, title, caption)."""
+    from .inspect_draw import draw_all
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    pictures, summary = draw_all(inspection, out)
+    summary["pictures"] = pictures
+    summary["details"] = dict(details or {})
+    summary["notes"] = list(inspection.notes)
+    (out / "summary.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
+    page = render_html(pictures, title=title, details=details, notes=inspection.notes)
+    (out / "index.html").write_text(page, encoding="utf-8")
+    return pictures
+
+
+_STYLE = """
+body { font-family: system-ui, sans-serif; margin: 24px auto; max-width: 1400px; padding: 0 16px;
+       color: #222; background: #fafafa; }
+h1 { font-size: 22px; margin-bottom: 4px; }
+table.meta { border-collapse: collapse; margin: 8px 0 16px; font-size: 14px; }
+table.meta td { padding: 2px 12px 2px 0; vertical-align: top; }
+table.meta td:first-child { color: #666; }
+nav { font-size: 14px; margin-bottom: 16px; line-height: 1.7; }
+figure { margin: 0 0 32px; padding: 12px; background: #fff; border: 1px solid #ddd; border-radius: 6px; }
+figure img { display: block; max-width: 100%; height: auto; margin: 0 auto; }
+figcaption { margin-top: 10px; font-size: 14px; line-height: 1.45; }
+figcaption b { font-size: 16px; }
+.notes { color: #a33; font-size: 14px; }
+"""
+
+
+def render_html(
+    pictures: list[dict], *, title: str, details: Optional[dict[str, str]] = None, notes: list[str] = ()
+) -> str:
+    """A self-contained page: a table of details, links, then every picture with its caption."""
+    esc = html.escape
+    rows = "".join(f"<tr><td>{esc(k)}</td><td>{esc(v)}</td></tr>" for k, v in (details or {}).items())
+    links = " · ".join(f'<a href="#{esc(p["id"])}">{esc(p["title"])}</a>' for p in pictures)
+    figures = "\n".join(
+        f'<figure id="{esc(p["id"])}"><img src="{esc(p["file"])}" alt="{esc(p["title"])}">'
+        f"<figcaption><b>{i}. {esc(p['title'])}</b><br>{esc(p['caption'])}</figcaption></figure>"
+        for i, p in enumerate(pictures, start=1)
+    )
+    note_html = "".join(f'<p class="notes">{esc(n)}</p>' for n in notes)
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f"<title>{esc(title)}</title><style>{_STYLE}</style></head><body>\n"
+        f'<h1>{esc(title)}</h1>\n<table class="meta">{rows}</table>\n{note_html}'
+        f"<nav>{links}</nav>\n{figures}\n</body></html>\n"
+    )
+
+
+# ---------------------------------------------------------------------------------- command
+
+
+def add_inspect_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--weights", required=True, help="checkpoint path or URL")
+    parser.add_argument(
+        "--annotations",
+        help="dataset spec holding the image's ground truth, found by file name "
+        "(coco:ANN.json:IMAGE_DIR, via:DIR, masks:DIR); adds the anchor-target picture",
+    )
+    parser.add_argument("--out", required=True, help="output folder (PNG pictures, index.html, summary.json)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("image", help="image file")
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from . import load
+    from .data.transforms import load_image as load_stored_pixels
+    from .predict import load_image
+
+    path = Path(args.image)
+    if not path.is_file():
+        raise FileNotFoundError(f"image not found: {path}")
+    # annotations refer to the stored pixel grid (as the datasets read it); otherwise read the
+    # image as `maskrcnn predict` does
+    image = load_stored_pixels(path) if args.annotations else load_image(path)
+    targets, gt_names, where = None, None, None
+    if args.annotations:
+        targets, gt_names, where = find_annotations(args.annotations, path)
+        if tuple(targets.masks.shape[-2:]) != tuple(image.shape[-2:]):
+            raise ValueError(
+                f"{where}: annotations are for a {targets.masks.shape[-2]}x{targets.masks.shape[-1]} image "
+                f"but {path} is {image.shape[-2]}x{image.shape[-1]}"
+            )
+    model = load(args.weights, map_location=args.device)
+    result = inspect_model(model, image, targets=targets, gt_class_names=gt_names)
+    details = {
+        "image": str(path),
+        "weights": str(args.weights),
+        "original size (h×w)": "{}×{}".format(*result.original_size),
+        "model input (h×w)": "{}×{} (padded to {}×{})".format(*result.input_size, *result.padded_size),
+        "annotations": where or "none (no anchor-target picture)",
+    }
+    pictures = write_inspection(result, args.out, title=f"maskrcnn inspect: {path.name}", details=details)
+    print(f"wrote {len(pictures)} pictures and {Path(args.out) / 'index.html'}")
+    return 0
