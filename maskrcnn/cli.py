@@ -40,7 +40,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
     )
     out = Path(args.out)
-    print(f"wrote {out / 'predictions.json'}: {len(report.records)} detections on {report.images} images")
+    images = f"{report.images} image{'' if report.images == 1 else 's'}"
+    print(f"wrote {out / 'predictions.json'}: {len(report.records)} detections on {images}")
     for video, frames, count in report.videos:
         print(f"wrote {video} and {frames}: {count} frames")
     failures = problems + report.failures

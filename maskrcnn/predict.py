@@ -178,7 +178,13 @@ class PredictReport:
 
 
 def _safe(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-.") or "x"
+    """A class name as part of a file name: word characters, dots and dashes ("traffic-light")."""
+    return re.sub(r"[^\w.-]+", "-", text).strip("-.") or "x"
+
+
+def _path_part(text: str) -> str:
+    """A file or folder name kept as it is, less characters that some file systems refuse."""
+    return re.sub(r'[\x00-\x1f\\:*?"<>|]+', "_", text).strip(" .") or "_"
 
 
 class _Run:
@@ -195,7 +201,7 @@ class _Run:
     def base(self, name: str) -> str:
         """Output name for an input: its relative path without suffix, unique within the run."""
         parts = PurePosixPath(name).with_suffix("").parts
-        stem = "/".join(_safe(p) for p in parts if p not in ("", ".", ".."))
+        stem = "/".join(_path_part(p) for p in parts if p not in ("", ".", ".."))
         base, n = stem or "input", 2
         while base in self.used:
             base, n = f"{stem}_{n}", n + 1
