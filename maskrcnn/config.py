@@ -71,6 +71,7 @@ class RoIHeadsConfig:
     pooler: str = "roi_align"  # roi_align | roi_pool
     aligned: bool = False
     sampling_ratio: int = 2  # 0 = adaptive
+    roi_align_impl: str = "auto"  # auto: sparse on CPU fp32, else torchvision | torchvision | sparse
     canonical_box_size: int = 224
     canonical_level: int = 4
     box_head: str = "fc"  # fc: 2 FC (paper) | conv: 4 conv + 1 FC (torchvision v2)
@@ -163,10 +164,15 @@ def _with_heads(cfg: Config, **roi_changes: Any) -> Config:
 
 
 def torchvision_v1() -> Config:
-    """torchvision `maskrcnn_resnet50_fpn` (pretrained layout: frozen BN, stem + res2 frozen)."""
+    """torchvision `maskrcnn_resnet50_fpn` (pretrained layout: frozen BN, stem + res2 frozen).
+
+    The torchvision presets pool with torchvision's RoIAlign kernels, so outputs are bit-identical.
+    """
     return Config(
         model=ModelConfig(
-            backbone=BackboneConfig(frozen_stages=2), anchors=AnchorConfig(image_size_strides=True)
+            backbone=BackboneConfig(frozen_stages=2),
+            anchors=AnchorConfig(image_size_strides=True),
+            roi_heads=RoIHeadsConfig(roi_align_impl="torchvision"),
         )
     )
 
@@ -177,7 +183,9 @@ def torchvision_v2() -> Config:
         backbone=BackboneConfig(norm="bn", fpn_norm="bn", frozen_stages=2),
         anchors=AnchorConfig(image_size_strides=True),
         rpn=RPNConfig(num_convs=2),
-        roi_heads=RoIHeadsConfig(box_head="conv", box_head_norm="bn", mask_head_norm="bn"),
+        roi_heads=RoIHeadsConfig(
+            box_head="conv", box_head_norm="bn", mask_head_norm="bn", roi_align_impl="torchvision"
+        ),
     )
     return Config(model=model)
 
@@ -185,7 +193,7 @@ def torchvision_v2() -> Config:
 def default() -> Config:
     cfg = torchvision_v1()
     cfg = replace(cfg, model=replace(cfg.model, anchors=AnchorConfig()))
-    return _with_heads(cfg, aligned=True, sampling_ratio=0)
+    return _with_heads(cfg, aligned=True, sampling_ratio=0, roi_align_impl="auto")
 
 
 def shapes_demo() -> Config:

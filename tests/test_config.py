@@ -43,11 +43,13 @@ def test_presets_differ_as_documented():
         "model.roi_heads.box_head_norm": ("none", "bn"),
         "model.roi_heads.mask_head_norm": ("none", "bn"),
     }
-    # v1 -> default: pixel-aligned RoIAlign with adaptive sampling, true anchor strides
+    # v1 -> default: pixel-aligned RoIAlign with adaptive sampling, true anchor strides, and the
+    # sparse CPU RoIAlign allowed (torchvision presets keep torchvision's kernels: bit-identical outputs)
     assert differences(v1, default) == {
         "model.anchors.image_size_strides": (True, False),
         "model.roi_heads.aligned": (False, True),
         "model.roi_heads.sampling_ratio": (2, 0),
+        "model.roi_heads.roi_align_impl": ("torchvision", "auto"),
     }
     # v1 itself is torchvision's maskrcnn_resnet50_fpn: ResNet-50, frozen BN, stem + res2 frozen
     assert (v1.model.backbone.depth, v1.model.backbone.frozen_stages, v1.model.num_classes) == (50, 2, 90)

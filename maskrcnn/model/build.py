@@ -67,6 +67,7 @@ def build_model(cfg: Config | ModelConfig, class_names: list[str] | None = None)
             pooler=h.pooler,
             canonical_box_size=h.canonical_box_size,
             canonical_level=h.canonical_level,
+            impl=h.roi_align_impl,
         )
 
     if h.box_head == "fc":

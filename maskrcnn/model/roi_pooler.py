@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from ..ops.boxes import box_area
 from ..ops.roi_align import boxes_to_rois, roi_align, roi_pool
+from ..ops.sparse_roi_align import multilevel_roi_align
 
 
 def assign_levels(
@@ -40,10 +41,14 @@ class MultiScaleRoIPooler(nn.Module):
         pooler: str = "roi_align",
         canonical_box_size: int = 224,
         canonical_level: int = 4,
+        impl: str = "torchvision",
     ):
         super().__init__()
         if pooler not in ("roi_align", "roi_pool"):
             raise ValueError(f"unknown pooler {pooler!r}; choose roi_align or roi_pool")
+        if impl not in ("torchvision", "sparse", "auto"):
+            raise ValueError(f"unknown RoIAlign implementation {impl!r}; choose torchvision, sparse or auto")
+        self.impl = impl
         self.output_size = output_size
         self.scales = [1.0 / s for s in strides]
         self.min_level = int(math.log2(strides[0]))
@@ -66,11 +71,17 @@ class MultiScaleRoIPooler(nn.Module):
             aligned=self.aligned,
         )
 
+    def uses_sparse(self, features: Tensor) -> bool:
+        """The one-product sparse RoIAlign (ops/sparse_roi_align.py): `auto` picks it on the CPU in fp32."""
+        if self.impl == "torchvision" or self.pooler != "roi_align" or self.sampling_ratio <= 0:
+            return False
+        return self.impl == "sparse" or (features.device.type == "cpu" and features.dtype == torch.float32)
+
     def forward(self, features: list[Tensor], boxes: list[Tensor]) -> Tensor:
         features = features[: len(self.scales)]
         rois = boxes_to_rois(boxes).to(features[0].device)
         num_channels = features[0].shape[1]
-        if len(features) == 1:
+        if len(features) == 1 and not self.uses_sparse(features[0]):
             return self._pool(features[0], rois, self.scales[0])
         levels = assign_levels(
             rois[:, 1:],
@@ -79,6 +90,16 @@ class MultiScaleRoIPooler(nn.Module):
             canonical_box_size=self.canonical_box_size,
             canonical_level=self.canonical_level,
         )
+        if self.uses_sparse(features[0]):
+            return multilevel_roi_align(
+                features,
+                rois,
+                levels,
+                scales=self.scales[: len(features)],
+                output_size=self.output_size,
+                sampling_ratio=self.sampling_ratio,
+                aligned=self.aligned,
+            )
         out = torch.zeros(
             (len(rois), num_channels, self.output_size, self.output_size),
             dtype=features[0].dtype,
