@@ -13,6 +13,7 @@ Run directory layout:
 from __future__ import annotations
 
 import json
+import os
 import random
 import time
 from contextlib import nullcontext
@@ -90,6 +91,17 @@ class MetricsWriter:
                 self.tb = SummaryWriter(str(out_dir / "tensorboard"))
             except Exception:  # tensorboard is optional
                 self.tb = None
+
+    def keep_until(self, iteration: int) -> None:
+        """Drop records logged after `iteration`: a fresh run (0) starts an empty log; a resumed run
+        drops what was logged after its checkpoint, since those iterations run again."""
+        if not self.enabled or not self.path.is_file():
+            return
+        lines = self.path.read_text().splitlines()
+        kept = [line for line in lines if line.strip() and json.loads(line).get("iteration", 0) <= iteration]
+        tmp = self.path.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(line + "\n" for line in kept))
+        os.replace(tmp, self.path)
 
     def write(self, record: dict) -> None:
         if not self.enabled:
@@ -237,6 +249,7 @@ class Trainer:
         if self.dist.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             save_config(cfg, self.out_dir / "config.yaml")
+            self.writer.keep_until(self.state.iteration)
         self.ddp_model.train()
         from tqdm import tqdm
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -79,6 +80,14 @@ def test_resume_after_sigkill_gives_identical_weights(tmp_path):
     assert a.keys() == b.keys()
     different = [k for k in a if not torch.equal(a[k], b[k])]
     assert not different, f"{len(different)} tensors differ after resume, e.g. {different[:3]}"
+    # the resumed log holds each iteration once (lines logged after the checkpoint were dropped) and
+    # the same losses as the uninterrupted run
+    logs = [
+        [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        for run in (straight, interrupted)
+    ]
+    assert [r["iteration"] for r in logs[1] if "loss" in r] == list(range(1, 11))
+    assert [r["loss"] for r in logs[1] if "loss" in r] == [r["loss"] for r in logs[0] if "loss" in r]
     start = read_checkpoint(straight / "checkpoint.pt")
     assert start["train_state"]["iteration"] == 10
     # the weights did change during training (the comparison is not vacuous)
