@@ -1,30 +1,17 @@
-"""`maskrcnn inspect`: pictures of every stage of the model on one image, and a page that shows them.
+"""Running the model stage by stage on one image (`inspect_model`), keeping what every stage
+produced in an `Inspection`.
 
-    image -> preprocess -> backbone + FPN -> RPN head -> anchors, pre-NMS candidates, proposals
-          -> RoI level assignment -> box head (refinement) -> mask head (28×28 logits) -> detections
-
-`inspect_model` runs the stages one by one through the model's own public pieces (the RPN's head,
-anchor generator, matcher and `select_proposals`; `box_outputs`, `detect`, `mask_logits`) and keeps
-what each produced in an `Inspection`. Only the RPN's pre-NMS candidates are recomputed here (the
-model does not return them): the same top-k per level, decoding, clipping and size/score filters
-that `select_proposals` applies before its NMS. With ground truth, it is mapped through the
-model's own preprocessing (the resize) before anchors are matched, exactly as in training.
-
-`write_inspection` draws the pictures (maskrcnn.inspect_draw) and writes `index.html` (every
-picture with its caption) and `summary.json` (the numbers behind the pictures).
-
-Stage pictures are drawn on the model's input frame: the image resized as the model resizes it,
-before padding, in which anchors, proposals and RoIs live. The final detections are drawn on the
-original image, as the model returns them.
+`inspect_model` goes through the model's own public pieces (the RPN's head, anchor generator,
+matcher and `select_proposals`; `box_outputs`, `detect`, `mask_logits`). Only the RPN's pre-NMS
+candidates are recomputed here (the model does not return them): the same top-k per level,
+decoding, clipping and size/score filters that `select_proposals` applies before its NMS. With
+ground truth, it is mapped through the model's own preprocessing (the resize) before anchors are
+matched, exactly as in training.
 """
 
 from __future__ import annotations
 
-import argparse
-import html
-import json
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
@@ -32,21 +19,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .model.postprocess import detect_boxes
-from .model.roi_pooler import MultiScaleRoIPooler, assign_levels
-from .model.rpn import flatten_predictions
-from .ops.boxes import box_area, box_iou, clip_boxes, nonempty_boxes
-from .structures import Detections, Targets
+from ..model.postprocess import detect_boxes
+from ..model.roi_pooler import MultiScaleRoIPooler, assign_levels
+from ..model.rpn import flatten_predictions
+from ..ops.boxes import box_area, box_iou, clip_boxes, nonempty_boxes
+from ..structures import Detections, Targets
+from ..visualize import to_rgb_array
 
-__all__ = [
-    "Inspection",
-    "add_inspect_arguments",
-    "cmd_inspect",
-    "find_annotations",
-    "inspect_model",
-    "pooled_levels",
-    "write_inspection",
-]
+__all__ = ["Inspection", "inspect_model", "pooled_levels"]
 
 
 @dataclass
@@ -271,7 +251,7 @@ def inspect_model(
     anchor_sizes, aspect_ratios = _anchor_shapes(model)
     return Inspection(
         image=image.cpu(),
-        input_rgb=np.round(rgb.clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255).astype(np.uint8),
+        input_rgb=to_rgb_array(rgb),
         original_size=tuple(int(v) for v in image.shape[-2:]),
         input_size=(int(size[0]), int(size[1])),
         padded_size=padded,
@@ -310,136 +290,3 @@ def inspect_model(
         dropped_gt=dropped,
         notes=notes,
     )
-
-
-# ---------------------------------------------------------------------------------- annotations
-
-
-def find_annotations(spec: str, image_path: str | Path) -> tuple[Targets, list[str], str]:
-    """Ground truth of the image named like `image_path` in the dataset `spec` (matched by file
-    name) -> (targets in original-image pixels, the dataset's class names, a description)."""
-    from .data.specs import build_dataset
-
-    dataset: Any = build_dataset(spec)
-    name = Path(image_path).name
-    if not hasattr(dataset, "file_name"):
-        raise ValueError(f"dataset {spec!r} does not name its images; cannot find {name} in it")
-    matches = [i for i in range(len(dataset)) if Path(dataset.file_name(i)).name == name]
-    if not matches:
-        raise ValueError(f"no image named {name!r} in dataset {spec!r} ({len(dataset)} images)")
-    index = matches[0]
-    if hasattr(dataset, "load_targets"):
-        targets, _ = dataset.load_targets(index)
-    else:
-        targets = dataset[index].targets
-    where = f"{spec} item {index} ({dataset.file_name(index)})"
-    if len(matches) > 1:
-        where += f"; {len(matches)} items share this file name, the first is used"
-    return targets, list(getattr(dataset, "class_names", [])), where
-
-
-# ---------------------------------------------------------------------------------- output
-
-
-def write_inspection(
-    inspection: Inspection, out: str | Path, *, title: str, details: Optional[dict[str, str]] = None
-) -> list[dict]:
-    """Draw every picture into `out`, then `index.html` and `summary.json`; returns the picture list
-    (file, title, caption)."""
-    from .inspect_draw import draw_all
-
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    pictures, summary = draw_all(inspection, out)
-    summary["pictures"] = pictures
-    summary["details"] = dict(details or {})
-    summary["notes"] = list(inspection.notes)
-    (out / "summary.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
-    page = render_html(pictures, title=title, details=details, notes=inspection.notes)
-    (out / "index.html").write_text(page, encoding="utf-8")
-    return pictures
-
-
-_STYLE = """
-body { font-family: system-ui, sans-serif; margin: 24px auto; max-width: 1400px; padding: 0 16px;
-       color: #222; background: #fafafa; }
-h1 { font-size: 22px; margin-bottom: 4px; }
-table.meta { border-collapse: collapse; margin: 8px 0 16px; font-size: 14px; }
-table.meta td { padding: 2px 12px 2px 0; vertical-align: top; }
-table.meta td:first-child { color: #666; }
-nav { font-size: 14px; margin-bottom: 16px; line-height: 1.7; }
-figure { margin: 0 0 32px; padding: 12px; background: #fff; border: 1px solid #ddd; border-radius: 6px; }
-figure img { display: block; max-width: 100%; height: auto; margin: 0 auto; }
-figcaption { margin-top: 10px; font-size: 14px; line-height: 1.45; }
-figcaption b { font-size: 16px; }
-.notes { color: #a33; font-size: 14px; }
-"""
-
-
-def render_html(
-    pictures: list[dict], *, title: str, details: Optional[dict[str, str]] = None, notes: list[str] = ()
-) -> str:
-    """A self-contained page: a table of details, links, then every picture with its caption."""
-    esc = html.escape
-    rows = "".join(f"<tr><td>{esc(k)}</td><td>{esc(v)}</td></tr>" for k, v in (details or {}).items())
-    links = " · ".join(f'<a href="#{esc(p["id"])}">{esc(p["title"])}</a>' for p in pictures)
-    figures = "\n".join(
-        f'<figure id="{esc(p["id"])}"><img src="{esc(p["file"])}" alt="{esc(p["title"])}">'
-        f"<figcaption><b>{i}. {esc(p['title'])}</b><br>{esc(p['caption'])}</figcaption></figure>"
-        for i, p in enumerate(pictures, start=1)
-    )
-    note_html = "".join(f'<p class="notes">{esc(n)}</p>' for n in notes)
-    return (
-        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-        f"<title>{esc(title)}</title><style>{_STYLE}</style></head><body>\n"
-        f'<h1>{esc(title)}</h1>\n<table class="meta">{rows}</table>\n{note_html}'
-        f"<nav>{links}</nav>\n{figures}\n</body></html>\n"
-    )
-
-
-# ---------------------------------------------------------------------------------- command
-
-
-def add_inspect_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--weights", required=True, help="checkpoint path or URL")
-    parser.add_argument(
-        "--annotations",
-        help="dataset spec holding the image's ground truth, found by file name "
-        "(coco:ANN.json:IMAGE_DIR, via:DIR, masks:DIR); adds the anchor-target picture",
-    )
-    parser.add_argument("--out", required=True, help="output folder (PNG pictures, index.html, summary.json)")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("image", help="image file")
-
-
-def cmd_inspect(args: argparse.Namespace) -> int:
-    from . import load
-    from .data.transforms import load_image as load_stored_pixels
-    from .predict import load_image
-
-    path = Path(args.image)
-    if not path.is_file():
-        raise FileNotFoundError(f"image not found: {path}")
-    # annotations refer to the stored pixel grid (as the datasets read it); otherwise read the
-    # image as `maskrcnn predict` does
-    image = load_stored_pixels(path) if args.annotations else load_image(path)
-    targets, gt_names, where = None, None, None
-    if args.annotations:
-        targets, gt_names, where = find_annotations(args.annotations, path)
-        if tuple(targets.masks.shape[-2:]) != tuple(image.shape[-2:]):
-            raise ValueError(
-                f"{where}: annotations are for a {targets.masks.shape[-2]}x{targets.masks.shape[-1]} image "
-                f"but {path} is {image.shape[-2]}x{image.shape[-1]}"
-            )
-    model = load(args.weights, map_location=args.device)
-    result = inspect_model(model, image, targets=targets, gt_class_names=gt_names)
-    details = {
-        "image": str(path),
-        "weights": str(args.weights),
-        "original size (h×w)": "{}×{}".format(*result.original_size),
-        "model input (h×w)": "{}×{} (padded to {}×{})".format(*result.input_size, *result.padded_size),
-        "annotations": where or "none (no anchor-target picture)",
-    }
-    pictures = write_inspection(result, args.out, title=f"maskrcnn inspect: {path.name}", details=details)
-    print(f"wrote {len(pictures)} pictures and {Path(args.out) / 'index.html'}")
-    return 0
