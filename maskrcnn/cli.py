@@ -53,6 +53,18 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_benchmark(args: argparse.Namespace) -> int:
+    root = Path(__file__).resolve().parents[1]
+    if not (root / "benchmarks" / "bench_speed.py").is_file():
+        print("error: `maskrcnn benchmark` runs benchmarks/bench_speed.py from a checkout", file=sys.stderr)
+        return 2
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    from benchmarks.bench_speed import main as bench_main
+
+    return bench_main(args.bench_args)
+
+
 def _user_errors(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
     """Report bad inputs (missing files, malformed data) as one line on stderr and exit status 2."""
 
@@ -200,6 +212,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands.add_demo_arguments(p)
     p.set_defaults(func=commands.cmd_demo)
+
+    p = sub.add_parser(
+        "benchmark",
+        help="time our model against torchvision's (benchmarks/bench_speed.py; --help for its options)",
+        add_help=False,
+        prefix_chars="+",  # every argument, options and --help included, goes to the script's parser
+    )
+    p.add_argument("bench_args", nargs=argparse.REMAINDER)
+    p.set_defaults(func=_cmd_benchmark)
 
     from . import inspect as inspect_command
 

@@ -79,6 +79,14 @@ class MaskRCNN(nn.Module):
         self.class_names = list(class_names) if class_names else None
         self.config = None  # set by build_model; travels into checkpoints
 
+    def set_channels_last(self, enabled: bool = True) -> MaskRCNN:
+        """Keep conv weights and the padded image batch in channels-last memory (NHWC), which the
+        CPU's oneDNN convolutions and tensor-core GPUs prefer; values are unchanged. Returns self."""
+        memory_format = torch.channels_last if enabled else torch.contiguous_format
+        self.to(memory_format=memory_format)
+        self.preprocessor.memory_format = memory_format
+        return self
+
     # ------------------------------------------------------------------ stages
     def preprocess(self, images: list[Tensor], targets: list[TargetsLike] | None = None):
         images = [_as_float_image(im, i) for i, im in enumerate(images)]

@@ -45,6 +45,7 @@ class Preprocessor(nn.Module):
         self.min_size = tuple(min_size)
         self.max_size = max_size
         self.size_divisible = size_divisible
+        self.memory_format = torch.contiguous_format  # of the padded batch; see MaskRCNN.set_channels_last
 
     def _choose_min_size(self) -> int:
         if not self.training:
@@ -78,7 +79,10 @@ class Preprocessor(nn.Module):
 
     def pad(self, images: list[Tensor]) -> Tensor:
         ph, pw = padded_shape([tuple(im.shape[-2:]) for im in images], self.size_divisible)
-        out = images[0].new_zeros((len(images), images[0].shape[0], ph, pw))
+        shape = (len(images), images[0].shape[0], ph, pw)
+        out = torch.empty(
+            shape, dtype=images[0].dtype, device=images[0].device, memory_format=self.memory_format
+        ).zero_()
         for i, im in enumerate(images):
             out[i, :, : im.shape[1], : im.shape[2]].copy_(im)
         return out

@@ -1,0 +1,107 @@
+"""benchmarks/bench_speed.py on a tiny CPU setting: both models agree, rows and JSON are complete.
+
+No timing thresholds: only that every measurement ran and its numbers are sane.
+"""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+from benchmarks.bench_speed import Settings, coco_train_batches, shapes_batches
+from benchmarks.demo_counterpart import torchvision_counterpart
+from benchmarks.report import format_report
+from maskrcnn.cli import main as cli_main
+from maskrcnn.config import get_preset
+from maskrcnn.model import build_model
+
+TINY = [
+    "--threads", "1", "--runs", "1", "--warmup", "0", "--images", "1", "--min-size", "160",
+    "--max-size", "224", "--detections", "10", "--proposals", "100", "--train-steps", "1",
+    "--demo-batch", "2",
+]  # fmt: skip
+VARIANTS = ["torchvision", "ours, tv roi_align", "ours", "ours, channels_last"]
+
+
+def test_cli_benchmark_writes_json_with_matching_detections(tmp_path, capsys):
+    threads = torch.get_num_threads()
+    try:
+        assert cli_main(["benchmark", *TINY, "--out", str(tmp_path / "speed.json")]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    result = json.loads((tmp_path / "speed.json").read_text())
+    for key in ("device", "device_type", "threads", "torch", "torchvision", "settings", "images"):
+        assert key in result
+    assert result["device_type"] == "cpu" and result["threads"] == 1
+    assert result["settings"]["min_size"] == 160 and len(result["images"]) == 1
+
+    inference = result["inference"]
+    assert [r["variant"] for r in inference] == VARIANTS
+    tv_counts = inference[0]["detections"]
+    assert len(tv_counts) == 1 and 0 < tv_counts[0] <= 10
+    for row in inference:
+        assert row["median_ms"] > 0 and row["images_per_s"] > 0 and len(row["times_ms"]) == 1
+        assert row["peak_mem_mb"] is None  # only measured on the GPU
+    for row in inference[1:]:
+        assert row["detections"] == tv_counts
+        assert row["detections_match_torchvision"] is True
+        assert row["detections_differing"] == 0
+        assert row["max_box_diff"] < 1e-2
+
+    training = result["training"]
+    assert [r["variant"] for r in training] == VARIANTS
+    assert all(r["setting"] == "shapes_demo" and r["batch"] == 2 and r["median_ms"] > 0 for r in training)
+    profile = result["profile"]["shapes_demo"]
+    assert profile["roi_align_forward_ms"] > 0 and profile["roi_align_backward_ms"] > 0
+
+    out = capsys.readouterr().out
+    assert "ours, channels_last" in out and "shapes_demo" in out and "RoIAlign" in out
+
+
+def test_demo_counterpart_matches_our_losses():
+    """Same trunk, same head weights, same sampling: the five losses agree once our poolers use
+    torchvision's RoIAlign convention (the demo preset pools aligned=True, torchvision cannot)."""
+    cfg = get_preset("shapes_demo")
+    torch.manual_seed(0)
+    ours = build_model(cfg).train()
+    tv = torchvision_counterpart(ours, cfg).train()
+    ours.box_pooler.aligned = ours.mask_pooler.aligned = False
+    images, targets = shapes_batches(2, 1)[0]
+    torch.manual_seed(1)
+    expected = tv(images, [{"boxes": t.boxes, "labels": t.labels, "masks": t.masks} for t in targets])
+    torch.manual_seed(1)
+    actual = ours.loss(images, targets)
+    names = {
+        "loss_objectness": "loss_rpn_cls",
+        "loss_rpn_box_reg": "loss_rpn_box",
+        "loss_classifier": "loss_cls",
+        "loss_box_reg": "loss_box",
+        "loss_mask": "loss_mask",
+    }
+    for tv_name, name in names.items():
+        assert abs(actual[name].item() - expected[tv_name].item()) <= 1e-4, (name, actual, expected)
+
+
+def test_lsj_batches_are_fixed_size():
+    (images, targets), *_ = coco_train_batches("lsj1024", batch=2, count=1, seed=0)
+    assert [tuple(im.shape) for im in images] == [(3, 1024, 1024)] * 2
+    assert all(t.masks.shape[-2:] == (1024, 1024) for t in targets)
+
+
+def test_report_formats_rows():
+    row = {"variant": "torchvision", "dtype": "fp32", "batch": 1, "median_ms": 10.0, "images_per_s": 100.0}
+    result = {
+        "device": "cpu",
+        "device_type": "cpu",
+        "threads": 2,
+        "torch": "x",
+        "torchvision": "y",
+        "settings": Settings().__dict__,
+        "images": ["a.jpg"],
+        "inference": [dict(row, peak_mem_mb=None, detections=[3])],
+        "training": [],
+        "profile": {},
+    }
+    text = format_report(result)
+    assert "1.00x" in text and "torchvision" in text and "a.jpg" not in text
