@@ -66,6 +66,21 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _enlarged(image, instances, factor: int):
+    """The 128-pixel demo images and their instances (Targets or Detections) scaled up `factor`
+    times (nearest neighbour), so that the overlays' labels do not hide the shapes."""
+    import dataclasses
+
+    import torch.nn.functional as F
+
+    big = F.interpolate(image[None], scale_factor=factor, mode="nearest")[0]
+    if len(instances.masks):
+        masks = F.interpolate(instances.masks[None].float(), scale_factor=factor, mode="nearest")[0] > 0.5
+    else:  # interpolate refuses empty inputs
+        masks = instances.masks.new_zeros((0, *big.shape[-2:]))
+    return big, dataclasses.replace(instances, boxes=instances.boxes * factor, masks=masks)
+
+
 def run_demo(
     out_dir: str | Path,
     *,
@@ -79,8 +94,9 @@ def run_demo(
 
     from ..data.shapes import ShapesDataset
     from ..evaluation.coco_eval import format_table
+    from ..inspect.canvas import grid, titled
     from ..predict import write_json_atomic
-    from ..visualize import draw_detections
+    from ..visualize import draw_detections, draw_targets
     from .checkpoint import load_model
     from .train import train
 
@@ -99,11 +115,10 @@ def run_demo(
         detections = model.predict([s.image for s in samples])
     for s, det in zip(samples, detections):
         keep = det.scores >= 0.5
-        picture = draw_detections(
-            s.image,
-            type(det)(det.boxes[keep], det.scores[keep], det.labels[keep], det.masks[keep]),
-            class_names=model.class_names,
-        )
+        shown = type(det)(det.boxes[keep], det.scores[keep], det.labels[keep], det.masks[keep])
+        truth = draw_targets(*_enlarged(s.image, s.targets, 3), class_names=model.class_names)
+        predicted = draw_detections(*_enlarged(s.image, shown, 3), class_names=model.class_names)
+        picture = grid([titled(truth, "ground truth"), titled(predicted, "predicted (score >= 0.5)")], 2)
         picture.save(overlays / f"{Path(s.file_name).stem}.png")
     summary = {
         "wall_time_s": time.perf_counter() - start,
