@@ -15,6 +15,7 @@ from benchmarks.report import format_report
 from maskrcnn.cli import main as cli_main
 from maskrcnn.config import get_preset
 from maskrcnn.model import build_model
+from tests.model.tv_reference import assert_losses_match
 
 TINY = [
     "--threads", "1", "--runs", "1", "--warmup", "0", "--images", "1", "--min-size", "160",
@@ -72,15 +73,7 @@ def test_demo_counterpart_matches_our_losses():
     expected = tv(images, [{"boxes": t.boxes, "labels": t.labels, "masks": t.masks} for t in targets])
     torch.manual_seed(1)
     actual = ours.loss(images, targets)
-    names = {
-        "loss_objectness": "loss_rpn_cls",
-        "loss_rpn_box_reg": "loss_rpn_box",
-        "loss_classifier": "loss_cls",
-        "loss_box_reg": "loss_box",
-        "loss_mask": "loss_mask",
-    }
-    for tv_name, name in names.items():
-        assert abs(actual[name].item() - expected[tv_name].item()) <= 1e-4, (name, actual, expected)
+    assert_losses_match(actual, expected, atol=1e-4)
 
 
 def test_lsj_batches_are_fixed_size():

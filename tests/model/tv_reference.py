@@ -32,3 +32,20 @@ def torchvision_model(version: str, seed: int = 0, **kwargs) -> torch.nn.Module:
         predictor.bbox_pred.weight.mul_(5.0)
         model.rpn.head.cls_logits.weight.mul_(10.0)
     return model.eval()
+
+
+# torchvision's loss names -> ours
+TV_LOSS_NAMES = {
+    "loss_objectness": "loss_rpn_cls",
+    "loss_rpn_box_reg": "loss_rpn_box",
+    "loss_classifier": "loss_cls",
+    "loss_box_reg": "loss_box",
+    "loss_mask": "loss_mask",
+}
+
+
+def assert_losses_match(ours: dict, torchvision_losses: dict, *, atol: float) -> None:
+    """Each of the 5 training losses equals torchvision's within `atol`."""
+    for tv_name, name in TV_LOSS_NAMES.items():
+        difference = abs(ours[name].item() - torchvision_losses[tv_name].item())
+        assert difference <= atol, (name, ours[name], torchvision_losses[tv_name])
