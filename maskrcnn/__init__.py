@@ -1,10 +1,26 @@
-"""maskrcnn: Mask R-CNN for instance segmentation in PyTorch."""
+"""maskrcnn: Mask R-CNN for instance segmentation in PyTorch.
 
-from .config import Config
-from .model import MaskRCNN, build_model
-from .structures import Detections, ImageBatch, Proposals, Sample, Targets
+The public names load lazily (PEP 562), so `maskrcnn --help` and `import maskrcnn.config` do not
+pay for importing torch and torchvision.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+_LAZY = {
+    "Config": "maskrcnn.config",
+    "MaskRCNN": "maskrcnn.model",
+    "build_model": "maskrcnn.model",
+    "Detections": "maskrcnn.structures",
+    "ImageBatch": "maskrcnn.structures",
+    "Proposals": "maskrcnn.structures",
+    "Sample": "maskrcnn.structures",
+    "Targets": "maskrcnn.structures",
+}
 
 __all__ = [
     "Config",
@@ -17,6 +33,19 @@ __all__ = [
     "build_model",
     "load",
 ]
+
+if TYPE_CHECKING:
+    from .config import Config
+    from .model import MaskRCNN, build_model
+    from .structures import Detections, ImageBatch, Proposals, Sample, Targets
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'maskrcnn' has no attribute {name!r}")
 
 
 def load(path_or_url: str, *, map_location: str = "cpu", sha256: str | None = None) -> MaskRCNN:

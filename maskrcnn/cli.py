@@ -222,7 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("bench_args", nargs=argparse.REMAINDER)
     p.set_defaults(func=_cmd_benchmark)
 
-    from . import inspect as inspect_command
+    from .inspect import command as inspect_command
 
     p = sub.add_parser("inspect", help="draw every stage of the model on one image (PNGs + index.html)")
     inspect_command.add_inspect_arguments(p)

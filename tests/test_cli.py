@@ -101,3 +101,11 @@ def test_predict_missing_input_fails_with_its_name(converted, shared_data, tmp_p
     assert result.returncode != 0
     assert str(missing) in result.stderr and "not found" in result.stderr
     assert not (out / "predictions.json").exists()
+
+
+def test_help_does_not_import_torch():
+    # `maskrcnn --help` and building the parser stay quick: torch loads only when a command runs
+    code = "import sys, maskrcnn.cli; maskrcnn.cli.build_parser(); print('torch' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "False"

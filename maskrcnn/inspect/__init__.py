@@ -18,9 +18,22 @@ before padding, in which anchors, proposals and RoIs live. The final detections 
 original image, as the model returns them.
 """
 
-from .command import add_inspect_arguments, cmd_inspect, find_annotations
-from .page import render_html, write_inspection
-from .stages import Inspection, inspect_model, pooled_levels
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+# the names load lazily (PEP 562): the CLI imports `command` without paying for torch
+_LAZY = {
+    "add_inspect_arguments": "command",
+    "cmd_inspect": "command",
+    "find_annotations": "command",
+    "render_html": "page",
+    "write_inspection": "page",
+    "Inspection": "stages",
+    "inspect_model": "stages",
+    "pooled_levels": "stages",
+}
 
 __all__ = [
     "Inspection",
@@ -32,3 +45,9 @@ __all__ = [
     "render_html",
     "write_inspection",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module 'maskrcnn.inspect' has no attribute {name!r}")

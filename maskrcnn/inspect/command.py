@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..structures import Targets
-from .page import write_inspection
-from .stages import inspect_model
+if TYPE_CHECKING:  # torch loads only when the command runs, so `maskrcnn --help` stays quick
+    from ..structures import Targets
 
 __all__ = ["add_inspect_arguments", "cmd_inspect", "find_annotations"]
 
@@ -69,6 +68,9 @@ def cmd_inspect(args: argparse.Namespace) -> int:
                 f"but {path} is {image.shape[-2]}x{image.shape[-1]}"
             )
     model = load(args.weights, map_location=args.device)
+    from .page import write_inspection
+    from .stages import inspect_model
+
     result = inspect_model(model, image, targets=targets, gt_class_names=gt_names)
     details = {
         "image": str(path),
