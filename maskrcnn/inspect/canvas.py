@@ -3,9 +3,11 @@ model-input image under the drawing, (dashed) box outlines, titled panels in gri
 legends, colour bars. Fonts, instance colours and labels come from maskrcnn.visualize.
 
 Stage pictures show the model's input frame (the resized image, before padding), faded so that
-coloured boxes stand out; boxes are drawn 1:1 in that frame, or scaled with the image in the
-multi-panel pictures. Every picture is a `Picture`: the image, a title, a caption stating what is
-drawn and with which counts, and a part of `summary.json` holding the same numbers.
+coloured boxes stand out, at a display scale (`display_scale`) that enlarges small frames (up to
+MAX_ENLARGE×) and shrinks big ones; every box and point is scaled with the image, and label fonts
+are sized for the drawn size (`label_font`). Legends and colour bars are at least MIN_KEY_WIDTH
+wide, whatever the picture's width. Every picture is a `Picture`: the image, a title, a caption
+stating what is drawn and with which counts, and a part of `summary.json` holding the same numbers.
 """
 
 from __future__ import annotations
@@ -31,12 +33,16 @@ __all__ = [
     "boxes_list",
     "colorbar",
     "colormap",
+    "display_scale",
     "faded",
+    "frame_text",
     "grid",
+    "label_font",
     "legend",
     "note",
     "number_format",
     "rect",
+    "resized",
     "stack",
     "titled",
 ]
@@ -49,6 +55,25 @@ OBJECTNESS_STOPS = ((40, 90, 255), (0, 200, 230), (120, 230, 60), (255, 200, 0),
 # negative logits blue, 0 white (p = 0.5, the mask threshold), positive red
 LOGIT_STOPS = ((33, 102, 172), (146, 197, 222), (247, 247, 247), (244, 165, 130), (178, 24, 43))
 WHITE, BLACK, GREY = (255, 255, 255), (0, 0, 0), (150, 150, 150)
+MAX_ENLARGE = 4.0  # the most a small model input is enlarged for display
+MIN_KEY_WIDTH = 360  # legends and colour bars are at least this wide (px)
+
+
+def display_scale(width: int, target: int, *, shrink: bool = True) -> float:
+    """The factor that draws a `width` px wide frame about `target` px wide: small frames enlarged
+    (at most MAX_ENLARGE×), big ones shrunk, or kept 1:1 when not `shrink`."""
+    scale = min(MAX_ENLARGE, target / max(1, width))
+    return scale if shrink or scale >= 1.0 else 1.0
+
+
+def frame_text(size: Sequence[int], scale: float) -> str:
+    """The model input frame's size and the scale it is shown at, for captions."""
+    return f"Model input frame ({size[0]}×{size[1]}, shown at {scale:.2f}×)"
+
+
+def label_font(image: Image.Image) -> Any:
+    """The font of box labels, sized for the drawn picture."""
+    return _font(max(12, min(image.size) // 50))
 
 
 def colormap(values: np.ndarray, stops: Sequence[Color] = OBJECTNESS_STOPS) -> np.ndarray:
@@ -70,10 +95,14 @@ def faded(pixels: np.ndarray, scale: float = 1.0) -> Image.Image:
     rescaled."""
     x = pixels.astype(np.float32)
     gray = x.mean(axis=2, keepdims=True)
-    image = Image.fromarray(np.round((0.35 * x + 0.65 * gray) * 0.55 + 20).astype(np.uint8))
-    if scale != 1.0:
-        image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))))
-    return image
+    return resized(Image.fromarray(np.round((0.35 * x + 0.65 * gray) * 0.55 + 20).astype(np.uint8)), scale)
+
+
+def resized(image: Image.Image, scale: float) -> Image.Image:
+    """`image` resized by `scale` (the same image when 1)."""
+    if scale == 1.0:
+        return image
+    return image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))))
 
 
 def rect(
@@ -143,13 +172,15 @@ def stack(images: list[Image.Image], *, gap: int = 6) -> Image.Image:
 
 
 def legend(entries: list[tuple[Color, str]], width: int, *, outline_only: Sequence[bool] = ()) -> Image.Image:
-    """A row of colour swatches with their texts (wrapping onto more rows when needed)."""
+    """A row of colour swatches with their texts (wrapping onto more rows when needed), at least
+    MIN_KEY_WIDTH wide and as wide as its longest entry."""
     font = _font(14)
     probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     items = []
     for i, (color, text) in enumerate(entries):
         w = int(probe.textlength(text, font=font)) + 30
         items.append((color, text, w, i < len(outline_only) and outline_only[i]))
+    width = max(width, MIN_KEY_WIDTH, *(item[2] + 16 for item in items))
     lines, line, used = [], [], 0
     for item in items:
         if line and used + item[2] > width - 8:
@@ -175,11 +206,13 @@ def legend(entries: list[tuple[Color, str]], width: int, *, outline_only: Sequen
 def colorbar(
     width: int, lo: float, hi: float, label: str, stops: Sequence[Color], *, fmt: str = "{:.3f}"
 ) -> Image.Image:
-    """A labelled colour ramp from `lo` to `hi` (numbers written with `fmt`)."""
+    """A labelled colour ramp from `lo` to `hi` (numbers written with `fmt`), at least
+    MIN_KEY_WIDTH wide and wide enough for its label."""
     font = _font(14)
+    left = int(ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength(label, font=font)) + 16
+    width = max(width, MIN_KEY_WIDTH, left + 200)
     out = Image.new("RGB", (width, 46), WHITE)
     draw = ImageDraw.Draw(out)
-    left = int(draw.textlength(label, font=font)) + 16
     bar_w = max(40, width - left - 16)
     ramp = colormap(np.linspace(0, 1, bar_w), stops)
     out.paste(Image.fromarray(np.repeat(ramp[None], 14, axis=0)), (left, 6))

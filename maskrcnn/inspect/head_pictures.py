@@ -35,11 +35,12 @@ SHOW_REFINED = 15  # detections in the refinement picture
 SHOW_MASKS = 8  # detections in the mask picture
 SHOW_DETECTIONS = 20  # detections in the final picture
 MASK_CELL = 168  # pixels of a 28x28 logit map (6 px per cell)
+PANEL_WIDTH = 620  # display width (px) of each level panel
+PICTURE_WIDTH = 640  # display width (px) that small frames are enlarged to in the refinement picture
 
 
 def draw_roi_levels(ins: Inspection) -> Picture:
-    h, w = ins.input_size
-    scale = min(1.0, 620 / w)
+    scale = canvas.display_scale(ins.input_size[1], PANEL_WIDTH)
     names = ins.pooled_level_names
     colors = instance_colors(len(names) + 2)[2:]
     counts = {name: int((ins.proposal_levels == i).sum()) for i, name in enumerate(names)}
@@ -66,7 +67,7 @@ def draw_roi_levels(ins: Inspection) -> Picture:
         f"Of the {len(ins.proposal_boxes):,} proposals: "
         + ", ".join(f"{n} {c:,}" for n, c in counts.items())
         + f". Each panel draws up to {SHOW_PER_LEVEL} of its most confident RoIs. "
-        f"Model input frame ({h}×{w}, shown at {scale:.2f}×)."
+        f"{canvas.frame_text(ins.input_size, scale)}."
     )
     return (
         canvas.grid(panels, 2),
@@ -98,23 +99,24 @@ def draw_refinement(ins: Inspection) -> Picture:
     det, n, colors = _shown_detections(ins, SHOW_REFINED)
     if n == 0:
         return _no_detections(title)
-    image = canvas.faded(ins.input_rgb)
+    scale = canvas.display_scale(ins.input_size[1], PICTURE_WIDTH, shrink=False)
+    image = canvas.faded(ins.input_rgb, scale)
     draw = ImageDraw.Draw(image)
-    font = _font(max(12, min(ins.input_size) // 50))
+    font = canvas.label_font(image)
     rows, shifts = [], []
     for j in reversed(range(n)):
         color = canvas.as_color(colors[j])
         proposal, box = ins.proposal_boxes[int(ins.det_sources[j])], ins.det_input_boxes[j]
-        canvas.rect(draw, proposal.tolist(), color, width=2, dashed=True)
-        canvas.rect(draw, box.tolist(), color, width=3)
-        pc, bc = (proposal[:2] + proposal[2:]) / 2, (box[:2] + box[2:]) / 2
+        canvas.rect(draw, (proposal * scale).tolist(), color, width=2, dashed=True)
+        canvas.rect(draw, (box * scale).tolist(), color, width=3)
+        pc, bc = (proposal[:2] + proposal[2:]) / 2 * scale, (box[:2] + box[2:]) / 2 * scale
         draw.line((*pc.tolist(), *bc.tolist()), fill=color, width=2)
         draw.ellipse(
             (float(bc[0]) - 4, float(bc[1]) - 4, float(bc[0]) + 4, float(bc[1]) + 4),
             fill=color,
             outline=canvas.BLACK,
         )
-        shifts.append(float((bc - pc).norm()))
+        shifts.append(float((bc - pc).norm()) / scale)  # in model-input pixels
         rows.append(
             {
                 "rank": j + 1,
@@ -128,7 +130,8 @@ def draw_refinement(ins: Inspection) -> Picture:
         )
     for j in reversed(range(n)):
         text = f"{_name(int(det.labels[j]), ins.class_names)} {float(det.scores[j]):.2f}"
-        _draw_label(draw, text, ins.det_input_boxes[j].numpy(), colors[j], font, image.width, image.height)
+        box = (ins.det_input_boxes[j] * scale).numpy()
+        _draw_label(draw, text, box, colors[j], font, image.width, image.height)
     color0 = canvas.as_color(colors[0])
     key = canvas.legend(
         [(color0, "proposal (dashed)"), (color0, "final box (solid); line: centre shift")],
@@ -138,8 +141,8 @@ def draw_refinement(ins: Inspection) -> Picture:
     caption = (
         f"The {n} most confident of {len(det)} detections: the RPN proposal each came from (dashed) and "
         f"its final box (solid), after the box head's class-specific regression, clipping and per-class "
-        f"NMS; the line joins the centres (mean shift {np.mean(shifts):.1f} px). Model input frame "
-        f"({ins.input_size[0]}×{ins.input_size[1]})."
+        f"NMS; the line joins the centres (mean shift {np.mean(shifts):.1f} px of the input). "
+        f"{canvas.frame_text(ins.input_size, scale)}."
     )
     return canvas.stack([image, key]), title, caption, {"shown": rows[::-1]}
 

@@ -10,7 +10,7 @@ import torch
 from PIL import Image, ImageDraw
 from torch import Tensor
 
-from ..visualize import _blend_masks, _draw_label, _font, _name, instance_colors
+from ..visualize import _blend_masks, _draw_label, _name, instance_colors
 from . import canvas
 from .canvas import Picture
 
@@ -22,11 +22,18 @@ __all__ = ["draw_anchor_targets", "draw_anchors", "draw_rpn"]
 SHOW_PROPOSALS = 150  # boxes drawn in the RPN pictures
 SHOW_NEGATIVES = 150  # negative anchors drawn (a random sample)
 ANCHOR_LOCATIONS = 5  # sample locations per level in the anchor picture
+PANEL_WIDTH = 420  # display width (px) of each anchor panel
+PICTURE_WIDTH = 640  # display width (px) that small frames are enlarged to in the single pictures
+
+
+def _single_scale(ins: Inspection) -> float:
+    """Display scale of the single-frame pictures: small inputs enlarged, big ones kept 1:1."""
+    return canvas.display_scale(ins.input_size[1], PICTURE_WIDTH, shrink=False)
 
 
 def draw_anchors(ins: Inspection) -> Picture:
     h, w = ins.input_size
-    scale = min(1.0, 420 / w)
+    scale = canvas.display_scale(w, PANEL_WIDTH)
     a = int(ins.cell_anchors[0].shape[0])
     colors = instance_colors(a)
     per_ratio = max(1, a // len(ins.aspect_ratios))  # cell anchors: by aspect ratio, then size
@@ -72,8 +79,9 @@ def draw_anchors(ins: Inspection) -> Picture:
     caption = (
         f"Every location of every FPN level carries {a} anchors (one per aspect ratio); "
         f"{total:,} anchors in all. Each panel draws all {a} anchors at {ANCHOR_LOCATIONS} locations of "
-        f"that level: the image centre and {ANCHOR_LOCATIONS - 1} random ones. Drawn on the model input "
-        f"({h}×{w}, shown at {scale:.2f}×; padding to {ins.padded_size[0]}×{ins.padded_size[1]} not shown)."
+        f"that level: the image centre and {ANCHOR_LOCATIONS - 1} random ones. "
+        f"{canvas.frame_text(ins.input_size, scale)}; "
+        f"padding to {ins.padded_size[0]}×{ins.padded_size[1]} not shown."
     )
     return (
         canvas.grid(panels, 3),
@@ -84,15 +92,18 @@ def draw_anchors(ins: Inspection) -> Picture:
 
 
 def _objectness_picture(
-    ins: Inspection, boxes: Tensor, scores: Tensor, lo: float, hi: float
+    ins: Inspection, boxes: Tensor, scores: Tensor, lo: float, hi: float, scale: float
 ) -> tuple[Image.Image, int]:
     order = torch.argsort(scores, descending=True)[:SHOW_PROPOSALS].flip(0)  # most confident drawn last
-    image = canvas.faded(ins.input_rgb)
+    image = canvas.faded(ins.input_rgb, scale)
     draw = ImageDraw.Draw(image)
     colors = canvas.colormap(((scores[order] - lo) / max(hi - lo, 1e-12)).numpy())
     for rank, (i, color) in enumerate(zip(order.tolist(), colors)):
         canvas.rect(
-            draw, boxes[i].tolist(), canvas.as_color(color), width=2 if rank >= len(order) - 10 else 1
+            draw,
+            (boxes[i] * scale).tolist(),
+            canvas.as_color(color),
+            width=2 if rank >= len(order) - 10 else 1,
         )
     bar = canvas.colorbar(
         min(image.width, 640),
@@ -111,9 +122,10 @@ def draw_rpn(ins: Inspection) -> list[Picture]:
     shown = torch.cat([torch.sort(x, descending=True).values[:SHOW_PROPOSALS] for x in (pre, post)])
     lo = float(shown.min()) if len(shown) else 0.0
     hi = float(shown.max()) if len(shown) else 1.0
-    h, w = ins.input_size
-    pre_img, n_pre = _objectness_picture(ins, ins.pre_boxes, pre, lo, hi)
-    post_img, n_post = _objectness_picture(ins, ins.proposal_boxes, post, lo, hi)
+    scale = _single_scale(ins)
+    frame = canvas.frame_text(ins.input_size, scale)
+    pre_img, n_pre = _objectness_picture(ins, ins.pre_boxes, pre, lo, hi, scale)
+    post_img, n_post = _objectness_picture(ins, ins.proposal_boxes, post, lo, hi, scale)
     per_level = {name: int((ins.pre_levels == i).sum()) for i, name in enumerate(ins.level_names)}
     fmt = canvas.number_format(lo, hi)
     pre_caption = (
@@ -122,13 +134,13 @@ def draw_rpn(ins: Inspection) -> list[Picture]:
         f"dropped ({', '.join(f'{k} {v}' for k, v in per_level.items())}). The {n_pre} most confident are "
         f"drawn, coloured by objectness ({fmt.format(lo)} blue to {fmt.format(hi)} red), "
         f"the top 10 thicker. "
-        f"Model input frame ({h}×{w})."
+        f"{frame}."
     )
     post_caption = (
         f"NMS at IoU {ins.nms_thresh:g} within each level, then the best {ins.post_nms_topk} per image: "
         f"{len(post):,} proposals remain of {len(pre):,}; they are what the box head sees. The {n_post} most "
         f"confident are drawn with the same colours as before NMS: overlapping near-duplicates are gone. "
-        f"Model input frame ({h}×{w})."
+        f"{frame}."
     )
     stats = {
         "pre_nms": len(pre),
@@ -150,11 +162,12 @@ def draw_anchor_targets(ins: Inspection) -> Picture:
     anchors = ins.all_anchors
     g = len(t)
     colors = instance_colors(g)
+    scale = _single_scale(ins)
     rgb = np.array(canvas.faded(ins.input_rgb))
     masks = t.masks.numpy().astype(bool)
     for k in range(g):  # ground-truth masks, resized with the image, tinted (later ones over earlier)
         rgb = _blend_masks(rgb, masks[k : k + 1], colors[k : k + 1], 0.4)
-    image = Image.fromarray(rgb)
+    image = canvas.resized(Image.fromarray(rgb), scale)
     draw = ImageDraw.Draw(image)
     positive = torch.where(labels == 1)[0]
     negative = torch.where(labels == 0)[0]
@@ -162,17 +175,17 @@ def draw_anchor_targets(ins: Inspection) -> Picture:
     rng = np.random.default_rng(0)
     shown_neg = rng.choice(len(negative), size=min(SHOW_NEGATIVES, len(negative)), replace=False)
     for i in negative[torch.as_tensor(shown_neg, dtype=torch.int64)].tolist():
-        canvas.rect(draw, anchors[i].tolist(), canvas.GREY)
+        canvas.rect(draw, (anchors[i] * scale).tolist(), canvas.GREY)
     for i in positive.tolist():
-        canvas.rect(draw, anchors[i].tolist(), canvas.as_color(colors[int(matches[i])]), width=2)
-    font = _font(max(12, min(ins.input_size) // 50))
+        canvas.rect(draw, (anchors[i] * scale).tolist(), canvas.as_color(colors[int(matches[i])]), width=2)
+    font = canvas.label_font(image)
     for k in range(g):
-        canvas.rect(draw, t.boxes[k].tolist(), canvas.WHITE, width=3, dashed=True)
+        canvas.rect(draw, (t.boxes[k] * scale).tolist(), canvas.WHITE, width=3, dashed=True)
     for k in range(g):
         _draw_label(
             draw,
             _name(int(t.labels[k]), ins.gt_class_names),
-            t.boxes[k].numpy(),
+            (t.boxes[k] * scale).numpy(),
             colors[k],
             font,
             image.width,
@@ -191,12 +204,13 @@ def draw_anchor_targets(ins: Inspection) -> Picture:
     # the ground-truth swatch: a white outline on dark grey, as on the canvas.faded picture
     ImageDraw.Draw(key).rectangle((6, 7, 23, 21), fill=(60, 60, 60), outline=canvas.WHITE, width=2)
     caption = (
-        f"Ground truth mapped through the model's resize onto its input "
-        f"({ins.input_size[0]}×{ins.input_size[1]}), then matched to all {len(anchors):,} anchors by IoU: "
+        f"Ground truth mapped through the model's resize onto its input, then matched to all "
+        f"{len(anchors):,} anchors by IoU: "
         f"{len(positive)} positive (IoU ≥ {fg:g}, or an anchor with a box's highest IoU; all drawn, "
         f"in the colour of their box), {len(negative):,} negative "
         f"(IoU < {bg:g}; a random {len(shown_neg)} drawn in grey), {ignored:,} ignored (between; not drawn). "
-        f"Positives per box: {', '.join(map(str, per_gt)) or 'none'}."
+        f"Positives per box: {', '.join(map(str, per_gt)) or 'none'}. "
+        f"{canvas.frame_text(ins.input_size, scale)}."
     )
     stats = {
         "ground_truth": g,
