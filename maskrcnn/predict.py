@@ -163,7 +163,7 @@ def _keep_labels(det: Detections, labels: set[int] | None) -> Detections:
     if labels is None:
         return det
     keep = torch.isin(det.labels, torch.tensor(sorted(labels), device=det.labels.device))
-    return Detections(det.boxes[keep], det.scores[keep], det.labels[keep], det.masks[keep])
+    return det.select(keep)
 
 
 # ---- the prediction run ------------------------------------------------------------------------

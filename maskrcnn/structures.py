@@ -60,6 +60,10 @@ class Targets:
             return Targets(boxes=obj["boxes"], labels=obj["labels"], masks=obj["masks"])
         raise TypeError(f"targets must be Targets or dict, got {type(obj).__name__}")
 
+    def select(self, keep: Tensor) -> Targets:
+        """The instances picked by `keep` (a bool mask or indices)."""
+        return Targets(self.boxes[keep], self.labels[keep], self.masks[keep])
+
     def to(self, device: torch.device | str) -> Targets:
         return Targets(self.boxes.to(device), self.labels.to(device), self.masks.to(device))
 
@@ -92,6 +96,10 @@ class Detections:
 
     def __len__(self) -> int:
         return int(self.boxes.shape[0])
+
+    def select(self, keep: Tensor) -> Detections:
+        """The detections picked by `keep` (a bool mask or indices), in that order."""
+        return Detections(self.boxes[keep], self.scores[keep], self.labels[keep], self.masks[keep])
 
     def to(self, device: torch.device | str) -> Detections:
         return Detections(*(t.to(device) for t in (self.boxes, self.scores, self.labels, self.masks)))

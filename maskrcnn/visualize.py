@@ -137,11 +137,9 @@ def _name(label: int, class_names: Optional[Sequence[str]]) -> str:
     return f"class {label}"
 
 
-def _masks_array(masks: Optional[torch.Tensor], keep: Optional[torch.Tensor] = None) -> Optional[np.ndarray]:
+def _masks_array(masks: Optional[torch.Tensor]) -> Optional[np.ndarray]:
     if masks is None or masks.numel() == 0:
         return None
-    if keep is not None:
-        masks = masks[keep]
     return masks.detach().cpu().numpy().astype(bool, copy=False)
 
 
@@ -154,14 +152,10 @@ def draw_detections(
     alpha: float = 0.5,
 ) -> Image.Image:
     """Overlay detections (masks, boxes, "name score" labels) on `image`; returns a new RGB image."""
-    keep = detections.scores.detach().cpu() >= score_thresh
-    boxes = detections.boxes.detach().cpu()[keep].numpy()
-    labels = detections.labels.cpu()[keep].tolist()
-    scores = detections.scores.detach().cpu()[keep].tolist()
+    shown = detections.select(detections.scores >= score_thresh).to("cpu")
+    labels, scores = shown.labels.tolist(), shown.scores.detach().tolist()
     texts = [f"{_name(int(lab), class_names)} {s:.2f}" for lab, s in zip(labels, scores)]
-    return _draw_instances(
-        image, boxes, _masks_array(detections.masks, keep.to(detections.masks.device)), texts, alpha
-    )
+    return _draw_instances(image, shown.boxes.detach().numpy(), _masks_array(shown.masks), texts, alpha)
 
 
 def draw_targets(

@@ -91,7 +91,7 @@ def remove_empty(targets: Targets) -> Targets:
     keep = targets.masks.flatten(1).any(dim=1).bool()
     if bool(keep.all()):
         return targets
-    return Targets(targets.boxes[keep], targets.labels[keep], targets.masks[keep])
+    return targets.select(keep)
 
 
 def _targets_from_masks(masks: Tensor, labels: Tensor) -> Targets:

@@ -114,10 +114,10 @@ def run_demo(
     with torch.no_grad():
         detections = model.predict([s.image for s in samples])
     for s, det in zip(samples, detections):
-        keep = det.scores >= 0.5
-        shown = type(det)(det.boxes[keep], det.scores[keep], det.labels[keep], det.masks[keep])
         truth = draw_targets(*_enlarged(s.image, s.targets, 3), class_names=model.class_names)
-        predicted = draw_detections(*_enlarged(s.image, shown, 3), class_names=model.class_names)
+        predicted = draw_detections(
+            *_enlarged(s.image, det, 3), class_names=model.class_names, score_thresh=0.5
+        )
         picture = grid([titled(truth, "ground truth"), titled(predicted, "predicted (score >= 0.5)")], 2)
         picture.save(overlays / f"{Path(s.file_name).stem}.png")
     summary = {

@@ -191,7 +191,7 @@ def inspect_model(
         dropped = len(targets) - len(keep)
         if dropped:
             notes.append(f"{dropped} ground-truth box(es) without area were left out of anchor matching")
-        targets = Targets(targets.boxes[keep], targets.labels[keep], targets.masks[keep])
+        targets = targets.select(keep)
     batch, resized = model.preprocess([image], [targets] if targets is not None else None)
     size = batch.image_sizes[0]
     padded = tuple(int(v) for v in batch.tensor.shape[-2:])

@@ -81,7 +81,8 @@ class MultiScaleRoIPooler(nn.Module):
         features = features[: len(self.scales)]
         rois = boxes_to_rois(boxes).to(features[0].device)
         num_channels = features[0].shape[1]
-        if len(features) == 1 and not self.uses_sparse(features[0]):
+        sparse = self.uses_sparse(features[0])
+        if len(features) == 1 and not sparse:
             return self._pool(features[0], rois, self.scales[0])
         levels = assign_levels(
             rois[:, 1:],
@@ -90,7 +91,7 @@ class MultiScaleRoIPooler(nn.Module):
             canonical_box_size=self.canonical_box_size,
             canonical_level=self.canonical_level,
         )
-        if self.uses_sparse(features[0]):
+        if sparse:
             return multilevel_roi_align(
                 features,
                 rois,

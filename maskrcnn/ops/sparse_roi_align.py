@@ -65,8 +65,8 @@ def sampling_matrix(
     output_size: int,
     sampling_ratio: int,
     aligned: bool,
-) -> tuple[Tensor, Tensor, Tensor, int]:
-    """The CSR pieces (crow, col, val) of S and its column count M.
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The CSR pieces (crow, col, val) of S (whose M columns are all the levels' pixels).
 
     rois: (R, 5) rows (batch_index, x1, y1, x2, y2); level: (R,) index into level_shapes.
     Columns enumerate level 0's N·H·W pixels (image, row, column), then level 1's, and so on.
@@ -97,7 +97,7 @@ def sampling_matrix(
     val = wy[:, :, None, :, None] * wx[:, None, :, None, :]
     rows = len(rois) * P * P
     crow = torch.arange(0, rows * k * k + 1, k * k, device=device)
-    return crow, col.reshape(-1), val.reshape(-1), int(pixels.sum())
+    return crow, col.reshape(-1), val.reshape(-1)
 
 
 class _SparseProduct(torch.autograd.Function):
@@ -144,7 +144,7 @@ def multilevel_roi_align(
     num_images, channels = features[0].shape[:2]
     # (N, C, H, W) -> (N*H*W, C) per level, then all levels stacked; free when already channels-last
     values = torch.cat([f.permute(0, 2, 3, 1).reshape(-1, channels) for f in features], dim=0)
-    crow, col, val, _ = sampling_matrix(
+    crow, col, val = sampling_matrix(
         rois.to(values.dtype),
         level=level,
         level_shapes=[tuple(f.shape[-2:]) for f in features],
