@@ -21,22 +21,7 @@ from maskrcnn.engine.checkpoint import (
 from maskrcnn.model import build_model
 from maskrcnn.predict import load_image
 
-# a small random model (ResNet-18 at a quarter width, 2 classes): a ~10 MB checkpoint, fast to run;
-# its near-uniform initial scores (~1/3 per class) exceed 0.05, so it does detect things
-TINY = [
-    "model.num_classes=2",
-    "model.backbone.depth=18",
-    "model.backbone.width=16",
-    "model.backbone.fpn_channels=32",
-    "model.input.min_size=[128]",
-    "model.input.max_size=192",
-    "model.rpn.pre_nms_topk_test=300",
-    "model.rpn.post_nms_topk_test=100",
-    "model.roi_heads.fc_dim=64",
-    "model.roi_heads.mask_head_dim=32",
-    "model.roi_heads.mask_head_convs=2",
-    "model.roi_heads.detections_per_image=5",
-]
+from ..model.test_model import TINY  # a small random model that detects things: ~10 MB checkpoints
 
 
 def sha256_of(path) -> str:

@@ -115,30 +115,26 @@ def test_detect_boxes_hand_made_logits():
     deltas[0, 4:8] = torch.tensor([50.0, -50.0, 9.0, 9.0])  # class 1 of A (unused)
     deltas[0, 12:16] = torch.tensor([-50.0, 50.0, -9.0, 9.0])  # class 3 of A (unused)
     proposals = [torch.tensor([[10.0, 10.0, 50.0, 50.0], [12.0, 10.0, 52.0, 50.0], [60.0, 60.0, 90.0, 90.0]])]
-    ((boxes, scores, labels),) = detect_boxes(
-        logits,
-        deltas,
-        proposals,
-        [(100, 100)],
-        box_coder=BoxCoder(weights=(10.0, 10.0, 5.0, 5.0)),
-        score_thresh=0.05,
-        nms_thresh=0.5,
-        detections_per_image=100,
-    )
+
+    def detect(nms_thresh: float):
+        (result,) = detect_boxes(
+            logits,
+            deltas,
+            proposals,
+            [(100, 100)],
+            box_coder=BoxCoder(weights=(10.0, 10.0, 5.0, 5.0)),
+            score_thresh=0.05,
+            nms_thresh=nms_thresh,
+            detections_per_image=100,
+        )
+        return result
+
+    boxes, scores, labels = detect(0.5)
     assert labels.tolist() == [2]
     torch.testing.assert_close(boxes, torch.tensor([[14.0, 10.0, 54.0, 50.0]]))
     torch.testing.assert_close(scores, torch.tensor([math.exp(10) / (math.exp(10) + 3)]))
     # a looser NMS keeps B too, after A (sorted by score)
-    ((boxes, scores, labels),) = detect_boxes(
-        logits,
-        deltas,
-        proposals,
-        [(100, 100)],
-        box_coder=BoxCoder(weights=(10.0, 10.0, 5.0, 5.0)),
-        score_thresh=0.05,
-        nms_thresh=0.95,
-        detections_per_image=100,
-    )
+    boxes, scores, labels = detect(0.95)
     assert labels.tolist() == [2, 2]
     torch.testing.assert_close(scores[1], torch.tensor(math.exp(5) / (math.exp(5) + 3)))
     torch.testing.assert_close(boxes[1], proposals[0][1])
