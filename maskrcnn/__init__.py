@@ -16,6 +16,7 @@ _LAZY = {
     "MaskRCNN": "maskrcnn.model",
     "build_model": "maskrcnn.model",
     "Detections": "maskrcnn.structures",
+    "Predictor": "maskrcnn.predictor",
     "ImageBatch": "maskrcnn.structures",
     "Proposals": "maskrcnn.structures",
     "Sample": "maskrcnn.structures",
@@ -27,6 +28,7 @@ __all__ = [
     "Detections",
     "ImageBatch",
     "MaskRCNN",
+    "Predictor",
     "Proposals",
     "Sample",
     "Targets",
@@ -37,6 +39,7 @@ __all__ = [
 if TYPE_CHECKING:
     from .config import Config
     from .model import MaskRCNN, build_model
+    from .predictor import Predictor
     from .structures import Detections, ImageBatch, Proposals, Sample, Targets
 
 
@@ -48,8 +51,13 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'maskrcnn' has no attribute {name!r}")
 
 
-def load(path_or_url: str, *, map_location: str = "cpu", sha256: str | None = None) -> MaskRCNN:
-    """Load a model from one of our checkpoint files (a path, or an http(s)/file URL)."""
+def load(
+    path_or_url: str, *, device: str = "cpu", sha256: str | None = None, map_location: str | None = None
+) -> Predictor:
+    """A Predictor for one of our checkpoint files (a path, or an http(s)/file URL checked against
+    `sha256`), on `device`. Its `.model` is the MaskRCNN module (for training-style use)."""
     from .engine.checkpoint import load_model
+    from .predictor import Predictor
 
-    return load_model(path_or_url, map_location=map_location, sha256=sha256)
+    device = map_location or device
+    return Predictor(load_model(path_or_url, map_location=device, sha256=sha256), device=device)

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import functools
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 
@@ -44,39 +42,20 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     print(f"wrote {out / 'predictions.json'}: {len(report.records)} detections on {images}")
     for video, frames, count in report.videos:
         print(f"wrote {video} and {frames}: {count} frames")
-    failures = problems + report.failures
-    if failures:
-        print(f"error: {len(failures)} input(s) failed and were skipped:", file=sys.stderr)
-        for name, reason in failures:
-            print(f"  {reason if reason.startswith(name) else f'{name}: {reason}'}", file=sys.stderr)
-        return 1
-    return 0
+    failures = [r if r.startswith(name) else f"{name}: {r}" for name, r in problems + report.failures]
+    if len(failures) == 1:
+        print(f"error: {failures[0]} (skipped)", file=sys.stderr)
+    elif failures:  # one line says what happened, then one indented line per input
+        print(f"error: {len(failures)} inputs failed and were skipped:", file=sys.stderr)
+        for failure in failures:
+            print(f"  {failure}", file=sys.stderr)
+    return 1 if failures else 0
 
 
 def _cmd_benchmark(args: argparse.Namespace) -> int:
-    root = Path(__file__).resolve().parents[1]
-    if not (root / "benchmarks" / "bench_speed.py").is_file():
-        print("error: `maskrcnn benchmark` runs benchmarks/bench_speed.py from a checkout", file=sys.stderr)
-        return 2
-    if str(root) not in sys.path:
-        sys.path.insert(0, str(root))
-    from benchmarks.bench_speed import main as bench_main
+    from .benchmark.speed import main as bench_main
 
     return bench_main(args.bench_args)
-
-
-def _user_errors(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-    """Report bad inputs (missing files, malformed data) as one line on stderr and exit status 2."""
-
-    @functools.wraps(func)
-    def wrapper(args: argparse.Namespace) -> int:
-        try:
-            return func(args)
-        except (FileNotFoundError, ValueError) as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-
-    return wrapper
 
 
 def _report(metrics: dict, results: list[dict], out: str) -> None:
@@ -89,7 +68,6 @@ def _report(metrics: dict, results: list[dict], out: str) -> None:
     print(f"\nwrote {', '.join(str(p) for p in paths.values())}")
 
 
-@_user_errors
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from . import load
     from .data.specs import build_dataset
@@ -97,12 +75,13 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
     dataset = build_dataset(args.data)
     model = load(args.weights)
-    metrics, results = evaluate_model(model, dataset, batch_size=args.batch_size, device=args.device)
+    metrics, results = evaluate_model(
+        model, dataset, batch_size=args.batch_size, device=args.device, progress=not args.no_progress
+    )
     _report(metrics, results, args.out)
     return 0
 
 
-@_user_errors
 def _cmd_evaluate_results(args: argparse.Namespace) -> int:
     from .evaluation.coco_eval import evaluate_coco_results, load_results
 
@@ -112,13 +91,13 @@ def _cmd_evaluate_results(args: argparse.Namespace) -> int:
     return 0
 
 
-@_user_errors
 def _cmd_show_data(args: argparse.Namespace) -> int:
     from .data.specs import build_dataset
+    from .errors import UserError
     from .visualize import draw_targets
 
     if args.limit is not None and args.limit < 0:
-        raise ValueError(f"--limit must be >= 0, got {args.limit}")
+        raise UserError(f"--limit must be >= 0, got {args.limit}")
     dataset = build_dataset(args.spec)
     count = len(dataset) if args.limit is None else min(args.limit, len(dataset))
     out = Path(args.out)
@@ -135,7 +114,6 @@ def _cmd_show_data(args: argparse.Namespace) -> int:
     return 0
 
 
-@_user_errors
 def _cmd_convert_dataset(args: argparse.Namespace) -> int:
     from .data.specs import build_dataset, write_coco_json
 
@@ -146,7 +124,15 @@ def _cmd_convert_dataset(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="maskrcnn", description="Mask R-CNN instance segmentation.")
+    parser = argparse.ArgumentParser(
+        prog="maskrcnn",
+        description="Mask R-CNN instance segmentation.",
+        epilog="Bad input is reported as one line `error: ...` with exit status 1 (2 for a wrong command "
+        "line); --debug shows its traceback.",
+    )
+    parser.add_argument(
+        "--debug", action="store_true", help="show the Python traceback of errors in the input too"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("convert", help="convert a torchvision Mask R-CNN state dict to our checkpoint")
@@ -174,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-overlays", action="store_true", help="do not draw overlay images")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("inputs", nargs="+", help="image files, folders (searched recursively) and video files")
-    p.set_defaults(func=_user_errors(_cmd_predict))
+    p.set_defaults(func=_cmd_predict)
 
     p = sub.add_parser("evaluate", help="COCO-evaluate a model on a dataset and write a report")
     p.add_argument("--weights", required=True, help="checkpoint path or URL")
@@ -182,6 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="report folder")
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("evaluate-results", help="COCO-evaluate a results JSON against ground truth")
@@ -215,9 +202,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "benchmark",
-        help="time our model against torchvision's (benchmarks/bench_speed.py; --help for its options)",
+        help="time our model against torchvision's, same weights and images (--help for its options)",
         add_help=False,
-        prefix_chars="+",  # every argument, options and --help included, goes to the script's parser
+        prefix_chars="+",  # every argument, options and --help included, goes to the benchmark's parser
     )
     p.add_argument("bench_args", nargs=argparse.REMAINDER)
     p.set_defaults(func=_cmd_benchmark)
@@ -226,13 +213,49 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("inspect", help="draw every stage of the model on one image (PNGs + index.html)")
     inspect_command.add_inspect_arguments(p)
-    p.set_defaults(func=_user_errors(inspect_command.cmd_inspect))
+    p.set_defaults(func=inspect_command.cmd_inspect)
     return parser
 
 
+def _check_shared_options(args: argparse.Namespace) -> None:
+    """Values of options that several commands share, checked before any work (argparse checks
+    only their types): each error names the option."""
+    from .errors import UserError
+
+    batch_size = getattr(args, "batch_size", None)
+    if batch_size is not None and batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1, got {batch_size}")
+    score_thresh = getattr(args, "score_thresh", None)
+    if score_thresh is not None and not 0.0 <= score_thresh <= 1.0:
+        raise UserError(f"--score-thresh must be in [0, 1], got {score_thresh}")
+    if getattr(args, "device", None) is not None:
+        from .engine.train import resolve_device
+
+        try:
+            resolve_device(args.device)
+        except UserError as e:
+            raise UserError(f"--device: {e}") from None
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one command and return its exit status.
+
+    User errors (`maskrcnn.errors.is_user_error`: our `UserError`, and `OSError` for files and
+    downloads) print one line `error: MESSAGE` on stderr and give exit status 1, in every command
+    and in every process of a torchrun launch; `--debug` re-raises them with their traceback. Other
+    exceptions are bugs and propagate with theirs. Usage errors exit with argparse's status 2.
+    """
     args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    try:
+        _check_shared_options(args)
+        return int(args.func(args) or 0)
+    except Exception as e:
+        from .errors import is_user_error, one_line
+
+        if args.debug or not is_user_error(e):
+            raise
+        print(f"error: {one_line(e)}", file=sys.stderr, flush=True)
+        return 1
 
 
 if __name__ == "__main__":

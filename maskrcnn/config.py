@@ -20,6 +20,8 @@ from typing import Any, get_args, get_origin, get_type_hints
 
 import yaml
 
+from .errors import UserError, UserKeyError
+
 
 @dataclass(frozen=True)
 class InputConfig:
@@ -88,6 +90,7 @@ class RoIHeadsConfig:
     score_thresh: float = 0.05
     nms_thresh: float = 0.5
     detections_per_image: int = 100
+    mask_on: bool = True  # the mask branch (False: Faster R-CNN, boxes only)
     mask_head_norm: str = "none"
     mask_head_dim: int = 256
     mask_head_convs: int = 4
@@ -245,7 +248,7 @@ PRESETS = {
 
 def get_preset(name: str) -> Config:
     if name not in PRESETS:
-        raise KeyError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+        raise UserKeyError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
     return PRESETS[name]()
 
 
@@ -284,12 +287,12 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
             element_types = [args[0]] * len(value)
         else:  # tuple[float, float]: exactly that many
             if len(value) != len(args):
-                raise ValueError(f"{where}: expected a list of {len(args)} values, got {list(value)!r}")
+                raise UserError(f"{where}: expected a list of {len(args)} values, got {list(value)!r}")
             element_types = list(args)
         return tuple(_coerce(v, t, f"{where}[{i}]") for i, (v, t) in enumerate(zip(value, element_types)))
     if annotation is bool:
         if not isinstance(value, bool):
-            raise ValueError(f"{where}: expected true/false, got {value!r}")
+            raise UserError(f"{where}: expected true/false, got {value!r}")
         return value
     if annotation is int:
         value = _as_number(value)
@@ -298,16 +301,16 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
             or not isinstance(value, (int, float))
             or (isinstance(value, float) and not value.is_integer())
         ):
-            raise ValueError(f"{where}: expected an integer, got {value!r}")
+            raise UserError(f"{where}: expected an integer, got {value!r}")
         return int(value)
     if annotation is float:
         value = _as_number(value)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ValueError(f"{where}: expected a number, got {value!r}")
+            raise UserError(f"{where}: expected a number, got {value!r}")
         return float(value)
     if annotation is str:
         if not isinstance(value, str):
-            raise ValueError(f"{where}: expected a string, got {value!r}")
+            raise UserError(f"{where}: expected a string, got {value!r}")
         return value
     return value
 
@@ -316,14 +319,14 @@ def from_dict(data: dict, cls: type = Config, base: Any = None, where: str = "")
     """Build `cls` from a (possibly partial) dict on top of `base` (default: cls())."""
     base = cls() if base is None else base
     if not isinstance(data, dict):
-        raise ValueError(f"{where or 'config'}: expected a mapping, got {type(data).__name__}")
+        raise UserError(f"{where or 'config'}: expected a mapping, got {type(data).__name__}")
     hints = get_type_hints(cls)
     names = {f.name for f in fields(cls)}
     changes = {}
     for key, value in data.items():
         path = f"{where}.{key}" if where else key
         if key not in names:
-            raise KeyError(f"unknown config key {path!r}; valid keys here: {sorted(names)}")
+            raise UserKeyError(f"unknown config key {path!r}; valid keys here: {sorted(names)}")
         current = getattr(base, key)
         if is_dataclass(current):
             changes[key] = from_dict(value, type(current), current, path)
@@ -336,22 +339,35 @@ def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
     """Apply `a.b.c=value` strings; values are parsed as YAML (numbers, lists, booleans)."""
     for item in overrides:
         if "=" not in item:
-            raise ValueError(f"override {item!r} must look like key=value (e.g. solver.base_lr=0.01)")
+            raise UserError(f"override {item!r} must look like key=value (e.g. solver.base_lr=0.01)")
         key, raw = item.split("=", 1)
         nested: dict = {}
         node = nested
         parts = key.strip().split(".")
         for part in parts[:-1]:
             node = node.setdefault(part, {})
-        node[parts[-1]] = yaml.safe_load(raw)
+        try:
+            node[parts[-1]] = yaml.safe_load(raw)
+        except yaml.YAMLError as e:
+            raise UserError(f"override {item!r}: the value is not valid YAML ({_yaml_problem(e)})") from e
         cfg = from_dict(nested, Config, cfg)
     return cfg
+
+
+def _yaml_problem(error: yaml.YAMLError) -> str:
+    """A YAML parse error on one line: what is wrong and where."""
+    mark = getattr(error, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return f"{getattr(error, 'problem', None) or error}{where}"
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
     """Load a YAML file. A top-level `preset:` key picks the base the file's keys change."""
     with open(path) as f:
-        data = yaml.safe_load(f) or {}
+        try:
+            data = yaml.safe_load(f) or {}
+        except yaml.YAMLError as e:
+            raise UserError(f"config file {path} is not valid YAML: {_yaml_problem(e)}") from e
     preset = data.pop("preset", "default") if isinstance(data, dict) else "default"
     cfg = from_dict(data, Config, get_preset(preset))
     return apply_overrides(cfg, overrides or [])

@@ -1,16 +1,11 @@
 """Prediction inputs: decoding image files of any common kind, coercing in-memory images, and
 finding the image and video files behind the paths a user names.
 
-Decoding rules (files and PIL images alike; only files get EXIF orientation, since an in-memory
-image is taken as the pixel grid it is):
-
-- EXIF orientation (tag 274) is applied, so photos come out the way viewers show them;
-- grayscale, palette, CMYK, YCbCr, 1-bit ... are converted to RGB;
-- transparency (RGBA, LA, PA, palettes or grayscale with a transparent index) is composited over
-  white, so transparent pixels do not show whatever colour the encoder left under them;
-- 16-bit images (`I;16*`) are scaled from 0..65535 to 0..1, not clipped at 255; 32-bit integer
-  images (`I`) are read as 16-bit when any value exceeds 255, else as 8-bit; float images (`F`) as
-  [0, 1] when their maximum is at most 1, else like `I`.
+Files are decoded by `maskrcnn.files` under the `AS_DISPLAYED` policy: EXIF orientation applied,
+transparency composited over white (the module docstring of `maskrcnn.files` gives every rule:
+grayscale, palettes, 16-bit, ...). PIL images and arrays follow the same rules except EXIF, since an
+in-memory image is taken as the pixel grid it is. Datasets read their files under the
+`STORED_PIXELS` policy instead, because annotations refer to the stored pixel grid.
 
 8-bit sources give uint8 pixels (so `load_image` is exactly `uint8 / 255`), deeper ones float32.
 """
@@ -25,7 +20,17 @@ from typing import Union
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
+
+from .files import (
+    AS_DISPLAYED,
+    ImageReadError,
+    composite_on_white,
+    decode_pil,
+    pixels_to_tensor,
+    pixels_to_uint8,
+    read_pixels,
+)
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -46,92 +51,23 @@ IMAGE_SUFFIXES = frozenset(
     {".jpg", ".jpeg", ".jfif", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm", ".pnm"}
 )
 VIDEO_SUFFIXES = frozenset({".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".wmv", ".ts"})
-_ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
-
-
-class ImageReadError(ValueError):
-    """An input that cannot be read as an image; the message names the file and the reason."""
 
 
 # ---- decoding ----------------------------------------------------------------------------------
 
 
-def _composite_on_white(rgba: np.ndarray) -> np.ndarray:
-    """(H, W, 4) uint8 -> (H, W, 3) uint8: colour * alpha + white * (1 - alpha), rounded."""
-    rgb, alpha = rgba[..., :3].astype(np.uint32), rgba[..., 3:].astype(np.uint32)
-    return ((rgb * alpha + 255 * (255 - alpha) + 127) // 255).astype(np.uint8)
-
-
-def _high_depth(im: Image.Image) -> np.ndarray:
-    """Single-channel `I;16*`, `I` or `F` image -> (H, W) float32 in [0, 1]."""
-    values = np.asarray(im).astype(np.float32)
-    if im.mode.startswith("I;16"):
-        scale = 65535.0
-    else:
-        top = float(values.max()) if values.size else 0.0
-        scale = 1.0 if im.mode == "F" and top <= 1.0 else (255.0 if top <= 255 else 65535.0)
-    return np.clip(values / scale, 0.0, 1.0)
-
-
-def decode_pil(im: Image.Image) -> np.ndarray:
-    """A PIL image of any mode -> (H, W, 3) RGB: uint8 for 8-bit sources, float32 in [0, 1] for
-    deeper ones (see the module docstring for the rules)."""
-    mode = im.mode
-    if mode.startswith("I;16") or mode in ("I", "F"):
-        gray = _high_depth(im)
-        return np.ascontiguousarray(np.broadcast_to(gray[..., None], (*gray.shape, 3)))
-    if mode in _ALPHA_MODES or (mode in ("P", "L", "RGB") and "transparency" in im.info):
-        return _composite_on_white(np.asarray(im.convert("RGBA")))
-    if mode != "RGB":
-        im = im.convert("RGB")
-    return np.asarray(im, dtype=np.uint8).copy()
-
-
-def _read(path: str | os.PathLike) -> np.ndarray:
-    """Decode a file with EXIF orientation applied; every failure is an ImageReadError naming it."""
-    try:
-        with Image.open(path) as im:
-            im.load()  # decode now: truncated data fails here rather than half-way through a convert
-            return decode_pil(ImageOps.exif_transpose(im))
-    except FileNotFoundError:
-        raise ImageReadError(f"{path}: file not found") from None
-    except IsADirectoryError:
-        raise ImageReadError(f"{path}: is a folder, not an image file") from None
-    except UnidentifiedImageError:
-        raise ImageReadError(f"{path}: not an image file (Pillow recognises no image format in it)") from None
-    except Image.DecompressionBombError as e:
-        raise ImageReadError(f"{path}: image too large ({e})") from None
-    except (OSError, SyntaxError, ValueError, EOFError, IndexError, KeyError) as e:
-        text = str(e) or type(e).__name__
-        reason = "truncated image data" if "truncated" in text.lower() else "corrupt image data"
-        raise ImageReadError(f"{path}: {reason} ({text})") from None
-
-
-def _to_tensor(pixels: np.ndarray) -> torch.Tensor:
-    pixels = np.ascontiguousarray(pixels)
-    if not pixels.flags.writeable:  # a read-only view (broadcast, or the caller's array): copy it
-        pixels = pixels.copy()
-    tensor = torch.from_numpy(pixels).permute(2, 0, 1)
-    return tensor.float().div_(255.0) if pixels.dtype == np.uint8 else tensor.float()
-
-
-def _to_uint8(pixels: np.ndarray) -> np.ndarray:
-    if pixels.dtype == np.uint8:
-        return pixels
-    return np.round(pixels.astype(np.float64) * 255.0).astype(np.uint8)
-
-
 def load_image(path: str | os.PathLike) -> torch.Tensor:
-    """An image file -> (3, H, W) float32 RGB in [0, 1], EXIF orientation applied.
+    """An image file -> (3, H, W) float32 RGB in [0, 1], as displayed (EXIF orientation applied,
+    transparency over white).
 
     Raises ImageReadError (a ValueError) naming the file when it is missing, not an image or corrupt.
     """
-    return _to_tensor(_read(path))
+    return pixels_to_tensor(read_pixels(path, policy=AS_DISPLAYED))
 
 
 def read_rgb(path: str | os.PathLike) -> np.ndarray:
     """An image file -> (H, W, 3) uint8 RGB, decoded as `load_image` does (16-bit scaled to 8-bit)."""
-    return _to_uint8(_read(path))
+    return pixels_to_uint8(read_pixels(path, policy=AS_DISPLAYED))
 
 
 # ---- in-memory images --------------------------------------------------------------------------
@@ -171,7 +107,7 @@ def _array_pixels(array: np.ndarray) -> np.ndarray:
         raise TypeError(f"unsupported image array dtype {array.dtype}")
     if array.shape[2] == 4:
         if array.dtype == np.uint8:
-            return _composite_on_white(array)
+            return composite_on_white(array)
         rgb, alpha = array[..., :3], array[..., 3:]
         return (rgb * alpha + (1.0 - alpha)).astype(np.float32)
     if array.shape[2] == 1:
@@ -181,7 +117,7 @@ def _array_pixels(array: np.ndarray) -> np.ndarray:
 
 def _pixels(image: ImageInput) -> np.ndarray:
     if isinstance(image, (str, os.PathLike)):
-        return _read(image)
+        return read_pixels(image, policy=AS_DISPLAYED)
     if isinstance(image, Image.Image):
         return decode_pil(image)
     if isinstance(image, np.ndarray):
@@ -201,12 +137,12 @@ def as_image_tensor(image: ImageInput) -> torch.Tensor:
     """
     if isinstance(image, torch.Tensor):
         return image
-    return _to_tensor(_pixels(image))
+    return pixels_to_tensor(_pixels(image))
 
 
 def as_rgb_uint8(image: ImageInput) -> np.ndarray:
     """A file path, PIL image or numpy array -> (H, W, 3) uint8 RGB, decoded as `as_image_tensor` does."""
-    return _to_uint8(_pixels(image))
+    return pixels_to_uint8(_pixels(image))
 
 
 # ---- finding inputs ----------------------------------------------------------------------------

@@ -20,11 +20,8 @@ An input that cannot be read is skipped and listed in the report's failures; the
 
 from __future__ import annotations
 
-import json
-import os
 import re
 import sys
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -34,7 +31,11 @@ import pycocotools.mask as mask_util
 import torch
 from PIL import Image
 
+from .errors import UserError
+from .files import atomic_write_json
 from .inputs import ImageReadError, InputItem, as_image_tensor, load_image
+from .model import MaskRCNN
+from .predictor import Predictor, resolve_classes
 from .structures import Detections
 
 __all__ = [
@@ -48,7 +49,6 @@ __all__ = [
     "predict_files",
     "resolve_classes",
     "run_predictions",
-    "write_json_atomic",
 ]
 
 
@@ -98,27 +98,6 @@ def detections_to_coco(
     ]
 
 
-def default_file_mode() -> int:
-    """0o666 minus the process umask: what open() would give (mkstemp gives 0o600)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
-def write_json_atomic(obj, path: str | Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f)
-        os.chmod(tmp, default_file_mode())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def predict_files(
     model, paths: list[str | Path], *, batch_size: int = 1, device: str = "cpu", progress: bool = True
 ) -> list[dict]:
@@ -130,40 +109,6 @@ def predict_files(
     if report.failures:
         raise ImageReadError("; ".join(reason for _, reason in report.failures))
     return report.records
-
-
-# ---- classes -----------------------------------------------------------------------------------
-
-
-def resolve_classes(
-    wanted: Iterable[str], *, class_names: Sequence[str] | None, category_ids: Sequence[int] | None
-) -> set[int]:
-    """Class names or category ids (as in predictions.json; comma-separated lists allowed) -> the
-    model's labels (1..K). Names match exactly, else ignoring case. Unknown ones raise ValueError."""
-    names = list(class_names or [])
-    ids = list(category_ids) if category_ids else list(range(1, len(names) + 1))
-    labels: set[int] = set()
-    for token in (t.strip() for spec in wanted for t in spec.split(",")):
-        if not token:
-            continue
-        folded = [n.lower() for n in names]
-        if token in names:
-            labels.add(names.index(token) + 1)
-        elif token.lower() in folded:
-            labels.add(folded.index(token.lower()) + 1)
-        elif token.isdigit() and int(token) in ids:
-            labels.add(ids.index(int(token)) + 1)
-        else:
-            known = ", ".join(f"{n} ({i})" for n, i in zip(names, ids)) or f"ids {ids}"
-            raise ValueError(f"--classes: this model has no class {token!r}; its classes: {known}")
-    return labels
-
-
-def _keep_labels(det: Detections, labels: set[int] | None) -> Detections:
-    if labels is None:
-        return det
-    keep = torch.isin(det.labels, torch.tensor(sorted(labels), device=det.labels.device))
-    return det.select(keep)
 
 
 # ---- the prediction run ------------------------------------------------------------------------
@@ -190,11 +135,22 @@ def _path_part(text: str) -> str:
 class _Run:
     """State of one run: the model, output folder, options and the names already handed out."""
 
-    def __init__(self, model, out: Path | None, *, labels, overlays: bool, save_masks: bool, progress: bool):
-        self.model, self.out, self.labels = model, out, labels
+    def __init__(
+        self,
+        predictor: Predictor,
+        out: Path | None,
+        *,
+        score_thresh: float | None,
+        classes: list[str] | None,
+        overlays: bool,
+        save_masks: bool,
+        progress: bool,
+    ):
+        self.predictor, self.out = predictor, out
+        self.score_thresh, self.classes = score_thresh, classes
         self.overlays, self.save_masks, self.progress = overlays and out is not None, save_masks, progress
-        self.class_names = getattr(model, "class_names", None)
-        self.category_ids = getattr(model, "category_ids", None)
+        self.class_names = predictor.class_names
+        self.category_ids = predictor.category_ids
         self.used: set[str] = set()
         self.report = PredictReport()
 
@@ -209,7 +165,7 @@ class _Run:
         return base
 
     def predict(self, images: list[torch.Tensor]) -> list[Detections]:
-        return [_keep_labels(det, self.labels) for det in self.model.predict(images)]
+        return self.predictor.predict(images, score_thresh=self.score_thresh, classes=self.classes)
 
     def draw(self, image: torch.Tensor, det: Detections) -> Image.Image:
         from .visualize import draw_detections
@@ -291,7 +247,7 @@ class _Run:
         except ValueError as e:
             self.fail(str(item.path), str(e))
         if result["frames"]:  # what was decoded before a failure is kept
-            write_json_atomic(result, json_path)
+            atomic_write_json(json_path, result)
             self.report.videos.append((video_path, json_path, len(result["frames"])))
 
     def video_batch(self, pending: list, writer, result: dict, base: str) -> None:
@@ -316,12 +272,12 @@ class _Run:
 
 
 def run_predictions(
-    model,
+    model: Predictor | MaskRCNN,
     items: Sequence[InputItem],
     out: str | Path | None,
     *,
     batch_size: int = 1,
-    device: str | torch.device = "cpu",
+    device: str | torch.device | None = None,
     score_thresh: float | None = None,
     classes: Iterable[str] | None = None,
     save_masks: bool = False,
@@ -330,29 +286,33 @@ def run_predictions(
 ) -> PredictReport:
     """Predict on image and video inputs and write the outputs described in the module docstring
     (predictions.json included, when `out` is given). Unreadable inputs are skipped and listed in
-    the returned report's failures. `score_thresh` replaces the model's own for this run; `classes`
-    (names or category ids) keeps only those classes."""
+    the returned report's failures. `score_thresh` replaces the model's own threshold for this run;
+    `classes` (names or category ids) keeps only those classes. `device` moves the predictor."""
     if batch_size < 1:
-        raise ValueError(f"batch size must be >= 1, got {batch_size}")
+        raise UserError(f"batch size must be >= 1, got {batch_size}")
     if score_thresh is not None and not 0.0 <= score_thresh <= 1.0:
-        raise ValueError(f"score threshold must be in [0, 1], got {score_thresh}")
-    labels = None
+        raise UserError(f"score threshold must be in [0, 1], got {score_thresh}")
+    predictor = model if isinstance(model, Predictor) else Predictor(model, device=device or "cpu")
+    if device is not None:
+        predictor.to(device)
+    wanted = None
     if classes is not None:
-        names, ids = getattr(model, "class_names", None), getattr(model, "category_ids", None)
-        labels = resolve_classes(classes, class_names=names, category_ids=ids)
+        wanted = list(classes)
+        predictor.labels_for(wanted)  # unknown classes fail here, before any work
     out_dir = Path(out) if out is not None else None
-    run = _Run(model, out_dir, labels=labels, overlays=overlays, save_masks=save_masks, progress=progress)
-    previous = model.score_thresh
-    model.to(device).eval()
-    try:
-        if score_thresh is not None:
-            model.score_thresh = score_thresh
-        with torch.inference_mode():
-            run.images([i for i in items if i.kind == "image"], batch_size)
-            for item in (i for i in items if i.kind == "video"):
-                run.video(item, batch_size)
-    finally:
-        model.score_thresh = previous
+    run = _Run(
+        predictor,
+        out_dir,
+        score_thresh=score_thresh,
+        classes=wanted,
+        overlays=overlays,
+        save_masks=save_masks,
+        progress=progress,
+    )
+    with torch.inference_mode():
+        run.images([i for i in items if i.kind == "image"], batch_size)
+        for item in (i for i in items if i.kind == "video"):
+            run.video(item, batch_size)
     if out_dir is not None:
-        write_json_atomic(run.report.records, out_dir / "predictions.json")
+        atomic_write_json(out_dir / "predictions.json", run.report.records)
     return run.report

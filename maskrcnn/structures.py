@@ -16,7 +16,9 @@ classes (labels 1..K, 0 is background), D detections, M mask resolution.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
 from typing import Any, Optional
 
 import torch
@@ -40,35 +42,60 @@ class ImageBatch:
         return len(self.image_sizes)
 
 
+class _PerInstance:
+    """Behaviour shared by containers whose tensor fields each hold one row per instance.
+
+    Optional fields (None) are skipped, so a branch adds a field here and nothing else changes:
+    `select`, `to` and `map` apply to every tensor field there is.
+    """
+
+    def tensor_fields(self) -> dict[str, Tensor]:
+        """The fields that hold a tensor (per-instance data), by name, in declaration order."""
+        out = {}
+        for f in fields(self):  # type: ignore[arg-type]
+            value = getattr(self, f.name)
+            if isinstance(value, Tensor):
+                out[f.name] = value
+        return out
+
+    def map(self, fn: Callable[[Tensor], Tensor]):
+        """A copy with `fn` applied to every tensor field."""
+        return dataclasses.replace(self, **{k: fn(v) for k, v in self.tensor_fields().items()})  # type: ignore[type-var]
+
+    def select(self, keep: Tensor):
+        """The instances picked by `keep` (a bool mask or indices), in that order."""
+        return self.map(lambda t: t[keep])
+
+    def to(self, device: torch.device | str):
+        return self.map(lambda t: t.to(device))
+
+    def pin_memory(self):
+        return self.map(lambda t: t.pin_memory())
+
+    def __len__(self) -> int:
+        return int(self.boxes.shape[0])  # type: ignore[attr-defined]
+
+
 @dataclass
-class Targets:
-    """Ground truth of one image: G instances."""
+class Targets(_PerInstance):
+    """Ground truth of one image: G instances. Optional fields are None when a dataset has none."""
 
     boxes: Tensor  # (G, 4) float32 xyxy
     labels: Tensor  # (G,) int64 in 1..K
-    masks: Tensor  # (G, H, W) uint8 or bool
+    masks: Optional[Tensor] = None  # (G, H, W) uint8 or bool
 
     @staticmethod
     def from_any(obj: Any) -> Targets:
-        """Accept a Targets or a torchvision-style dict with 'boxes', 'labels', 'masks'."""
+        """Accept a Targets or a torchvision-style dict with 'boxes', 'labels' and optional fields."""
         if isinstance(obj, Targets):
             return obj
         if isinstance(obj, dict):
-            missing = [k for k in ("boxes", "labels", "masks") if k not in obj]
+            missing = [k for k in ("boxes", "labels") if k not in obj]
             if missing:
                 raise ValueError(f"targets dict is missing keys {missing}; has {sorted(obj)}")
-            return Targets(boxes=obj["boxes"], labels=obj["labels"], masks=obj["masks"])
+            names = {f.name for f in fields(Targets)}
+            return Targets(**{k: v for k, v in obj.items() if k in names})
         raise TypeError(f"targets must be Targets or dict, got {type(obj).__name__}")
-
-    def select(self, keep: Tensor) -> Targets:
-        """The instances picked by `keep` (a bool mask or indices)."""
-        return Targets(self.boxes[keep], self.labels[keep], self.masks[keep])
-
-    def to(self, device: torch.device | str) -> Targets:
-        return Targets(self.boxes.to(device), self.labels.to(device), self.masks.to(device))
-
-    def __len__(self) -> int:
-        return int(self.boxes.shape[0])
 
 
 @dataclass
@@ -83,26 +110,20 @@ class Proposals:
 
 
 @dataclass
-class Detections:
-    """Final output for one image, in original-image pixels.
+class Detections(_PerInstance):
+    """Detections of one image: D instances, best first.
 
-    boxes (D, 4) float, scores (D,), labels (D,) int64 in 1..K, masks (D, H, W) bool.
+    What `MaskRCNN.predict` returns is in original-image pixels. Inside the model, between the RoI
+    heads and the last step, boxes are in the resized input frame and masks are not pasted yet.
+    Each RoI-head branch fills its own fields; a field stays None when its branch is absent.
     """
 
-    boxes: Tensor
-    scores: Tensor
-    labels: Tensor
-    masks: Tensor
-
-    def __len__(self) -> int:
-        return int(self.boxes.shape[0])
-
-    def select(self, keep: Tensor) -> Detections:
-        """The detections picked by `keep` (a bool mask or indices), in that order."""
-        return Detections(self.boxes[keep], self.scores[keep], self.labels[keep], self.masks[keep])
-
-    def to(self, device: torch.device | str) -> Detections:
-        return Detections(*(t.to(device) for t in (self.boxes, self.scores, self.labels, self.masks)))
+    boxes: Tensor  # (D, 4) float xyxy
+    scores: Tensor  # (D,)
+    labels: Tensor  # (D,) int64 in 1..K
+    masks: Optional[Tensor] = None  # (D, H, W) bool, pasted into the image (mask branch)
+    mask_probs: Optional[Tensor] = None  # (D, M, M) probability of each detection's class mask
+    proposal_index: Optional[Tensor] = None  # (D,) int64: the proposal each detection was refined from
 
 
 @dataclass

@@ -13,6 +13,8 @@ from fractions import Fraction
 
 import numpy as np
 
+from .errors import UserError
+
 __all__ = ["VideoReader", "VideoWriter"]
 
 _DEFAULT_FPS = Fraction(25)
@@ -28,10 +30,10 @@ class VideoReader:
         try:
             self._container = av.open(str(path))
         except (av.FFmpegError, OSError) as e:
-            raise ValueError(f"{path}: cannot open as a video ({e})") from None
+            raise UserError(f"{path}: cannot open as a video ({e})") from None
         if not self._container.streams.video:
             self._container.close()
-            raise ValueError(f"{path}: has no video stream")
+            raise UserError(f"{path}: has no video stream")
         self._stream = self._container.streams.video[0]
         self._stream.thread_type = "AUTO"
         rate = self._stream.average_rate or self._stream.guessed_rate or self._stream.base_rate
@@ -52,7 +54,7 @@ class VideoReader:
                 yield index, time, rgb
                 index += 1
         except av.FFmpegError as e:
-            raise ValueError(f"{self.path}: decoding failed after {index} frames ({e})") from None
+            raise UserError(f"{self.path}: decoding failed after {index} frames ({e})") from None
 
     def close(self) -> None:
         self._container.close()
@@ -102,7 +104,7 @@ class VideoWriter:
         if self._container is None:
             self._open(h, w)
         elif self._size != (h, w):
-            raise ValueError(
+            raise UserError(
                 f"{self.path}: frame {self.frames_written} is {w}x{h}, "
                 f"the video is {self._size[1]}x{self._size[0]}"
             )

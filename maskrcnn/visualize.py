@@ -1,4 +1,4 @@
-"""Drawing: instance overlays (detections or ground truth) and precision-recall plots, with Pillow.
+"""Drawing: instance overlays (detections or ground truth) with Pillow; precision-recall plots (matplotlib).
 
 Overlays: every instance gets a distinct colour (golden-ratio hue steps, so instance i always has
 the same colour), its mask is blended into the image with opacity `alpha` (all masks in one numpy
@@ -170,53 +170,16 @@ def draw_targets(
 
 # ---- precision-recall plot -------------------------------------------------------------------------
 
-_CURVE_COLORS = ((31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40))
 
+def draw_pr_curves(metrics: dict, *, panel_size: tuple[int, int] = (460, 380)) -> Image.Image:
+    """The precision-recall figure of `maskrcnn.plots.pr_curves_figure` (matplotlib) as a PIL image,
+    one `panel_size` (width, height pixels) panel per IoU type."""
+    import io
 
-def draw_pr_curves(metrics: dict, *, panel_size: tuple[int, int] = (440, 380)) -> Image.Image:
-    """One panel per IoU type in `metrics` (from `evaluate_coco_results`), one curve per IoU threshold.
+    from .plots import pr_curves_figure, save_png
 
-    Reads metrics[iou_type]["pr"] = {"recall": [...], "precision": {"0.50": [...], ...}}; a curve with
-    no values (no ground truth) is left out.
-    """
-    iou_types = [t for t in ("bbox", "segm") if isinstance(metrics.get(t), dict) and "pr" in metrics[t]]
-    pw, ph = panel_size
-    canvas = Image.new("RGB", (pw * max(1, len(iou_types)), ph), "white")
-    draw = ImageDraw.Draw(canvas)
-    font = _font(12)
-    left, right, top, bottom = 52, 14, 30, 44
-    if not iou_types:
-        draw.text((left, top), "no precision-recall data", fill="black", font=font)
-        return canvas
-    for p, iou_type in enumerate(iou_types):
-        ox = p * pw
-        x0, x1, y0, y1 = ox + left, ox + pw - right, ph - bottom, top  # y0: bottom of the plot area
-
-        def to_px(r: float, q: float, x0: int = x0, x1: int = x1, y0: int = y0, y1: int = y1) -> tuple:
-            return (x0 + r * (x1 - x0), y0 - q * (y0 - y1))
-
-        for k in range(6):
-            v = k / 5
-            gx, gy = to_px(v, v)
-            draw.line((gx, y0, gx, y1), fill=(225, 225, 225))
-            draw.line((x0, gy, x1, gy), fill=(225, 225, 225))
-            draw.text((gx, y0 + 4), f"{v:.1f}", fill="black", font=font, anchor="ma")
-            draw.text((x0 - 5, gy), f"{v:.1f}", fill="black", font=font, anchor="rm")
-        draw.rectangle((x0, y1, x1, y0), outline="black")
-        draw.text(((x0 + x1) / 2, ph - 6), "recall", fill="black", font=font, anchor="md")
-        draw.text((ox + 6, (y0 + y1) / 2), "precision", fill="black", font=font, anchor="lm")
-        draw.text(
-            ((x0 + x1) / 2, 8), f"{iou_type} (area all, 100 dets)", fill="black", font=font, anchor="ma"
-        )
-        pr = metrics[iou_type]["pr"]
-        legend_y = y1 + 6
-        for c, (thr, precision) in enumerate(sorted(pr["precision"].items())):
-            if not precision:
-                continue
-            color = _CURVE_COLORS[c % len(_CURVE_COLORS)]
-            draw.line([to_px(r, q) for r, q in zip(pr["recall"], precision)], fill=color, width=2)
-            ap = float(np.mean(precision))
-            draw.line((x1 - 130, legend_y + 7, x1 - 110, legend_y + 7), fill=color, width=2)
-            draw.text((x1 - 105, legend_y), f"IoU {thr}: AP {ap:.3f}", fill="black", font=font)
-            legend_y += 18
-    return canvas
+    buffer = io.BytesIO()
+    save_png(pr_curves_figure(metrics, panel_size=panel_size), buffer)
+    buffer.seek(0)
+    with Image.open(buffer) as im:
+        return im.convert("RGB")

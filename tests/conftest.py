@@ -2,15 +2,29 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 import torch
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+from tests.helpers import SHARED_DATA
 
 torch.set_num_threads(max(1, torch.get_num_threads()))
+
+
+def in_ci() -> bool:
+    """Whether the CI environment variable is set (as CI services and .ci/run set it)."""
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def skip_or_fail_in_ci(reason: str) -> NoReturn:
+    """Skip a test whose optional tool or feature (Chromium, a PyAV feature, an extra) is missing
+    here; under CI, which installs all of them, fail it instead: a missing one there is a defect."""
+    if in_ci():
+        pytest.fail(f"{reason} (CI is set: this fails instead of skipping)")
+    pytest.skip(reason)
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,5 @@
-"""benchmarks/bench_speed.py on a tiny CPU setting: both models agree, rows and JSON are complete.
+"""`maskrcnn benchmark` (maskrcnn.benchmark) on a tiny CPU setting: both models agree, rows and JSON are
+complete.
 
 No timing thresholds: only that every measurement ran and its numbers are sane.
 """
@@ -7,13 +8,17 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
-from benchmarks.bench_speed import Settings, coco_train_batches, shapes_batches
-from benchmarks.demo_counterpart import torchvision_counterpart
-from benchmarks.report import format_report
+from maskrcnn.benchmark.demo_counterpart import torchvision_counterpart
+from maskrcnn.benchmark.report import format_report
+from maskrcnn.benchmark.speed import Settings
+from maskrcnn.benchmark.speed import main as speed_main
+from maskrcnn.benchmark.workloads import coco_train_batches, default_coco_dir, shapes_batches
 from maskrcnn.cli import main as cli_main
 from maskrcnn.config import get_preset
+from maskrcnn.errors import UserError
 from maskrcnn.model import build_model
 from tests.model.tv_reference import assert_losses_match
 
@@ -67,7 +72,7 @@ def test_demo_counterpart_matches_our_losses():
     torch.manual_seed(0)
     ours = build_model(cfg).train()
     tv = torchvision_counterpart(ours, cfg).train()
-    ours.box_pooler.aligned = ours.mask_pooler.aligned = False
+    ours.roi_heads.box.pooler.aligned = ours.roi_heads.mask.pooler.aligned = False
     images, targets = shapes_batches(2, 1)[0]
     torch.manual_seed(1)
     expected = tv(images, [{"boxes": t.boxes, "labels": t.labels, "masks": t.masks} for t in targets])
@@ -77,7 +82,7 @@ def test_demo_counterpart_matches_our_losses():
 
 
 def test_lsj_batches_are_fixed_size():
-    (images, targets), *_ = coco_train_batches("lsj1024", batch=2, count=1, seed=0)
+    (images, targets), *_ = coco_train_batches("lsj1024", batch=2, count=1, seed=0, coco=default_coco_dir())
     assert [tuple(im.shape) for im in images] == [(3, 1024, 1024)] * 2
     assert all(t.masks.shape[-2:] == (1024, 1024) for t in targets)
 
@@ -98,3 +103,18 @@ def test_report_formats_rows():
     }
     text = format_report(result)
     assert "1.00x" in text and "torchvision" in text and "a.jpg" not in text
+
+
+def test_missing_coco_mini_is_a_clear_error_before_any_work(tmp_path):
+    missing = tmp_path / "no-coco"
+    with pytest.raises(UserError, match=rf"coco-mini not found at {missing} .*--coco DIR"):
+        speed_main(["--coco", str(missing), "--out", str(tmp_path / "x.json")])
+    assert not (tmp_path / "x.json").exists()
+
+
+def test_benchmark_help_lists_its_options(capsys):
+    with pytest.raises(SystemExit) as info:
+        cli_main(["benchmark", "--help"])
+    assert info.value.code == 0
+    text = capsys.readouterr().out
+    assert text.startswith("usage: maskrcnn benchmark") and "--coco" in text and "--device" in text

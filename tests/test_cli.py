@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,23 +11,13 @@ import pytest
 import torch
 from pycocotools.coco import COCO
 
+from tests.helpers import run
+
 from .model.tv_reference import torchvision_model
 
 CONSOLE_SCRIPT = Path(sys.executable).parent / "maskrcnn"
 # a square image (612 x 612 -> 800 x 800 at the default size): the cheapest full-size prediction
 IMAGE = "coco-mini/val2017/000000165518.jpg"
-
-
-def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    return subprocess.run(
-        [sys.executable, "-m", "maskrcnn", *args],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        env=env,
-        timeout=300,
-    )
 
 
 def test_help_lists_the_commands():
@@ -62,7 +51,7 @@ def test_convert_writes_a_loadable_checkpoint(converted):
     assert ckpt["config"]["model"]["anchors"]["image_size_strides"] is True  # the torchvision_v1 preset
     assert ckpt["class_names"][0] == "person" and len(ckpt["class_names"]) == 90
     # torchvision's 91 mask channels lose the background one
-    assert ckpt["model"]["mask_head.predictor.weight"].shape[0] == 90
+    assert ckpt["model"]["roi_heads.mask.head.predictor.weight"].shape[0] == 90
 
 
 def test_predict_writes_coco_results(converted, shared_data, tmp_path):

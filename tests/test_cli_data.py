@@ -14,7 +14,7 @@ from pycocotools.coco import COCO
 from maskrcnn.cli import main as cli_main
 from maskrcnn.data import ShapesDataset
 from maskrcnn.visualize import draw_targets
-from tests.conftest import REPO_ROOT
+from tests.helpers import REPO_ROOT
 
 
 def test_show_data_shapes(tmp_path: Path) -> None:
@@ -37,7 +37,7 @@ def test_show_data_shapes(tmp_path: Path) -> None:
 def test_show_data_limit_and_errors(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert cli_main(["show-data", "shapes:5", "--out", str(tmp_path / "a"), "--limit", "2"]) == 0
     assert len(list((tmp_path / "a").glob("*.png"))) == 2
-    assert cli_main(["show-data", f"via:{tmp_path}/absent", "--out", str(tmp_path / "b")]) == 2
+    assert cli_main(["show-data", f"via:{tmp_path}/absent", "--out", str(tmp_path / "b")]) == 1
     assert "absent does not exist" in capsys.readouterr().err
 
 

@@ -21,9 +21,9 @@ from maskrcnn.inputs import InputItem
 from maskrcnn.model import build_model
 from maskrcnn.predict import predict_files, run_predictions
 from maskrcnn.visualize import draw_detections, instance_colors
-
-from .engine.test_checkpoint import TINY
-from .test_visualize import _zones
+from tests.conftest import skip_or_fail_in_ci
+from tests.helpers import TINY
+from tests.helpers import drawing_zones as _zones
 
 VAL = "coco-mini/val2017"
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
@@ -80,7 +80,7 @@ def test_corrupt_inputs_are_skipped_and_the_rest_complete(weights, shared_data, 
         capsys, "--weights", weights, "--out", out, "--save-masks", images[0], truncated, png, text
     )
     assert code == 1
-    summary = stderr[stderr.index("error: 2 input(s) failed") :]
+    summary = stderr[stderr.index("error: 2 inputs failed") :]
     assert f"{truncated}: truncated image data" in summary
     assert f"{text}: not an image file" in summary
     assert str(png) not in summary and str(images[0]) not in summary
@@ -221,7 +221,7 @@ def test_video_rotation_metadata_is_applied(tmp_path):
         stream = container.add_stream("libx264", rate=10)
         stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
         if not hasattr(stream, "set_display_rotation"):
-            pytest.skip("this PyAV cannot write a display matrix")
+            skip_or_fail_in_ci("this PyAV cannot write a display matrix")
         stream.set_display_rotation(
             -90
         )  # players turn it 90 degrees clockwise, as for a portrait phone video

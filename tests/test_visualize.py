@@ -19,10 +19,10 @@ from maskrcnn.visualize import (
     text_color_for,
     to_rgb_array,
 )
+from tests.helpers import LABEL_H, LABEL_W
+from tests.helpers import drawing_zones as _zones
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
-
-LABEL_H, LABEL_W = 30, 220  # generous bounds on a label's size at these image sizes
 
 
 @pytest.fixture(scope="module")
@@ -35,20 +35,6 @@ def coco_sample(shared_data: Path) -> tuple[Sample, list[str]]:
 def _detections_from_targets(sample: Sample) -> Detections:
     t = sample.targets
     return Detections(t.boxes, torch.linspace(0.99, 0.3, len(t)), t.labels, t.masks.bool())
-
-
-def _zones(boxes: np.ndarray, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
-    """(pixels within 3 px of a box edge, pixels where a label may be) as boolean maps."""
-    outline = np.zeros((h, w), dtype=bool)
-    label = np.zeros((h, w), dtype=bool)
-    for x1, y1, x2, y2 in np.round(boxes).astype(int).tolist():
-        band = np.zeros((h, w), dtype=bool)
-        band[max(0, y1 - 3) : y2 + 3, max(0, x1 - 3) : x2 + 3] = True
-        band[y1 + 3 : max(y1 + 3, y2 - 3), x1 + 3 : max(x1 + 3, x2 - 3)] = False
-        outline |= band
-        lx = max(0, min(x1, w - LABEL_W))
-        label[max(0, y1 - LABEL_H) : y1 + LABEL_H, max(0, lx - 2) : x1 + LABEL_W] = True
-    return outline, label
 
 
 def _contrast(a: tuple[int, ...], b: tuple[int, ...]) -> float:

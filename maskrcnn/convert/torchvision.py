@@ -14,6 +14,7 @@ from torch import Tensor
 
 from ..config import BackboneConfig, Config, get_preset, replace
 from ..data.coco_names import TORCHVISION_COCO_NAMES
+from ..errors import UserError, UserKeyError
 
 _RULES = [
     (r"^backbone\.fpn\.inner_blocks\.(\d+)\.0\.", r"backbone.fpn.lateral.\1.conv."),
@@ -26,16 +27,16 @@ _RULES = [
     (r"^rpn\.head\.conv\.(weight|bias)$", r"rpn.head.convs.0.\1"),
     (r"^rpn\.head\.cls_logits\.", "rpn.head.objectness."),
     (r"^rpn\.head\.bbox_pred\.", "rpn.head.deltas."),
-    (r"^roi_heads\.box_head\.fc6\.", "box_head.fc1."),
-    (r"^roi_heads\.box_head\.fc7\.", "box_head.fc2."),
-    (r"^roi_heads\.box_head\.([0-3])\.0\.", r"box_head.convs.\1.conv."),
-    (r"^roi_heads\.box_head\.([0-3])\.1\.", r"box_head.convs.\1.norm."),
-    (r"^roi_heads\.box_head\.5\.", "box_head.fc1."),
-    (r"^roi_heads\.box_predictor\.", "box_predictor."),
-    (r"^roi_heads\.mask_head\.(\d+)\.0\.", r"mask_head.convs.\1.conv."),
-    (r"^roi_heads\.mask_head\.(\d+)\.1\.", r"mask_head.convs.\1.norm."),
-    (r"^roi_heads\.mask_predictor\.conv5_mask\.", "mask_head.deconv."),
-    (r"^roi_heads\.mask_predictor\.mask_fcn_logits\.", "mask_head.predictor."),
+    (r"^roi_heads\.box_head\.fc6\.", "roi_heads.box.head.fc1."),
+    (r"^roi_heads\.box_head\.fc7\.", "roi_heads.box.head.fc2."),
+    (r"^roi_heads\.box_head\.([0-3])\.0\.", r"roi_heads.box.head.convs.\1.conv."),
+    (r"^roi_heads\.box_head\.([0-3])\.1\.", r"roi_heads.box.head.convs.\1.norm."),
+    (r"^roi_heads\.box_head\.5\.", "roi_heads.box.head.fc1."),
+    (r"^roi_heads\.box_predictor\.", "roi_heads.box.predictor."),
+    (r"^roi_heads\.mask_head\.(\d+)\.0\.", r"roi_heads.mask.head.convs.\1.conv."),
+    (r"^roi_heads\.mask_head\.(\d+)\.1\.", r"roi_heads.mask.head.convs.\1.norm."),
+    (r"^roi_heads\.mask_predictor\.conv5_mask\.", "roi_heads.mask.head.deconv."),
+    (r"^roi_heads\.mask_predictor\.mask_fcn_logits\.", "roi_heads.mask.head.predictor."),
     (r"^backbone\.body\.", "backbone.body."),
 ]
 
@@ -43,7 +44,7 @@ _RULES = [
 def _rename(key: str) -> str | None:
     old_mask = re.match(r"^roi_heads\.mask_head\.mask_fcn(\d+)\.(weight|bias)$", key)
     if old_mask:
-        return f"mask_head.convs.{int(old_mask.group(1)) - 1}.conv.{old_mask.group(2)}"
+        return f"roi_heads.mask.head.convs.{int(old_mask.group(1)) - 1}.conv.{old_mask.group(2)}"
     for pattern, replacement in _RULES:
         if re.match(pattern, key):
             return re.sub(pattern, replacement, key)
@@ -58,18 +59,18 @@ def convert_state_dict(state: dict[str, Tensor]) -> dict[str, Tensor]:
         if new is None:
             unknown.append(key)
             continue
-        if new.startswith("mask_head.predictor."):
+        if new.startswith("roi_heads.mask.head.predictor."):
             value = value[1:]  # drop the background channel: (K+1, ...) -> (K, ...)
         out[new] = value
     if unknown:
-        raise KeyError(f"not a torchvision Mask R-CNN state dict; unrecognized keys: {unknown[:5]}")
+        raise UserKeyError(f"not a torchvision Mask R-CNN state dict; unrecognized keys: {unknown[:5]}")
     return out
 
 
 def config_for(state: dict[str, Tensor], version: str) -> Config:
     """The Config that reproduces the torchvision model whose state dict this is."""
     if version not in ("v1", "v2"):
-        raise ValueError(f"torchvision version must be v1 or v2, got {version!r}")
+        raise UserError(f"torchvision version must be v1 or v2, got {version!r}")
     cfg = get_preset(f"torchvision_{version}")
     num_classes = state["roi_heads.box_predictor.cls_score.weight"].shape[0] - 1
     # torchvision builds the backbone with BatchNorm2d (all stages trainable) unless it loads
@@ -85,11 +86,19 @@ def config_for(state: dict[str, Tensor], version: str) -> Config:
 
 
 def load_torchvision_state(path: str) -> dict[str, Tensor]:
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except OSError:
+        raise
+    except Exception as e:  # pickle and zip errors of a file that is no saved state dict
+        raise UserError(
+            f"{path}: not a state dict saved by torch.save ({type(e).__name__}); expected the weights of "
+            "a torchvision Mask R-CNN"
+        ) from e
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
         state = state["model"]
     if not isinstance(state, dict) or "roi_heads.box_predictor.cls_score.weight" not in state:
-        raise ValueError(
+        raise UserError(
             f"{path}: not a torchvision Mask R-CNN state dict (no roi_heads.box_predictor weights)"
         )
     return state
@@ -115,6 +124,6 @@ def resnet_imagenet_to_backbone(state: dict[str, Tensor]) -> dict[str, Tensor]:
         if key.startswith("fc."):
             continue
         if not re.match(r"^(conv1|bn1|layer[1-4])\.", key):
-            raise KeyError(f"not a torchvision ResNet state dict: unexpected key {key!r}")
+            raise UserKeyError(f"not a torchvision ResNet state dict: unexpected key {key!r}")
         out[key] = value
     return out

@@ -20,7 +20,9 @@ import torch
 from pycocotools import mask as mask_utils
 from torch.utils.data import Dataset
 
-from maskrcnn.data.transforms import load_image, masks_to_boxes
+from maskrcnn.errors import UserError
+from maskrcnn.files import STORED_PIXELS, read_image
+from maskrcnn.ops.boxes import masks_to_boxes
 from maskrcnn.structures import Sample, Targets
 
 __all__ = ["CocoDataset", "decode_rles", "decode_segmentation"]
@@ -34,7 +36,7 @@ def read_json(path: Path, what: str = "annotation") -> Any:
         with open(path, encoding="utf-8") as f:
             return json.load(f)
     except json.JSONDecodeError as e:
-        raise ValueError(f"{what} file {path} is not valid JSON: {e}") from e
+        raise UserError(f"{what} file {path} is not valid JSON: {e}") from e
 
 
 def targets_from_rles(rles: list, labels: list[int], h: int, w: int) -> Targets:
@@ -130,15 +132,15 @@ class CocoDataset(Dataset):
         data = read_json(self.annotation_file)
         where = str(self.annotation_file)
         if not isinstance(data, dict) or "images" not in data or "categories" not in data:
-            raise ValueError(f"{where}: a COCO file needs 'images' and 'categories' lists")
+            raise UserError(f"{where}: a COCO file needs 'images' and 'categories' lists")
 
         cats = {}
         self.categories: list[dict] = []  # the original category records, in id order
         for c in sorted(data["categories"], key=lambda c: int(c.get("id", 0))):
             if "id" not in c or "name" not in c:
-                raise ValueError(f"{where}: category {c!r} needs 'id' and 'name'")
+                raise UserError(f"{where}: category {c!r} needs 'id' and 'name'")
             if int(c["id"]) in cats:
-                raise ValueError(f"{where}: duplicate category id {c['id']}")
+                raise UserError(f"{where}: duplicate category id {c['id']}")
             cats[int(c["id"])] = str(c["name"])
             self.categories.append({k: c[k] for k in ("id", "name", "supercategory") if k in c})
         if contiguous_labels:
@@ -146,7 +148,7 @@ class CocoDataset(Dataset):
             self.class_names = [cats[i] for i in self.category_ids]
         else:
             if min(cats, default=1) < 1:
-                raise ValueError(f"{where}: contiguous_labels=False needs category ids >= 1")
+                raise UserError(f"{where}: contiguous_labels=False needs category ids >= 1")
             self.category_ids = list(range(1, max(cats, default=0) + 1))
             self.class_names = [cats.get(i, "N/A") for i in self.category_ids]
         self._label_of = {cid: i + 1 for i, cid in enumerate(self.category_ids) if cid in cats}
@@ -155,7 +157,7 @@ class CocoDataset(Dataset):
         for im in data["images"]:
             missing = [k for k in ("id", "file_name", "height", "width") if k not in im]
             if missing:
-                raise ValueError(f"{where}: image {im.get('id', '?')} is missing {missing}")
+                raise UserError(f"{where}: image {im.get('id', '?')} is missing {missing}")
             self._images[int(im["id"])] = {
                 "file_name": str(im["file_name"]),
                 "height": int(im["height"]),
@@ -172,16 +174,16 @@ class CocoDataset(Dataset):
         aid = a.get("id", "?")
         for key in ("image_id", "category_id", "segmentation"):
             if key not in a:
-                raise ValueError(f"{where}: annotation {aid} has no '{key}'")
+                raise UserError(f"{where}: annotation {aid} has no '{key}'")
         img = self._images.get(int(a["image_id"]))
         if img is None:
-            raise ValueError(f"{where}: annotation {aid} refers to unknown image id {a['image_id']}")
+            raise UserError(f"{where}: annotation {aid} refers to unknown image id {a['image_id']}")
         label = self._label_of.get(int(a["category_id"]))
         if label is None:
-            raise ValueError(f"{where}: annotation {aid} has unknown category id {a['category_id']}")
+            raise UserError(f"{where}: annotation {aid} has unknown category id {a['category_id']}")
         problem = _check_segmentation(a["segmentation"], img["height"], img["width"])
         if problem:
-            raise ValueError(f"{where}: annotation {aid} (image {a['image_id']}): {problem}")
+            raise UserError(f"{where}: annotation {aid} (image {a['image_id']}): {problem}")
         crowd = bool(a.get("iscrowd", 0))
         self._anns[int(a["image_id"])].append((aid, label, crowd, a["segmentation"]))
 
@@ -234,9 +236,9 @@ class CocoDataset(Dataset):
         path = self.image_dir / info["file_name"]
         if not path.is_file():
             raise FileNotFoundError(f"image file not found: {path} (image id {image_id})")
-        image = load_image(path)
+        image = read_image(path, policy=STORED_PIXELS)
         if tuple(image.shape[-2:]) != (info["height"], info["width"]):
-            raise ValueError(
+            raise UserError(
                 f"image {path} (image id {image_id}) is {image.shape[-2]}x{image.shape[-1]} but the "
                 f"annotations say {info['height']}x{info['width']}"
             )

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from maskrcnn.data.dataset import InstanceDataset
 from maskrcnn.structures import Sample, Targets
 
 __all__ = [
@@ -57,13 +58,9 @@ def collate(samples: Sequence[Sample]) -> Batch:
     return Batch([s.image for s in samples], [s.targets for s in samples], samples)
 
 
-def aspect_ratios(dataset: Dataset) -> list[float]:
-    """Width / height of every item, from `dataset.image_size(i)` when available (cheap),
-    otherwise by loading the items."""
-    if hasattr(dataset, "image_size"):
-        sizes = [dataset.image_size(i) for i in range(len(dataset))]  # type: ignore[arg-type]
-    else:
-        sizes = [tuple(dataset[i].image.shape[-2:]) for i in range(len(dataset))]  # type: ignore[arg-type]
+def aspect_ratios(dataset: InstanceDataset) -> list[float]:
+    """Width / height of every item, from `dataset.image_size(i)` (no image is decoded)."""
+    sizes = [dataset.image_size(i) for i in range(len(dataset))]
     return [w / h for h, w in sizes]
 
 
@@ -196,7 +193,7 @@ class TrainLoader:
 
 
 def build_train_loader(
-    dataset: Dataset,
+    dataset: InstanceDataset,
     *,
     batch_size: int,
     transforms: Optional[Callable[..., Sample]] = None,

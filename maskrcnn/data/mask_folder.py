@@ -21,7 +21,9 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from maskrcnn.data.transforms import load_image, masks_to_boxes
+from maskrcnn.errors import UserError
+from maskrcnn.files import STORED_PIXELS, read_image
+from maskrcnn.ops.boxes import masks_to_boxes
 from maskrcnn.structures import Sample, Targets
 
 __all__ = ["MaskFolderDataset"]
@@ -62,7 +64,7 @@ class MaskFolderDataset(Dataset):
             if preferred:
                 candidates = preferred
             if len(candidates) != 1:
-                raise ValueError(
+                raise UserError(
                     f"{folder / 'images'}: expected exactly one image (ideally {folder.name}.png), "
                     f"found {[p.name for p in candidates]}"
                 )
@@ -71,7 +73,7 @@ class MaskFolderDataset(Dataset):
             self._images.append(candidates[0])
             self._masks.append(masks)
         if not self._images:
-            raise ValueError(f"{self.directory}: no '<id>/images/' folders found")
+            raise UserError(f"{self.directory}: no '<id>/images/' folders found")
         self.image_ids: list[int] = list(range(len(self._images)))
         self._sizes: dict[int, tuple[int, int]] = {}
 
@@ -104,7 +106,7 @@ class MaskFolderDataset(Dataset):
         for path in self._masks[index]:
             m = _read_mask(path, self.threshold)
             if m.shape != (h, w):
-                raise ValueError(
+                raise UserError(
                     f"mask {path} is {m.shape[0]}x{m.shape[1]} but its image (id {index}) is {h}x{w}"
                 )
             if m.any():
@@ -120,7 +122,7 @@ class MaskFolderDataset(Dataset):
         path = self._images[index]
         if not path.is_file():
             raise FileNotFoundError(f"image file not found: {path} (image id {index})")
-        image = load_image(path)
+        image = read_image(path, policy=STORED_PIXELS)
         self._sizes[index] = (image.shape[1], image.shape[2])
         targets, crowd = self.load_targets(index)
         return Sample(image, targets, index, self.file_name(index), crowd_boxes=crowd)

@@ -15,7 +15,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from maskrcnn.data.transforms import masks_to_boxes
+from maskrcnn.errors import UserError
+from maskrcnn.ops.boxes import masks_to_boxes
 from maskrcnn.structures import Sample, Targets
 
 __all__ = ["ShapesDataset"]
@@ -83,7 +84,7 @@ class ShapesDataset(Dataset):
         noise: float = 0.04,
     ) -> None:
         if num_images < 0 or seed < 0 or max_instances < 1 or min(image_size) < 16:
-            raise ValueError(
+            raise UserError(
                 f"ShapesDataset needs num_images >= 0, seed >= 0, max_instances >= 1 and sides >= 16, "
                 f"got {num_images}, {seed}, {max_instances}, {image_size}"
             )

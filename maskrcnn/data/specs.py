@@ -1,10 +1,15 @@
-"""Dataset specification strings and COCO JSON export.
+"""Dataset specification strings, resolved through one table, and COCO JSON export.
 
-Specs:
+A spec is `KIND` or `KIND:ARGUMENTS`; `DATASET_SPECS` maps each kind to its usage text and the
+function that builds the dataset from the arguments:
+
     coco:ANNOTATIONS.json:IMAGE_DIR   COCO JSON + image folder   (CocoDataset)
     via:DIR                           VIA polygons               (ViaDataset)
     masks:DIR                         one folder per image       (MaskFolderDataset)
     shapes | shapes:N | shapes:N:SEED synthetic shapes, N=200 and SEED=0 by default (ShapesDataset)
+
+A new format is one module with a dataset class satisfying `maskrcnn.data.dataset.InstanceDataset`
+plus one entry in `DATASET_SPECS`.
 
 `write_coco_json` turns any of these datasets into a COCO ground-truth file (for COCO evaluation
 of datasets that are not COCO to begin with).
@@ -12,30 +17,39 @@ of datasets that are not COCO to begin with).
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Union
+from typing import Union
 
 import numpy as np
 import torch
 from pycocotools import mask as mask_utils
-from torch.utils.data import Dataset
 
 from maskrcnn.data.coco import CocoDataset
+from maskrcnn.data.dataset import InstanceDataset
 from maskrcnn.data.mask_folder import MaskFolderDataset
 from maskrcnn.data.shapes import ShapesDataset
 from maskrcnn.data.via import ViaDataset
+from maskrcnn.errors import UserError
+from maskrcnn.files import atomic_write_json
 from maskrcnn.structures import Targets
 
-__all__ = ["DATASET_KINDS", "build_dataset", "write_coco_json"]
-
-DATASET_KINDS = ("coco", "via", "masks", "shapes")
-_USAGE = "coco:ANNOTATIONS.json:IMAGE_DIR, via:DIR, masks:DIR, shapes, shapes:N or shapes:N:SEED"
+__all__ = ["DATASET_KINDS", "DATASET_SPECS", "DatasetSpec", "build_dataset", "spec_usage", "write_coco_json"]
 
 
-def _existing(path: str, what: str, spec: str, *, is_dir: bool) -> Path:
+@dataclass(frozen=True)
+class DatasetSpec:
+    """One kind of dataset spec: its `usage` forms (e.g. "via:DIR") and `build(spec, arguments)`,
+    which gets the whole spec (for messages) and the text after "KIND:" ("" when there is none)."""
+
+    usage: tuple[str, ...]
+    build: Callable[[str, str], InstanceDataset]
+
+
+def existing_path(path: str, what: str, spec: str, *, is_dir: bool) -> Path:
+    """`path` as a Path when it is an existing folder (`is_dir`) or file; else a FileNotFoundError
+    naming the spec, what the path is and the path."""
     p = Path(path).expanduser()
     ok = p.is_dir() if is_dir else p.is_file()
     if not ok:
@@ -43,50 +57,75 @@ def _existing(path: str, what: str, spec: str, *, is_dir: bool) -> Path:
     return p
 
 
-def build_dataset(spec: str) -> Dataset:
+def _coco(spec: str, rest: str) -> CocoDataset:
+    ann, sep, image_dir = rest.partition(":")
+    if not sep or not ann or not image_dir:
+        raise UserError(f"dataset spec {spec!r}: expected coco:ANNOTATIONS.json:IMAGE_DIR")
+    return CocoDataset(
+        existing_path(ann, "annotation file", spec, is_dir=False),
+        existing_path(image_dir, "image directory", spec, is_dir=True),
+    )
+
+
+def _directory(kind: str, spec: str, rest: str) -> Path:
+    if not rest:
+        raise UserError(f"dataset spec {spec!r}: expected {kind}:DIR")
+    return existing_path(rest, "directory", spec, is_dir=True)
+
+
+def _via(spec: str, rest: str) -> ViaDataset:
+    return ViaDataset(_directory("via", spec, rest))
+
+
+def _masks(spec: str, rest: str) -> MaskFolderDataset:
+    return MaskFolderDataset(_directory("masks", spec, rest))
+
+
+def _shapes(spec: str, rest: str) -> ShapesDataset:
+    parts = rest.split(":") if rest else []
+    if len(parts) > 2:
+        raise UserError(f"dataset spec {spec!r}: expected shapes, shapes:N or shapes:N:SEED")
+    try:
+        n = int(parts[0]) if parts else 200
+        seed = int(parts[1]) if len(parts) > 1 else 0
+    except ValueError:
+        raise UserError(f"dataset spec {spec!r}: N and SEED must be integers") from None
+    return ShapesDataset(n, seed=seed)
+
+
+DATASET_SPECS: dict[str, DatasetSpec] = {
+    "coco": DatasetSpec(("coco:ANNOTATIONS.json:IMAGE_DIR",), _coco),
+    "via": DatasetSpec(("via:DIR",), _via),
+    "masks": DatasetSpec(("masks:DIR",), _masks),
+    "shapes": DatasetSpec(("shapes", "shapes:N", "shapes:N:SEED"), _shapes),
+}
+DATASET_KINDS = tuple(DATASET_SPECS)
+
+
+def spec_usage() -> str:
+    """Every spec form of the table, e.g. "coco:ANNOTATIONS.json:IMAGE_DIR, via:DIR, ... or shapes:N:SEED"."""
+    forms = [form for entry in DATASET_SPECS.values() for form in entry.usage]
+    return ", ".join(forms[:-1]) + " or " + forms[-1] if len(forms) > 1 else "".join(forms)
+
+
+def build_dataset(spec: str) -> InstanceDataset:
     """Build a dataset from a spec string (see the module docstring)."""
     kind, _, rest = spec.partition(":")
-    if kind == "coco":
-        ann, sep, image_dir = rest.partition(":")
-        if not sep or not ann or not image_dir:
-            raise ValueError(f"dataset spec {spec!r}: expected coco:ANNOTATIONS.json:IMAGE_DIR")
-        return CocoDataset(
-            _existing(ann, "annotation file", spec, is_dir=False),
-            _existing(image_dir, "image directory", spec, is_dir=True),
-        )
-    if kind in ("via", "masks"):
-        if not rest:
-            raise ValueError(f"dataset spec {spec!r}: expected {kind}:DIR")
-        directory = _existing(rest, "directory", spec, is_dir=True)
-        return ViaDataset(directory) if kind == "via" else MaskFolderDataset(directory)
-    if kind == "shapes":
-        parts = rest.split(":") if rest else []
-        if len(parts) > 2:
-            raise ValueError(f"dataset spec {spec!r}: expected shapes, shapes:N or shapes:N:SEED")
-        try:
-            n = int(parts[0]) if parts else 200
-            seed = int(parts[1]) if len(parts) > 1 else 0
-        except ValueError:
-            raise ValueError(f"dataset spec {spec!r}: N and SEED must be integers") from None
-        return ShapesDataset(n, seed=seed)
-    raise ValueError(f"unknown dataset kind {kind!r} in spec {spec!r}; expected one of {_USAGE}")
+    entry = DATASET_SPECS.get(kind)
+    if entry is None:
+        raise UserError(f"unknown dataset kind {kind!r} in spec {spec!r}; expected one of {spec_usage()}")
+    return entry.build(spec, rest)
 
 
-def _image_entry(dataset: Any, index: int) -> tuple[dict, Targets]:
-    """COCO image record and targets of item `index`, avoiding image decoding when possible."""
-    if hasattr(dataset, "load_targets") and hasattr(dataset, "image_size"):
-        targets, _ = dataset.load_targets(index)
-        h, w = dataset.image_size(index)
-        image_id = int(dataset.image_ids[index]) if hasattr(dataset, "image_ids") else index
-        name = dataset.file_name(index) if hasattr(dataset, "file_name") else str(index)
-    else:
-        sample = dataset[index]
-        targets, image_id, name = sample.targets, int(sample.image_id), sample.file_name
-        h, w = sample.image.shape[-2:]
-    return {"id": image_id, "file_name": name, "height": int(h), "width": int(w)}, targets
+def _image_entry(dataset: InstanceDataset, index: int) -> tuple[dict, Targets]:
+    """COCO image record and targets of item `index`, without decoding the image."""
+    targets, _ = dataset.load_targets(index)
+    h, w = dataset.image_size(index)
+    record = {"id": int(dataset.image_ids[index]), "file_name": dataset.file_name(index)}
+    return {**record, "height": int(h), "width": int(w)}, targets
 
 
-def write_coco_json(dataset: Dataset, out_path: Union[str, Path]) -> Path:
+def write_coco_json(dataset: InstanceDataset, out_path: Union[str, Path]) -> Path:
     """Write `dataset` as a COCO instances file and return its path.
 
     Categories: the dataset's class names with ids `dataset.category_ids` (1..K; a CocoDataset's
@@ -96,10 +135,9 @@ def write_coco_json(dataset: Dataset, out_path: Union[str, Path]) -> Path:
     into place atomically.
     """
     out_path = Path(out_path)
-    names = list(dataset.class_names)  # type: ignore[attr-defined]
-    cat_ids = list(getattr(dataset, "category_ids", range(1, len(names) + 1)))
+    names, cat_ids = list(dataset.class_names), list(dataset.category_ids)
     images, annotations = [], []
-    for index in range(len(dataset)):  # type: ignore[arg-type]
+    for index in range(len(dataset)):
         image, targets = _image_entry(dataset, index)
         images.append(image)
         masks = targets.masks.to("cpu", dtype=torch.uint8).numpy()
@@ -120,8 +158,9 @@ def write_coco_json(dataset: Dataset, out_path: Union[str, Path]) -> Path:
                     "iscrowd": 0,
                 }
             )
-    categories = getattr(dataset, "categories", None)  # CocoDataset keeps its original records
-    if categories is None:
+    if isinstance(dataset, CocoDataset):  # keeps its original category records
+        categories = dataset.categories
+    else:
         categories = [{"id": int(c), "name": n, "supercategory": ""} for c, n in zip(cat_ids, names)]
     payload = {
         "info": {"description": f"written by maskrcnn.data from {type(dataset).__name__}"},
@@ -129,16 +168,4 @@ def write_coco_json(dataset: Dataset, out_path: Union[str, Path]) -> Path:
         "annotations": annotations,
         "categories": categories,
     }
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=out_path.name + ".", suffix=".tmp", dir=out_path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, out_path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return out_path
+    return atomic_write_json(out_path, payload)

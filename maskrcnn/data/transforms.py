@@ -18,12 +18,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Optional, Union
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch import Tensor
 
+from maskrcnn.errors import UserError
+from maskrcnn.files import STORED_PIXELS, read_image
+from maskrcnn.ops.boxes import masks_to_boxes
 from maskrcnn.structures import Sample, Targets
 
 __all__ = [
@@ -33,55 +34,17 @@ __all__ = [
     "ResizeShortestEdge",
     "Transform",
     "load_image",
-    "masks_to_boxes",
     "remove_empty",
 ]
 
 
 def load_image(path: Union[str, Path]) -> Tensor:
-    """Read an image file as a float32 (3, H, W) RGB tensor in [0, 1].
-
-    Alpha channels are dropped (not composited), grayscale is replicated to 3 channels and
-    16-bit images are scaled by 1/65535. EXIF orientation is ignored: annotations refer to the
-    stored pixel grid, as in COCO.
-    """
-    with Image.open(path) as im:
-        im.load()
-        if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-            arr = np.asarray(im, dtype=np.float32) / (65535.0 if im.mode.startswith("I;16") else 1.0)
-            arr = np.clip(arr, 0.0, 1.0)
-            return torch.from_numpy(np.ascontiguousarray(arr))[None].expand(3, -1, -1).contiguous()
-        if im.mode != "RGB":
-            im = im.convert("RGB")
-        arr = np.asarray(im, dtype=np.uint8)
-    return torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div_(255.0)
-
-
-def masks_to_boxes(masks: Tensor) -> Tensor:
-    """Tight xyxy boxes (G, 4) float32 of binary masks (G, H, W).
-
-    x1/y1 are the first set column/row and x2/y2 the last set column/row + 1, so the box width
-    x2 - x1 counts the mask's columns. An empty mask gives the box (0, 0, 0, 0).
-    """
-    g, h, w = masks.shape
-    if g == 0:
-        return torch.zeros((0, 4), dtype=torch.float32, device=masks.device)
-    if masks.device.type == "cpu":
-        # NumPy's reductions are fast and do not depend on torch's intra-op thread pool.
-        m = masks.detach()
-        arr = (m.view(torch.uint8) if m.dtype == torch.bool else m).numpy()
-        cols = torch.from_numpy(arr.any(axis=1).view(np.uint8))  # (G, W)
-        rows = torch.from_numpy(arr.any(axis=2).view(np.uint8))  # (G, H)
-    else:
-        m = masks.view(torch.uint8) if masks.dtype == torch.bool else (masks != 0).to(torch.uint8)
-        cols, rows = m.amax(dim=1), m.amax(dim=2)
-    x1 = cols.argmax(dim=1)
-    x2 = w - cols.flip(1).argmax(dim=1)
-    y1 = rows.argmax(dim=1)
-    y2 = h - rows.flip(1).argmax(dim=1)
-    boxes = torch.stack([x1, y1, x2, y2], dim=1).to(torch.float32)
-    boxes[cols.amax(dim=1) == 0] = 0.0
-    return boxes
+    """Read a dataset image file as a float32 (3, H, W) RGB tensor in [0, 1], under the
+    `STORED_PIXELS` policy of `maskrcnn.files`: annotations refer to the stored pixel grid (as in
+    COCO), so EXIF orientation is ignored and alpha channels are dropped (not composited).
+    Grayscale is replicated to 3 channels and 16-bit images are scaled by 1/65535. Raises
+    `maskrcnn.files.ImageReadError` (a ValueError) naming the file when it cannot be read."""
+    return read_image(path, policy=STORED_PIXELS)
 
 
 def remove_empty(targets: Targets) -> Targets:
@@ -203,7 +166,7 @@ class ResizeShortestEdge(Transform):
     def __init__(self, min_sizes: Union[int, Sequence[int]], max_size: int) -> None:
         self.min_sizes = (int(min_sizes),) if isinstance(min_sizes, int) else tuple(int(s) for s in min_sizes)
         if not self.min_sizes or min(self.min_sizes) <= 0 or max_size <= 0:
-            raise ValueError(f"ResizeShortestEdge needs positive sizes, got {min_sizes}, {max_size}")
+            raise UserError(f"ResizeShortestEdge needs positive sizes, got {min_sizes}, {max_size}")
         self.max_size = int(max_size)
 
     def __call__(self, sample: Sample, generator: Optional[torch.Generator] = None) -> Sample:
@@ -224,7 +187,7 @@ class HorizontalFlip(Transform):
 
     def __init__(self, prob: float = 0.5) -> None:
         if not 0.0 <= prob <= 1.0:
-            raise ValueError(f"flip probability must be in [0, 1], got {prob}")
+            raise UserError(f"flip probability must be in [0, 1], got {prob}")
         self.prob = float(prob)
 
     def __call__(self, sample: Sample, generator: Optional[torch.Generator] = None) -> Sample:
@@ -246,7 +209,7 @@ class LargeScaleJitter(Transform):
     def __init__(self, output_size: int, scale_range: tuple[float, float] = (0.1, 2.0)) -> None:
         lo, hi = scale_range
         if output_size <= 0 or not 0 < lo <= hi:
-            raise ValueError(f"bad LargeScaleJitter arguments: {output_size}, {scale_range}")
+            raise UserError(f"bad LargeScaleJitter arguments: {output_size}, {scale_range}")
         self.output_size = int(output_size)
         self.scale_range = (float(lo), float(hi))
 

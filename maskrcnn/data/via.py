@@ -23,7 +23,8 @@ from pycocotools import mask as mask_utils
 from torch.utils.data import Dataset
 
 from maskrcnn.data.coco import targets_from_rles
-from maskrcnn.data.transforms import load_image
+from maskrcnn.errors import UserError
+from maskrcnn.files import STORED_PIXELS, read_image
 from maskrcnn.structures import Sample, Targets
 
 __all__ = ["ViaDataset"]
@@ -56,7 +57,7 @@ def _region_polygon(shape: dict, where: str) -> list[float]:
         if kind in ("polygon", "polyline"):
             xs, ys = shape["all_points_x"], shape["all_points_y"]
             if len(xs) != len(ys):
-                raise ValueError(f"{where}: polygon has {len(xs)} x but {len(ys)} y coordinates")
+                raise UserError(f"{where}: polygon has {len(xs)} x but {len(ys)} y coordinates")
             return [float(v) for xy in zip(xs, ys) for v in xy]
         if kind == "rect":
             x, y, w, h = (float(shape[k]) for k in ("x", "y", "width", "height"))
@@ -67,8 +68,8 @@ def _region_polygon(shape: dict, where: str) -> list[float]:
             rx, ry = float(shape["rx"]), float(shape["ry"])
             return _ellipse(float(shape["cx"]), float(shape["cy"]), rx, ry, float(shape.get("theta", 0.0)))
     except KeyError as e:
-        raise ValueError(f"{where}: {kind} shape is missing {e}") from None
-    raise ValueError(f"{where}: unsupported region shape {kind!r} (polygon, rect, circle, ellipse)")
+        raise UserError(f"{where}: {kind} shape is missing {e}") from None
+    raise UserError(f"{where}: unsupported region shape {kind!r} (polygon, rect, circle, ellipse)")
 
 
 class ViaDataset(Dataset):
@@ -89,18 +90,18 @@ class ViaDataset(Dataset):
             with open(path, encoding="utf-8") as f:
                 data: Any = json.load(f)
         except json.JSONDecodeError as e:
-            raise ValueError(f"VIA file {path} is not valid JSON: {e}") from e
+            raise UserError(f"VIA file {path} is not valid JSON: {e}") from e
         if isinstance(data, dict) and "_via_img_metadata" in data:
             data = data["_via_img_metadata"]
         if not isinstance(data, dict):
-            raise ValueError(f"{path}: expected a mapping of image entries, got {type(data).__name__}")
+            raise UserError(f"{path}: expected a mapping of image entries, got {type(data).__name__}")
 
         self._files: list[str] = []
         self._regions: list[list[tuple[list[float], str]]] = []
         names = set()
         for key, entry in data.items():
             if not isinstance(entry, dict) or "filename" not in entry:
-                raise ValueError(f"{path}: entry {key!r} has no 'filename'")
+                raise UserError(f"{path}: entry {key!r} has no 'filename'")
             regions = entry.get("regions") or []
             if isinstance(regions, dict):
                 regions = list(regions.values())
@@ -108,7 +109,7 @@ class ViaDataset(Dataset):
             for j, region in enumerate(regions):
                 where = f"{path}: image {entry['filename']!r} region {j}"
                 if not isinstance(region, dict) or "shape_attributes" not in region:
-                    raise ValueError(f"{where}: region has no 'shape_attributes'")
+                    raise UserError(f"{where}: region has no 'shape_attributes'")
                 cls = _region_class(region) or class_name
                 names.add(cls)
                 parsed.append((_region_polygon(region["shape_attributes"], where), cls))
@@ -158,7 +159,7 @@ class ViaDataset(Dataset):
         return targets_from_rles(rles, labels, h, w), torch.zeros((0, 4), dtype=torch.float32)
 
     def __getitem__(self, index: int) -> Sample:
-        image = load_image(self._path(index))
+        image = read_image(self._path(index), policy=STORED_PIXELS)
         self._sizes[index] = (image.shape[1], image.shape[2])
         targets, crowd = self.load_targets(index)
         return Sample(image, targets, index, self._files[index], crowd_boxes=crowd)

@@ -39,7 +39,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         resume=args.resume,
         progress=not args.no_progress,
     )
-    print(f"trained {result['iterations']} iterations; model: {Path(args.out) / 'model_final.pt'}")
+    out = Path(args.out)
+    print(
+        f"trained {result['iterations']} iterations; model: {out / 'model_final.pt'}; "
+        f"training curves: {out / 'training_curves.png'}"
+    )
     return 0
 
 
@@ -61,7 +65,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     )
     print(
         f"demo finished in {summary['wall_time_s']:.0f} s: box AP {summary['box_AP']:.3f}, "
-        f"mask AP {summary['mask_AP']:.3f}; overlays in {summary['overlays']}"
+        f"mask AP {summary['mask_AP']:.3f}; overlays in {summary['overlays']}; "
+        f"training curves: {summary['training_curves']}"
     )
     return 0
 
@@ -94,8 +99,8 @@ def run_demo(
 
     from ..data.shapes import ShapesDataset
     from ..evaluation.coco_eval import format_table
+    from ..files import atomic_write_json
     from ..inspect.canvas import grid, titled
-    from ..predict import write_json_atomic
     from ..visualize import draw_detections, draw_targets
     from .checkpoint import load_model
     from .train import train
@@ -126,7 +131,8 @@ def run_demo(
         "box_AP": metrics["bbox"]["AP"],
         "mask_AP": metrics["segm"]["AP"],
         "overlays": str(overlays),
+        "training_curves": str(out / "training_curves.png"),  # drawn by train() at its end
     }
-    write_json_atomic(summary, out / "demo_summary.json")
+    atomic_write_json(out / "demo_summary.json", summary)
     print(format_table(metrics))
     return summary

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from ..config import SolverConfig
+from ..errors import UserError
 
 NORM_TYPES = (nn.BatchNorm2d, nn.GroupNorm, nn.LayerNorm, nn.SyncBatchNorm)
 
@@ -39,7 +40,7 @@ def build_optimizer(model: nn.Module, solver: SolverConfig) -> torch.optim.Optim
         return torch.optim.SGD(groups, lr=solver.base_lr, momentum=solver.momentum)
     if solver.optimizer == "adamw":
         return torch.optim.AdamW(groups, lr=solver.base_lr)
-    raise ValueError(f"unknown optimizer {solver.optimizer!r}; choose sgd or adamw")
+    raise UserError(f"unknown optimizer {solver.optimizer!r}; choose sgd or adamw")
 
 
 def lr_factor(iteration: int, solver: SolverConfig) -> float:
@@ -50,7 +51,7 @@ def lr_factor(iteration: int, solver: SolverConfig) -> float:
     elif solver.schedule == "cosine":
         factor = 0.5 * (1.0 + math.cos(math.pi * min(iteration, solver.max_iter) / max(solver.max_iter, 1)))
     else:
-        raise ValueError(f"unknown schedule {solver.schedule!r}; choose multistep or cosine")
+        raise UserError(f"unknown schedule {solver.schedule!r}; choose multistep or cosine")
     if iteration < solver.warmup_iters:
         alpha = iteration / solver.warmup_iters
         factor *= solver.warmup_factor * (1 - alpha) + alpha

@@ -6,6 +6,8 @@ Run directory layout:
     config.yaml        the full config used
     checkpoint.pt      latest training checkpoint (atomic), what --resume reads
     metrics.jsonl      one JSON object per logged iteration / evaluation
+    training_curves.png  losses, learning rate and AP from metrics.jsonl (matplotlib), at the end
+    tensorboard/       the same scalars as TensorBoard events, when tensorboard is installed
     model_final.pt     the trained model, loadable with `maskrcnn.load`
     eval/              the final evaluation report (when validation data is given)
 """
@@ -13,9 +15,9 @@ Run directory layout:
 from __future__ import annotations
 
 import json
-import os
 import random
 import time
+import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,9 +27,12 @@ import torch
 from torch import nn
 
 from ..config import Config, replace, save_config
+from ..data.dataset import check_dataset
 from ..data.loader import build_train_loader
 from ..data.specs import build_dataset
 from ..data.transforms import Compose, HorizontalFlip, LargeScaleJitter
+from ..errors import UserError
+from ..files import atomic_write_text
 from ..model import build_model
 from .checkpoint import atomic_save, model_state, read_checkpoint
 from .distributed import DistInfo, all_finite, barrier, cleanup, init_distributed
@@ -48,8 +53,16 @@ class TrainState:
 
 
 def resolve_device(name: str) -> str:
+    """`auto` -> cuda when a GPU is there, else cpu; a device this machine lacks is a UserError."""
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError as e:
+        raise UserError(f"device {name!r} is not a device name ({e})") from None
+    if device.type == "cuda" and not (device.index or 0) < torch.cuda.device_count():
+        found = f"{torch.cuda.device_count()} CUDA device(s)" if torch.cuda.is_available() else "no CUDA"
+        raise UserError(f"device {name!r} is not available: this machine has {found}")
     return name
 
 
@@ -77,20 +90,30 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def _tensorboard_writer(log_dir: Path):
+    """(a SummaryWriter or None, the one line telling whether the run logs to TensorBoard)."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # the optional extra is not installed
+        return None, (
+            f"TensorBoard: off (to also log scalars to {log_dir}: pip install 'maskrcnn[tensorboard]')"
+        )
+    try:
+        writer = SummaryWriter(str(log_dir))
+    except Exception as e:  # e.g. an unwritable folder: the JSON log still works
+        return None, f"TensorBoard: off (cannot write to {log_dir}: {e})"
+    return writer, f"TensorBoard: logging scalars to {log_dir} (tensorboard --logdir {log_dir})"
+
+
 class MetricsWriter:
     """JSON lines (always) and TensorBoard (when installed), on the main process only."""
 
     def __init__(self, out_dir: Path, enabled: bool):
         self.enabled = enabled
         self.path = out_dir / "metrics.jsonl"
-        self.tb = None
+        self.tb, self.tensorboard_note = None, ""
         if enabled:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self.tb = SummaryWriter(str(out_dir / "tensorboard"))
-            except Exception:  # tensorboard is optional
-                self.tb = None
+            self.tb, self.tensorboard_note = _tensorboard_writer(out_dir / "tensorboard")
 
     def keep_until(self, iteration: int) -> None:
         """Drop records logged after `iteration`: a fresh run (0) starts an empty log; a resumed run
@@ -99,9 +122,7 @@ class MetricsWriter:
             return
         lines = self.path.read_text().splitlines()
         kept = [line for line in lines if line.strip() and json.loads(line).get("iteration", 0) <= iteration]
-        tmp = self.path.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(line + "\n" for line in kept))
-        os.replace(tmp, self.path)
+        atomic_write_text(self.path, "".join(line + "\n" for line in kept))
 
     def write(self, record: dict) -> None:
         if not self.enabled:
@@ -127,21 +148,23 @@ class Trainer:
         self.device = torch.device(device)
         self.out_dir = Path(out_dir)
         self.progress = progress and self.dist.is_main
-        self.dataset = build_dataset(train_data) if isinstance(train_data, str) else train_data
+        dataset = build_dataset(train_data) if isinstance(train_data, str) else train_data
+        self.dataset = check_dataset(dataset, what="the training dataset")
+        if isinstance(val_data, str) and self.dist.is_main:  # a bad spec fails now, not after training
+            val_data = build_dataset(val_data)
         self.val_data = val_data
-        names = list(getattr(self.dataset, "class_names", []))
+        names = list(self.dataset.class_names)
         if not names:
-            raise ValueError("the training dataset has no class_names")
+            raise UserError("the training dataset has no class_names")
         cfg = replace(cfg, model=replace(cfg.model, num_classes=len(names)))
         self.cfg = cfg
         world = self.dist.world_size
         if cfg.solver.ims_per_batch % world:
-            raise ValueError(
+            raise UserError(
                 f"solver.ims_per_batch={cfg.solver.ims_per_batch} is not divisible by {world} processes"
             )
         torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
-        model = build_model(cfg, class_names=names)
-        model.category_ids = list(getattr(self.dataset, "category_ids", None) or range(1, len(names) + 1))
+        model = build_model(cfg, class_names=names, category_ids=list(self.dataset.category_ids))
         self.model = model.to(self.device)
         self.ddp_model: nn.Module = self.model
         if self.dist.enabled:
@@ -161,7 +184,7 @@ class Trainer:
             aspect_ratio_grouping=cfg.data.aspect_ratio_grouping,
         )
         if self.loader.batches_per_epoch(0) == 0:
-            raise ValueError(
+            raise UserError(
                 f"the training data has {len(self.dataset)} images, fewer than one batch of "
                 f"{cfg.solver.ims_per_batch // world} per process"
             )
@@ -250,6 +273,7 @@ class Trainer:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             save_config(cfg, self.out_dir / "config.yaml")
             self.writer.keep_until(self.state.iteration)
+            print(self.writer.tensorboard_note, flush=True)
         self.ddp_model.train()
         from tqdm import tqdm
 
@@ -308,6 +332,13 @@ class Trainer:
             results["metrics"] = self.evaluate("eval")
         barrier(self.dist)
         self.writer.close()
+        if self.dist.is_main:
+            from ..plots import write_training_curves
+
+            try:
+                write_training_curves(self.out_dir)
+            except Exception as e:  # the run itself succeeded: its model and log are written
+                warnings.warn(f"could not draw {self.out_dir / 'training_curves.png'}: {e}", stacklevel=1)
         return results
 
     def evaluate(self, name: str) -> dict | None:

@@ -19,10 +19,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
-import json
-import os
 import tempfile
-import uuid
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -34,6 +31,8 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from ..data.coco import read_json
+from ..errors import UserError
+from ..files import atomic_write_json, atomic_write_text
 
 __all__ = [
     "IOU_TYPES",
@@ -69,12 +68,12 @@ def load_ground_truth(gt: Union[COCO, str, Path]) -> COCO:
         or not isinstance(data.get("images"), list)
         or not isinstance(data.get("categories"), list)
     ):
-        raise ValueError(f"{path}: a COCO ground-truth file needs 'images' and 'categories' lists")
+        raise UserError(f"{path}: a COCO ground-truth file needs 'images' and 'categories' lists")
     data.setdefault("annotations", [])
     for i, a in enumerate(data["annotations"]):
         missing = [k for k in ("id", "image_id", "category_id", "area") if k not in a]
         if missing:
-            raise ValueError(f"{path}: annotation {a.get('id', f'#{i}')} is missing {missing}")
+            raise UserError(f"{path}: annotation {a.get('id', f'#{i}')} is missing {missing}")
     coco = COCO()
     coco.dataset = data
     with _quiet(verbose=False):
@@ -89,7 +88,7 @@ def load_results(results: Union[Sequence[dict], str, Path]) -> list[dict]:
     path = Path(results)
     data = read_json(path, "results")
     if not isinstance(data, list):
-        raise ValueError(f"{path}: COCO results must be a JSON list of records, got {type(data).__name__}")
+        raise UserError(f"{path}: COCO results must be a JSON list of records, got {type(data).__name__}")
     return data
 
 
@@ -99,22 +98,22 @@ def _check_records(records: list[dict], gt: COCO, iou_types: Sequence[str], wher
     out = []
     for i, r in enumerate(records):
         if not isinstance(r, dict):
-            raise ValueError(f"{where}: record {i} is a {type(r).__name__}, not a dict")
+            raise UserError(f"{where}: record {i} is a {type(r).__name__}, not a dict")
         missing = [k for k in need if k not in r]
         if missing:
-            raise ValueError(f"{where}: record {i} is missing {missing}")
+            raise UserError(f"{where}: record {i} is missing {missing}")
         if r["image_id"] not in gt.imgs:
-            raise ValueError(f"{where}: record {i} has image_id {r['image_id']!r}, not in the ground truth")
+            raise UserError(f"{where}: record {i} has image_id {r['image_id']!r}, not in the ground truth")
         if r["category_id"] not in gt.cats:
             cat = r["category_id"]
-            raise ValueError(f"{where}: record {i} has category_id {cat!r}, not in the ground truth")
+            raise UserError(f"{where}: record {i} has category_id {cat!r}, not in the ground truth")
         if "bbox" in need and (not isinstance(r["bbox"], (list, tuple)) or len(r["bbox"]) != 4):
-            raise ValueError(f"{where}: record {i}: bbox must be [x, y, w, h], got {r['bbox']!r}")
+            raise UserError(f"{where}: record {i}: bbox must be [x, y, w, h], got {r['bbox']!r}")
         seg = r.get("segmentation")
         if "segmentation" not in need:
             pass
         elif not (isinstance(seg, list) or (isinstance(seg, dict) and {"size", "counts"} <= set(seg))):
-            raise ValueError(f"{where}: record {i}: segmentation must be an RLE dict or polygons")
+            raise UserError(f"{where}: record {i}: segmentation must be an RLE dict or polygons")
         elif isinstance(seg, list) or isinstance(seg["counts"], list):
             img = gt.imgs[r["image_id"]]
             rles = mask_utils.frPyObjects(seg, img["height"], img["width"])
@@ -185,7 +184,7 @@ def evaluate_coco_results(
     """
     unknown = [t for t in iou_types if t not in _FIELD]
     if unknown or not iou_types:
-        raise ValueError(f"iou_types must be a non-empty subset of {IOU_TYPES}, got {tuple(iou_types)}")
+        raise UserError(f"iou_types must be a non-empty subset of {IOU_TYPES}, got {tuple(iou_types)}")
     where = str(results) if isinstance(results, (str, Path)) else "results"
     coco_gt = load_ground_truth(gt)
     records = _check_records(load_results(results), coco_gt, iou_types, where)
@@ -204,8 +203,6 @@ def _ground_truth_of(dataset: Any, tmp_dir: Path) -> COCO:
 
     if isinstance(dataset, CocoDataset):  # the original file: crowd regions are kept for COCOeval
         return load_ground_truth(dataset.annotation_file)
-    if not hasattr(dataset, "class_names"):
-        raise TypeError(f"cannot build COCO ground truth for {type(dataset).__name__}: it has no class_names")
     return load_ground_truth(write_coco_json(dataset, tmp_dir / "ground_truth.json"))
 
 
@@ -227,30 +224,33 @@ def evaluate_model(
     import torch
     from tqdm import tqdm
 
+    from ..data.dataset import check_dataset
     from ..predict import detections_to_coco
+    from ..predictor import Predictor
 
     if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    category_ids: Optional[list[int]] = list(getattr(dataset, "category_ids", None) or []) or None
+        raise UserError(f"batch_size must be >= 1, got {batch_size}")
+    dataset = check_dataset(dataset, what="the evaluation dataset")
+    category_ids: Optional[list[int]] = list(dataset.category_ids) or None
     num_labels = len(category_ids) if category_ids else None
-    model_names, data_names = getattr(model, "class_names", None), getattr(dataset, "class_names", None)
+    model_names, data_names = getattr(model, "class_names", None), dataset.class_names
     if model_names and data_names and list(model_names) != list(data_names):
         warnings.warn(
             f"the model's classes {list(model_names)[:5]}... differ from the dataset's "
             f"{list(data_names)[:5]}...; labels are mapped by position",
             stacklevel=2,
         )
-    model = model.to(device).eval()
+    predictor = model.to(device) if isinstance(model, Predictor) else Predictor(model, device=device)
     records: list[dict] = []
     n = len(dataset)
     with torch.no_grad(), tqdm(total=n, desc="evaluate", unit="img", disable=not progress) as bar:
         for start in range(0, n, batch_size):
             samples = [dataset[i] for i in range(start, min(n, start + batch_size))]
-            for sample, det in zip(samples, model.predict([s.image.to(device) for s in samples])):
+            for sample, det in zip(samples, predictor.predict([s.image for s in samples])):
                 labels = det.labels.cpu()
                 if len(labels) and (labels.min() < 1 or (num_labels and labels.max() > num_labels)):
                     allowed = f"1..{num_labels}" if num_labels else ">= 1"
-                    raise ValueError(
+                    raise UserError(
                         f"model predicted labels {labels.min().item()}..{labels.max().item()} on "
                         f"{sample.file_name}; the dataset's labels are {allowed}"
                     )
@@ -294,28 +294,17 @@ def format_per_class(metrics: dict) -> str:
     return _table(rows)
 
 
-def _write_atomic(path: Path, write: Any) -> None:
-    """Call write(tmp) on a temporary file beside `path`, then move it into place."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def write_report(metrics: dict, results: Sequence[dict], out_dir: Union[str, Path]) -> dict[str, Path]:
     """Write metrics.json, detections.json, per_class_ap.txt and pr_curve.png into `out_dir`."""
-    from ..visualize import draw_pr_curves
+    from ..plots import pr_curves_figure, save_png
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     names = ("metrics.json", "detections.json", "per_class_ap.txt", "pr_curve.png")
     paths = {name: out / name for name in names}
     for name, obj in (("metrics.json", metrics), ("detections.json", list(results))):
-        _write_atomic(paths[name], lambda p, obj=obj: p.write_text(json.dumps(obj), encoding="utf-8"))
+        atomic_write_json(paths[name], obj)
     text = format_table(metrics) + "\n\nper-class AP (IoU .5:.95, %)\n" + format_per_class(metrics) + "\n"
-    _write_atomic(paths["per_class_ap.txt"], lambda p: p.write_text(text, encoding="utf-8"))
-    _write_atomic(paths["pr_curve.png"], lambda p: draw_pr_curves(metrics).save(p, format="PNG"))
+    atomic_write_text(paths["per_class_ap.txt"], text)
+    save_png(pr_curves_figure(metrics), paths["pr_curve.png"])  # atomic
     return paths

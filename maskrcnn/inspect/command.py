@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from ..errors import UserError
 
 if TYPE_CHECKING:  # torch loads only when the command runs, so `maskrcnn --help` stays quick
     from ..structures import Targets
@@ -18,22 +20,17 @@ def find_annotations(spec: str, image_path: str | Path) -> tuple[Targets, list[s
     name) -> (targets in original-image pixels, the dataset's class names, a description)."""
     from ..data.specs import build_dataset
 
-    dataset: Any = build_dataset(spec)
+    dataset = build_dataset(spec)
     name = Path(image_path).name
-    if not hasattr(dataset, "file_name"):
-        raise ValueError(f"dataset {spec!r} does not name its images; cannot find {name} in it")
     matches = [i for i in range(len(dataset)) if Path(dataset.file_name(i)).name == name]
     if not matches:
-        raise ValueError(f"no image named {name!r} in dataset {spec!r} ({len(dataset)} images)")
+        raise UserError(f"no image named {name!r} in dataset {spec!r} ({len(dataset)} images)")
     index = matches[0]
-    if hasattr(dataset, "load_targets"):
-        targets, _ = dataset.load_targets(index)
-    else:
-        targets = dataset[index].targets
+    targets, _ = dataset.load_targets(index)
     where = f"{spec} item {index} ({dataset.file_name(index)})"
     if len(matches) > 1:
         where += f"; {len(matches)} items share this file name, the first is used"
-    return targets, list(getattr(dataset, "class_names", [])), where
+    return targets, list(dataset.class_names), where
 
 
 def add_inspect_arguments(parser: argparse.ArgumentParser) -> None:
@@ -50,24 +47,23 @@ def add_inspect_arguments(parser: argparse.ArgumentParser) -> None:
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     from .. import load
-    from ..data.transforms import load_image as load_stored_pixels
-    from ..predict import load_image
+    from ..files import AS_DISPLAYED, STORED_PIXELS, read_image
 
     path = Path(args.image)
     if not path.is_file():
         raise FileNotFoundError(f"image not found: {path}")
     # annotations refer to the stored pixel grid (as the datasets read it); otherwise read the
     # image as `maskrcnn predict` does
-    image = load_stored_pixels(path) if args.annotations else load_image(path)
+    image = read_image(path, policy=STORED_PIXELS if args.annotations else AS_DISPLAYED)
     targets, gt_names, where = None, None, None
     if args.annotations:
         targets, gt_names, where = find_annotations(args.annotations, path)
         if tuple(targets.masks.shape[-2:]) != tuple(image.shape[-2:]):
-            raise ValueError(
+            raise UserError(
                 f"{where}: annotations are for a {targets.masks.shape[-2]}x{targets.masks.shape[-1]} image "
                 f"but {path} is {image.shape[-2]}x{image.shape[-1]}"
             )
-    model = load(args.weights, map_location=args.device)
+    model = load(args.weights, device=args.device).model
     from .page import write_inspection
     from .stages import inspect_model
 

@@ -228,7 +228,7 @@ def draw_masks(ins: Inspection) -> Picture:
 def draw_final(ins: Inspection) -> Picture:
     det = ins.detections
     n = min(SHOW_DETECTIONS, len(det))
-    top = Detections(det.boxes[:n], det.scores[:n], det.labels[:n], det.masks[:n])
+    top = det.select(torch.arange(n))
     image = draw_detections(ins.image, top, class_names=ins.class_names)
     h, w = ins.original_size
     caption = (

@@ -1,12 +1,12 @@
 """Running the model stage by stage on one image (`inspect_model`), keeping what every stage
 produced in an `Inspection`.
 
-`inspect_model` goes through the model's own public pieces (the RPN's head, anchor generator,
-matcher and `select_proposals`; `box_outputs`, `detect`, `mask_logits`). Only the RPN's pre-NMS
-candidates are recomputed here (the model does not return them): the same top-k per level,
-decoding, clipping and size/score filters that `select_proposals` applies before its NMS. With
-ground truth, it is mapped through the model's own preprocessing (the resize) before anchors are
-matched, exactly as in training.
+`inspect_model` goes through the model's own stages and keeps what each returns: the RPN's head,
+anchor generator, `candidates` (what enters NMS) and `suppress` (the proposals), its matcher and
+anchor targets; the RoI heads' `predict` (detections in the input frame, each with the index of
+the proposal it was refined from) and `to_original`; the mask branch's logits. Nothing is
+recomputed here. With ground truth, it is mapped through the model's own preprocessing (the
+resize) before anchors are matched, exactly as in training.
 """
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..model.postprocess import detect_boxes
+from ..model.mask_head import mask_channel
 from ..model.roi_pooler import MultiScaleRoIPooler, assign_levels
 from ..model.rpn import flatten_predictions
-from ..ops.boxes import box_area, box_iou, clip_boxes, nonempty_boxes
+from ..ops.boxes import box_area, box_iou
 from ..structures import Detections, Targets
 from ..visualize import to_rgb_array
 
@@ -60,7 +60,7 @@ class Inspection:
     level_ranges: list[tuple[float, float]]  # sqrt(area) range of each pooled level
     detections: Detections  # final output, original-image pixels
     det_input_boxes: Tensor  # (D, 4) the detections in the input frame
-    det_sources: Tensor  # (D,) index of the proposal each detection was refined from
+    det_sources: Tensor  # (D,) index of the proposal each detection was refined from (the model's own)
     det_levels: Tensor  # (D,) pooled level of each detection's mask RoI
     mask_logits: Tensor  # (D, M, M) logit of each detection's class (p = sigmoid(logit))
     class_names: Optional[list[str]]
@@ -114,60 +114,18 @@ def _anchor_shapes(model: Any) -> tuple[list[list[float]], list[float]]:
     return [[float(v) for v in s] for s in sizes], [round(float(r), 2) for r in heights / widths]
 
 
-def _pre_nms_candidates(
-    rpn: Any, objectness: Tensor, deltas: Tensor, anchors: Tensor, counts: list[int], size: tuple[int, int]
-) -> tuple[Tensor, Tensor, Tensor]:
-    """The candidates `select_proposals` hands to NMS for one image (inference settings):
-    (T,) objectness logits and (T, 4) deltas of all anchors -> boxes, probabilities, levels."""
-    k = rpn.pre_nms_topk[1]
-    index, level = [], []
-    offset = 0
-    for lvl, count in enumerate(counts):
-        _, idx = objectness[offset : offset + count].topk(min(k, count))
-        index.append(idx + offset)
-        level.append(torch.full_like(idx, lvl))
-        offset += count
-    index_t, level_t = torch.cat(index), torch.cat(level)
-    scores = objectness[index_t].sigmoid()
-    boxes = clip_boxes(rpn.box_coder.decode(deltas[index_t], anchors[index_t])[:, 0], size)
-    keep = nonempty_boxes(boxes, rpn.min_size)
-    boxes, scores, level_t = boxes[keep], scores[keep], level_t[keep]
-    keep = torch.where(scores >= rpn.score_thresh)[0]
-    return boxes[keep], scores[keep], level_t[keep]
-
-
-def _source_proposals(
-    det: tuple[Tensor, Tensor, Tensor],
-    proposals: Tensor,
-    class_logits: Tensor,
-    box_deltas: Tensor,
-    *,
-    box_coder: Any,
-    size: tuple[int, int],
-) -> Tensor:
-    """Detections (boxes, scores, labels) in the input frame -> (D,) index of the proposal whose
-    refinement for the detection's class gives the detection."""
-    det_boxes, det_scores, det_labels = det
-    if len(det_boxes) == 0:
-        return torch.zeros(0, dtype=torch.int64)
-    scores = F.softmax(class_logits, -1)
-    per_class = box_deltas.reshape(len(proposals), -1, 4)
-    sources = []
-    for box, score, label in zip(det_boxes, det_scores, det_labels):
-        refined = clip_boxes(box_coder.decode(per_class[:, int(label)], proposals)[:, 0], size)
-        distance = (refined - box).abs().sum(dim=1) + 1e3 * (scores[:, int(label)] - score).abs()
-        sources.append(int(distance.argmin()))
-    return torch.tensor(sources, dtype=torch.int64)
-
-
-def _class_logit(mask_logits: Tensor, labels: Tensor, kind: str) -> Tensor:
-    """(D, C, M, M) mask-head output -> (D, M, M) logit of each label's mask (sigmoid(logit) = p)."""
+def _class_logits(mask_branch: Any, features: list[Tensor], boxes: Tensor, labels: Tensor) -> Tensor:
+    """(D, M, M) logit of each detection's class mask (sigmoid(logit) = its probability)."""
+    m = mask_branch.resolution
+    if len(boxes) == 0:
+        return torch.zeros((0, m, m))
+    logits = mask_branch(features, [boxes])
     index = torch.arange(len(labels), device=labels.device)
-    if kind == "softmax":
-        p = mask_logits.softmax(dim=1)[index, labels].clamp(1e-6, 1 - 1e-6)
+    channel = mask_channel(labels, num_channels=logits.shape[1], mask_loss=mask_branch.mask_loss)
+    if mask_branch.mask_loss == "softmax":
+        p = logits.softmax(dim=1)[index, channel].clamp(1e-6, 1 - 1e-6)
         return torch.log(p) - torch.log1p(-p)
-    channel = labels - 1 if mask_logits.shape[1] > 1 else torch.zeros_like(labels)
-    return mask_logits[index, channel]
+    return logits[index, channel]
 
 
 @torch.no_grad()
@@ -204,10 +162,8 @@ def inspect_model(
     counts = [len(a) for a in anchors]
     all_anchors = torch.cat(anchors, dim=0)
     objectness, deltas = flatten_predictions(objectness, deltas)
-    pre_boxes, pre_scores, pre_levels = _pre_nms_candidates(
-        rpn, objectness[0], deltas[0], all_anchors, counts, size
-    )
-    (proposals,) = rpn.select_proposals(objectness, deltas, all_anchors, counts, [size])
+    (candidates,) = rpn.candidates(objectness, deltas, all_anchors, counts, [size])
+    proposals = rpn.suppress(candidates)
 
     anchor_labels = anchor_matches = None
     if resized is not None:
@@ -219,31 +175,16 @@ def inspect_model(
         else:
             anchor_matches = torch.full((len(all_anchors),), -1, dtype=torch.int64)
 
-    class_logits, box_deltas = model.box_outputs(features, [proposals.boxes])
-    ((det_boxes, det_scores, det_labels),) = detect_boxes(
-        class_logits,
-        box_deltas,
-        [proposals.boxes],
-        [size],
-        box_coder=model.box_coder,
-        score_thresh=model.score_thresh,
-        nms_thresh=model.nms_thresh,
-        detections_per_image=model.detections_per_image,
-    )
-    (detections,) = model.detect(batch, features, [proposals])
-    sources = _source_proposals(
-        (det_boxes, det_scores, det_labels),
-        proposals.boxes,
-        class_logits,
-        box_deltas,
-        box_coder=model.box_coder,
-        size=size,
-    )
-    if len(det_boxes):
-        logits = _class_logit(model.mask_logits(features, [det_boxes]), det_labels, model.mask_loss_kind)
+    heads = model.roi_heads
+    (in_frame,) = heads.predict(features, [proposals], [size])
+    (detections,) = heads.to_original([in_frame], [size], batch.original_sizes)
+    mask_branch = heads.branch("mask")
+    if mask_branch is not None:
+        logits = _class_logits(mask_branch, features, in_frame.boxes, in_frame.labels)
+        det_levels = pooled_levels(mask_branch.pooler, in_frame.boxes).cpu()
     else:
-        m = 2 * model.mask_pooler.output_size
-        logits = torch.zeros((0, m, m))
+        notes.append("this model has no mask branch")
+        logits, det_levels = torch.zeros((0, 1, 1)), torch.zeros(0, dtype=torch.int64)
 
     rgb = F.interpolate(image[None].float(), size=size, mode="bilinear", align_corners=False)[0]
     rpn_first = int(round(np.log2(rpn.anchor_generator.strides[0])))
@@ -265,23 +206,23 @@ def inspect_model(
         pre_nms_topk=int(rpn.pre_nms_topk[1]),
         post_nms_topk=int(rpn.post_nms_topk[1]),
         nms_thresh=float(rpn.nms_thresh),
-        pre_boxes=pre_boxes.cpu(),
-        pre_scores=pre_scores.cpu(),
-        pre_levels=pre_levels.cpu(),
+        pre_boxes=candidates.boxes.cpu(),
+        pre_scores=candidates.scores.cpu(),
+        pre_levels=candidates.levels.cpu(),
         proposal_boxes=proposals.boxes.cpu(),
         proposal_scores=proposals.scores.cpu(),
         pooled_level_names=[
-            f"P{model.box_pooler.min_level + i}" for i in range(len(model.box_pooler.scales))
+            f"P{heads.box.pooler.min_level + i}" for i in range(len(heads.box.pooler.scales))
         ],
-        proposal_levels=pooled_levels(model.box_pooler, proposals.boxes).cpu(),
-        level_ranges=_level_ranges(model.box_pooler),
+        proposal_levels=pooled_levels(heads.box.pooler, proposals.boxes).cpu(),
+        level_ranges=_level_ranges(heads.box.pooler),
         detections=detections.to("cpu"),
-        det_input_boxes=det_boxes.cpu(),
-        det_sources=sources,
-        det_levels=pooled_levels(model.mask_pooler, det_boxes).cpu(),
+        det_input_boxes=in_frame.boxes.cpu(),
+        det_sources=in_frame.proposal_index.cpu(),
+        det_levels=det_levels,
         mask_logits=logits.float().cpu(),
         class_names=model.class_names,
-        det_score_thresh=float(model.score_thresh),
+        det_score_thresh=float(heads.box.score_thresh),
         targets=resized[0].to("cpu") if resized is not None else None,
         gt_class_names=gt_class_names,
         anchor_labels=anchor_labels,

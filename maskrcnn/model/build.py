@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from ..config import Config, ModelConfig
 from ..ops.box_coder import BoxCoder
 from .anchors import AnchorGenerator
 from .backbone import ResNet
+from .box_branch import BoxBranch
 from .box_head import BoxPredictor, ConvFCBoxHead, FCBoxHead
 from .fpn import FPN, BackboneWithFPN
+from .mask_branch import MaskBranch
 from .mask_head import MaskHead
 from .mask_rcnn import MaskRCNN
 from .matcher import Matcher
 from .preprocess import Preprocessor
+from .roi_heads import RoIHeads
 from .roi_pooler import MultiScaleRoIPooler
 from .rpn import RegionProposalNetwork, RPNHead
 from .sampler import BalancedSampler
@@ -19,10 +24,19 @@ from .sampler import BalancedSampler
 BOX_POOL_SIZE = 7
 
 
-def build_model(cfg: Config | ModelConfig, class_names: list[str] | None = None) -> MaskRCNN:
+def build_model(
+    cfg: Config | ModelConfig,
+    class_names: Sequence[str] | None = None,
+    *,
+    category_ids: Sequence[int] | None = None,
+) -> MaskRCNN:
+    """The model a config describes, with random weights. class_names: the K class names (default
+    class_1..class_K); category_ids: their dataset ids (default 1..K)."""
     mc = cfg.model if isinstance(cfg, Config) else cfg
     if class_names is not None and len(class_names) != mc.num_classes:
         raise ValueError(f"{len(class_names)} class names for num_classes={mc.num_classes}")
+    if category_ids is not None and len(category_ids) != mc.num_classes:
+        raise ValueError(f"{len(category_ids)} category ids for num_classes={mc.num_classes}")
     b, a, r, h = mc.backbone, mc.anchors, mc.rpn, mc.roi_heads
 
     body = ResNet(depth=b.depth, norm=b.norm, frozen_stages=b.frozen_stages, width=b.width)
@@ -83,12 +97,37 @@ def build_model(cfg: Config | ModelConfig, class_names: list[str] | None = None)
     else:
         raise ValueError(f"unknown box head {h.box_head!r}; choose fc or conv")
 
-    if h.mask_loss == "softmax":
-        mask_outputs = mc.num_classes + 1
-    elif h.class_agnostic_mask:
-        mask_outputs = 1
-    else:
-        mask_outputs = mc.num_classes
+    box = BoxBranch(
+        pooler=pooler(BOX_POOL_SIZE),
+        head=box_head,
+        predictor=BoxPredictor(in_dim=box_head.out_dim, num_classes=mc.num_classes),
+        box_coder=BoxCoder(weights=h.box_reg_weights),
+        box_loss=h.box_loss,
+        smooth_l1_beta=h.smooth_l1_beta,
+        score_thresh=h.score_thresh,
+        nms_thresh=h.nms_thresh,
+        detections_per_image=h.detections_per_image,
+    )
+    branches = []
+    if h.mask_on:
+        if h.mask_loss == "softmax":
+            mask_outputs = mc.num_classes + 1
+        elif h.class_agnostic_mask:
+            mask_outputs = 1
+        else:
+            mask_outputs = mc.num_classes
+        head = MaskHead(
+            in_channels=channels,
+            num_outputs=mask_outputs,
+            conv_dim=h.mask_head_dim,
+            num_convs=h.mask_head_convs,
+            norm=h.mask_head_norm,
+        )
+        branches.append(
+            MaskBranch(
+                pooler=pooler(h.mask_pool_size), head=head, mask_loss=h.mask_loss, threshold=h.mask_threshold
+            )
+        )
 
     model = MaskRCNN(
         preprocessor=Preprocessor(
@@ -100,32 +139,18 @@ def build_model(cfg: Config | ModelConfig, class_names: list[str] | None = None)
         ),
         backbone=backbone,
         rpn=rpn,
-        box_pooler=pooler(BOX_POOL_SIZE),
-        box_head=box_head,
-        box_predictor=BoxPredictor(in_dim=box_head.out_dim, num_classes=mc.num_classes),
-        mask_pooler=pooler(h.mask_pool_size),
-        mask_head=MaskHead(
-            in_channels=channels,
-            num_outputs=mask_outputs,
-            conv_dim=h.mask_head_dim,
-            num_convs=h.mask_head_convs,
-            norm=h.mask_head_norm,
+        roi_heads=RoIHeads(
+            box=box,
+            branches=branches,
+            matcher=Matcher(
+                high_threshold=h.fg_iou_thresh, low_threshold=h.bg_iou_thresh, allow_low_quality_matches=False
+            ),
+            sampler=BalancedSampler(
+                batch_size_per_image=h.batch_size_per_image, positive_fraction=h.positive_fraction
+            ),
         ),
-        box_coder=BoxCoder(weights=h.box_reg_weights),
-        roi_matcher=Matcher(
-            high_threshold=h.fg_iou_thresh, low_threshold=h.bg_iou_thresh, allow_low_quality_matches=False
-        ),
-        roi_sampler=BalancedSampler(
-            batch_size_per_image=h.batch_size_per_image, positive_fraction=h.positive_fraction
-        ),
-        box_loss=h.box_loss,
-        smooth_l1_beta=h.smooth_l1_beta,
-        mask_loss_kind=h.mask_loss,
-        score_thresh=h.score_thresh,
-        nms_thresh=h.nms_thresh,
-        detections_per_image=h.detections_per_image,
-        mask_threshold=h.mask_threshold,
-        class_names=class_names,
+        class_names=class_names or [f"class_{i}" for i in range(1, mc.num_classes + 1)],
+        category_ids=category_ids,
     )
     model.config = cfg if isinstance(cfg, Config) else Config(model=mc)
     return model

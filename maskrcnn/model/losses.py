@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .mask_head import mask_channel
+
 
 def box_regression_loss(pred: Tensor, target: Tensor, *, kind: str, beta: float) -> Tensor:
     """Summed smooth-L1 (Fast R-CNN eq. 3, with transition point beta) or L1 loss."""
@@ -72,7 +74,9 @@ def fast_rcnn_loss(
     return {"loss_cls": loss_cls, "loss_box": loss / max(gt_labels.numel(), 1)}
 
 
-def mask_loss(mask_logits: Tensor, gt_labels: Tensor, gt_masks: Tensor, *, kind: str = "sigmoid") -> Tensor:
+def mask_loss(
+    mask_logits: Tensor, gt_labels: Tensor, gt_masks: Tensor, *, mask_loss: str = "sigmoid"
+) -> Tensor:
     """Mask loss on positive RoIs (Mask R-CNN §3): mean per-pixel binary cross-entropy on the
     ground-truth class's M×M logits only ("sigmoid"); "softmax" is the paper's multinomial ablation,
     a per-pixel cross-entropy over background + K classes.
@@ -82,13 +86,13 @@ def mask_loss(mask_logits: Tensor, gt_labels: Tensor, gt_masks: Tensor, *, kind:
     """
     if gt_masks.numel() == 0:
         return mask_logits.sum() * 0
-    if kind == "softmax":
+    if mask_loss == "softmax":
         pixel_labels = torch.where(
             gt_masks >= 0.5, gt_labels[:, None, None], torch.zeros_like(gt_labels)[:, None, None]
         )
         return F.cross_entropy(mask_logits, pixel_labels)
-    if kind != "sigmoid":
-        raise ValueError(f"unknown mask loss {kind!r}; choose sigmoid or softmax")
-    channel = gt_labels - 1 if mask_logits.shape[1] > 1 else torch.zeros_like(gt_labels)
+    if mask_loss != "sigmoid":
+        raise ValueError(f"unknown mask loss {mask_loss!r}; choose sigmoid or softmax")
+    channel = mask_channel(gt_labels, num_channels=mask_logits.shape[1], mask_loss=mask_loss)
     selected = mask_logits[torch.arange(gt_labels.shape[0], device=gt_labels.device), channel]
     return F.binary_cross_entropy_with_logits(selected, gt_masks.to(selected.dtype))

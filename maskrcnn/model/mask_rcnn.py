@@ -1,34 +1,28 @@
 """Mask R-CNN (He et al. 2017): Faster R-CNN with FPN plus a parallel mask branch.
 
-    images -> preprocess -> backbone + FPN -> RPN -> RoI pooling -> box head -> detections
-                                                              \\-> mask head -> masks
+    images -> preprocess -> backbone + FPN -> RPN -> RoI heads (box branch, mask branch, ...)
+           -> detections in original-image pixels
 
-`loss(images, targets)` returns the dict of the five losses; `predict(images)` returns one
-Detections per image in original-image pixels. `forward` follows torchvision: in training mode
-with targets it returns losses, otherwise detections.
+`loss(images, targets)` returns the dict of losses (five for Mask R-CNN); `predict(images)`
+returns one Detections per image. `forward` follows torchvision: in training mode with targets it
+returns losses, otherwise detections. The model takes tensors only: decoding files and other
+image types, device placement and batching are `maskrcnn.predictor.Predictor`'s job.
 
-Shapes: N images; images are (3, H_i, W_i) float tensors in [0, 1].
+Shapes: N images; images are (3, H_i, W_i) float tensors in [0, 1] (or uint8).
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections.abc import Sequence
 from typing import Union
 
 import torch
 from torch import Tensor, nn
 
-from ..ops.box_coder import BoxCoder
-from ..ops.boxes import scale_boxes
 from ..structures import Detections, ImageBatch, Proposals, Targets
-from .losses import fast_rcnn_loss, mask_loss
-from .matcher import Matcher
-from .postprocess import detect_boxes, paste_masks, select_mask_probs
 from .preprocess import Preprocessor, padded_shape, resized_shape
-from .roi_pooler import MultiScaleRoIPooler
+from .roi_heads import RoIHeads
 from .rpn import RegionProposalNetwork
-from .sampler import BalancedSampler
-from .targets import mask_targets, sample_rois
 
 TargetsLike = Union[Targets, dict]
 
@@ -40,44 +34,28 @@ class MaskRCNN(nn.Module):
         preprocessor: Preprocessor,
         backbone: nn.Module,
         rpn: RegionProposalNetwork,
-        box_pooler: MultiScaleRoIPooler,
-        box_head: nn.Module,
-        box_predictor: nn.Module,
-        mask_pooler: MultiScaleRoIPooler,
-        mask_head: nn.Module,
-        box_coder: BoxCoder,
-        roi_matcher: Matcher,
-        roi_sampler: BalancedSampler,
-        box_loss: str = "smooth_l1",
-        smooth_l1_beta: float = 1.0 / 9,
-        mask_loss_kind: str = "sigmoid",
-        score_thresh: float = 0.05,
-        nms_thresh: float = 0.5,
-        detections_per_image: int = 100,
-        mask_threshold: float = 0.5,
-        class_names: list[str] | None = None,
+        roi_heads: RoIHeads,
+        class_names: Sequence[str],
+        category_ids: Sequence[int] | None = None,
     ):
+        """class_names: the K foreground classes (label i+1 is class_names[i]); category_ids: the
+        dataset's id of each (label i+1 <-> category_ids[i]; default 1..K), used in COCO results."""
         super().__init__()
         self.preprocessor = preprocessor
         self.backbone = backbone
         self.rpn = rpn
-        self.box_pooler = box_pooler
-        self.box_head = box_head
-        self.box_predictor = box_predictor
-        self.mask_pooler = mask_pooler
-        self.mask_head = mask_head
-        self.box_coder = box_coder
-        self.roi_matcher = roi_matcher
-        self.roi_sampler = roi_sampler
-        self.box_loss = box_loss
-        self.smooth_l1_beta = smooth_l1_beta
-        self.mask_loss_kind = mask_loss_kind
-        self.score_thresh = score_thresh
-        self.nms_thresh = nms_thresh
-        self.detections_per_image = detections_per_image
-        self.mask_threshold = mask_threshold
-        self.class_names = list(class_names) if class_names else None
+        self.roi_heads = roi_heads
+        self.class_names = list(class_names)
+        self.category_ids = (
+            list(category_ids) if category_ids is not None else list(range(1, len(class_names) + 1))
+        )
+        if len(self.category_ids) != len(self.class_names):
+            raise ValueError(f"{len(self.category_ids)} category ids for {len(self.class_names)} class names")
         self.config = None  # set by build_model; travels into checkpoints
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
 
     def set_channels_last(self, enabled: bool = True) -> MaskRCNN:
         """Keep conv weights and the padded image batch in channels-last memory (NHWC), which the
@@ -100,13 +78,12 @@ class MaskRCNN(nn.Module):
         padded = tuple(batch.tensor.shape[-2:])
         return self.rpn(features, batch.image_sizes, padded, targets)
 
-    def box_outputs(self, features: list[Tensor], boxes: list[Tensor]) -> tuple[Tensor, Tensor]:
-        """Per-image RoIs -> class logits (R, K+1) and per-class deltas (R, 4*(K+1))."""
-        return self.box_predictor(self.box_head(self.box_pooler(features, boxes)))
-
-    def mask_logits(self, features: list[Tensor], boxes: list[Tensor]) -> Tensor:
-        """Per-image RoIs -> mask logits (R, C, 28, 28)."""
-        return self.mask_head(self.mask_pooler(features, boxes))
+    def padded_size(self, height: int, width: int) -> tuple[int, int]:
+        """The padded input size of an image of this size at inference: images batch together
+        without changing each other's results exactly when their padded sizes are equal."""
+        p = self.preprocessor
+        size = resized_shape(height, width, min_size=p.min_size[-1], max_size=p.max_size)
+        return padded_shape([size], p.size_divisible)
 
     # ------------------------------------------------------------------ training
     def loss(self, images: list[Tensor], targets: list[TargetsLike]) -> dict[str, Tensor]:
@@ -117,104 +94,39 @@ class MaskRCNN(nn.Module):
         batch, targets = self.preprocess(images, targets)
         features = self.backbone(batch.tensor)
         proposals, losses = self.propose(batch, features, targets)
-        rois = sample_rois(
-            [p.boxes for p in proposals],
-            targets,
-            matcher=self.roi_matcher,
-            sampler=self.roi_sampler,
-            box_coder=self.box_coder,
-        )
-        class_logits, box_deltas = self.box_outputs(features, rois.boxes)
-        losses.update(
-            fast_rcnn_loss(
-                class_logits,
-                box_deltas,
-                torch.cat(rois.gt_labels),
-                rois.gt_deltas,
-                box_loss=self.box_loss,
-                beta=self.smooth_l1_beta,
-            )
-        )
-        positive = [torch.where(lab > 0)[0] for lab in rois.gt_labels]
-        pos_boxes = [b[p] for b, p in zip(rois.boxes, positive)]
-        pos_matched = [m[p] for m, p in zip(rois.matched_gt, positive)]
-        pos_labels = torch.cat([lab[p] for lab, p in zip(rois.gt_labels, positive)])
-        logits = self.mask_logits(features, pos_boxes)
-        gt_masks = mask_targets(
-            [t.masks for t in targets],
-            pos_boxes,
-            pos_matched,
-            resolution=logits.shape[-1],
-            aligned=self.mask_pooler.aligned,
-        )
-        losses["loss_mask"] = mask_loss(logits, pos_labels, gt_masks, kind=self.mask_loss_kind)
+        losses.update(self.roi_heads.loss(features, proposals, targets))
         return losses
 
     # ------------------------------------------------------------------ inference
     @torch.no_grad()
-    def predict(self, images: list) -> list[Detections]:
-        """Detections per image. Images are batched with others of the same padded size, so a
-        result never depends on which other images share the call. An image is a (3, H, W) tensor
-        in [0, 1], or a file path, PIL image or numpy array (see `maskrcnn.inputs.as_image_tensor`)."""
-        from ..inputs import as_image_tensor
-
+    def predict(self, images: list[Tensor], *, score_thresh: float | None = None) -> list[Detections]:
+        """Detections per image, in original-image pixels, for (3, H, W) tensors run as ONE batch
+        (padded to a common size, so results can depend on the batch's other images unless their
+        padded sizes are equal: `Predictor` groups images by `padded_size`). `score_thresh`
+        replaces the box branch's own threshold for this call."""
+        if len(images) == 0:
+            return []
         was_training = self.training
         self.eval()
         try:
-            images = [_as_float_image(as_image_tensor(im), i) for i, im in enumerate(images)]
-            groups: dict[tuple[int, int], list[int]] = defaultdict(list)
-            for i, im in enumerate(images):
-                groups[self._padded_size(im)].append(i)
-            results: list[Detections | None] = [None] * len(images)
-            for indices in groups.values():
-                for i, det in zip(indices, self._predict_batch([images[i] for i in indices])):
-                    results[i] = det
-            return results  # type: ignore[return-value]
+            batch, _ = self.preprocess(images)
+            features = self.backbone(batch.tensor)
+            proposals, _ = self.propose(batch, features)
+            return self.detect(batch, features, proposals, score_thresh=score_thresh)
         finally:
             self.train(was_training)
 
-    def _padded_size(self, image: Tensor) -> tuple[int, int]:
-        p = self.preprocessor
-        size = resized_shape(image.shape[-2], image.shape[-1], min_size=p.min_size[-1], max_size=p.max_size)
-        return padded_shape([size], p.size_divisible)
-
-    def _predict_batch(self, images: list[Tensor]) -> list[Detections]:
-        batch, _ = self.preprocess(images)
-        features = self.backbone(batch.tensor)
-        proposals, _ = self.propose(batch, features)
-        return self.detect(batch, features, proposals)
-
     def detect(
-        self, batch: ImageBatch, features: list[Tensor], proposals: list[Proposals]
+        self,
+        batch: ImageBatch,
+        features: list[Tensor],
+        proposals: list[Proposals],
+        *,
+        score_thresh: float | None = None,
     ) -> list[Detections]:
-        """Box and mask heads on given proposals -> detections in original-image pixels."""
-        boxes = [p.boxes for p in proposals]
-        class_logits, box_deltas = self.box_outputs(features, boxes)
-        per_image = detect_boxes(
-            class_logits,
-            box_deltas,
-            boxes,
-            batch.image_sizes,
-            box_coder=self.box_coder,
-            score_thresh=self.score_thresh,
-            nms_thresh=self.nms_thresh,
-            detections_per_image=self.detections_per_image,
-        )
-        det_boxes = [b for b, _, _ in per_image]
-        labels = torch.cat([lab for _, _, lab in per_image])
-        if len(labels):
-            probs = select_mask_probs(self.mask_logits(features, det_boxes), labels, kind=self.mask_loss_kind)
-        else:
-            size = 2 * self.mask_pooler.output_size
-            probs = class_logits.new_zeros((0, size, size))
-        out = []
-        for (b, s, lab), p, size, original in zip(
-            per_image, probs.split([len(b) for b in det_boxes]), batch.image_sizes, batch.original_sizes
-        ):
-            b = scale_boxes(b, size, original)
-            masks = paste_masks(p, b, original, threshold=self.mask_threshold)
-            out.append(Detections(boxes=b, scores=s, labels=lab, masks=masks))
-        return out
+        """RoI heads on given proposals -> detections in original-image pixels."""
+        detections = self.roi_heads.predict(features, proposals, batch.image_sizes, score_thresh=score_thresh)
+        return self.roi_heads.to_original(detections, batch.image_sizes, batch.original_sizes)
 
     def forward(self, images: list[Tensor], targets: list[TargetsLike] | None = None):
         if self.training and targets is not None:
@@ -227,11 +139,11 @@ def _check_targets(t: Targets, index: int) -> None:
     area is encoded with log(0) and matches every anchor as a low-quality match."""
     if t.boxes.dim() != 2 or t.boxes.shape[-1] != 4:
         raise ValueError(f"targets {index}: boxes must be (G, 4), got shape {tuple(t.boxes.shape)}")
-    if not len(t.boxes) == len(t.labels) == t.masks.shape[0]:
-        raise ValueError(
-            f"targets {index}: {len(t.boxes)} boxes, {len(t.labels)} labels and {t.masks.shape[0]} masks; "
-            "the counts must be equal"
-        )
+    counts = {name: int(v.shape[0]) for name, v in t.tensor_fields().items()}
+    if len(set(counts.values())) > 1:
+        listed = [f"{n} {name}" for name, n in counts.items()]
+        text = ", ".join(listed[:-1]) + " and " + listed[-1]
+        raise ValueError(f"targets {index}: {text}; the counts must be equal")
     bad = torch.where((t.boxes[:, 2] <= t.boxes[:, 0]) | (t.boxes[:, 3] <= t.boxes[:, 1]))[0]
     if len(bad):
         j = int(bad[0])

@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..ops.boxes import box_iou
+
 BACKGROUND = -1
 IGNORE = -2
 
@@ -39,3 +41,23 @@ class Matcher:
             _, pred_index = torch.where(iou == best_for_each_gt[:, None])
             matches[pred_index] = all_matches[pred_index]
         return matches
+
+
+def match_labels(
+    matcher: Matcher, gt_boxes: Tensor, gt_labels: Tensor, boxes: Tensor
+) -> tuple[Tensor, Tensor]:
+    """Label P boxes (anchors or proposals) by their matched ground truth: the one place where
+    matches become training labels.
+
+    (G, 4) ground-truth boxes with (G,) labels and (P, 4) boxes -> (P,) index of the matched
+    instance (0 where there is none) and (P,) labels in gt_labels' dtype: the matched instance's
+    label, 0 for background, -1 for ignored.
+    """
+    if len(gt_boxes) == 0:
+        none = torch.zeros(len(boxes), dtype=torch.int64, device=boxes.device)
+        return none, none.to(gt_labels.dtype)
+    matches = matcher(box_iou(gt_boxes, boxes))
+    labels = gt_labels[matches.clamp(min=0)]
+    labels[matches == BACKGROUND] = 0
+    labels[matches == IGNORE] = -1
+    return matches.clamp(min=0), labels

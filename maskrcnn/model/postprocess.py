@@ -18,6 +18,8 @@ from torch import Tensor
 from ..ops.box_coder import BoxCoder
 from ..ops.boxes import clip_boxes, nonempty_boxes
 from ..ops.nms import batched_nms
+from ..structures import Detections
+from .mask_head import mask_channel
 
 
 def detect_boxes(
@@ -30,8 +32,10 @@ def detect_boxes(
     score_thresh: float,
     nms_thresh: float,
     detections_per_image: int,
-) -> list[tuple[Tensor, Tensor, Tensor]]:
-    """(R, K+1) logits, (R, 4*(K+1)) deltas, per-image proposals -> per image (boxes, scores, labels)."""
+) -> list[Detections]:
+    """(R, K+1) logits, (R, 4*(K+1)) deltas, per-image proposals -> per image Detections (boxes,
+    scores, labels and `proposal_index`, the proposal each detection was refined from) in the
+    proposals' frame."""
     scores_all = F.softmax(class_logits, -1)
     counts = [len(p) for p in proposals]
     results = []
@@ -47,18 +51,22 @@ def detect_boxes(
         boxes = box_coder.decode(cand_deltas, props[roi])[:, 0]
         boxes = clip_boxes(boxes, size)
         keep = nonempty_boxes(boxes, 1e-2)
-        boxes, cand_scores, cls = boxes[keep], cand_scores[keep], cls[keep]
+        boxes, cand_scores, cls, roi = boxes[keep], cand_scores[keep], cls[keep], roi[keep]
         keep = batched_nms(boxes, cand_scores, cls, nms_thresh)[:detections_per_image]
-        results.append((boxes[keep], cand_scores[keep], cls[keep]))
+        results.append(
+            Detections(
+                boxes=boxes[keep], scores=cand_scores[keep], labels=cls[keep], proposal_index=roi[keep]
+            )
+        )
     return results
 
 
-def select_mask_probs(mask_logits: Tensor, labels: Tensor, *, kind: str = "sigmoid") -> Tensor:
+def select_mask_probs(mask_logits: Tensor, labels: Tensor, *, mask_loss: str = "sigmoid") -> Tensor:
     """(D, C, M, M) logits and (D,) labels in 1..K -> (D, M, M) probabilities of each label's mask."""
     index = torch.arange(len(labels), device=labels.device)
-    if kind == "softmax":
-        return mask_logits.softmax(dim=1)[index, labels]
-    channel = labels - 1 if mask_logits.shape[1] > 1 else torch.zeros_like(labels)
+    channel = mask_channel(labels, num_channels=mask_logits.shape[1], mask_loss=mask_loss)
+    if mask_loss == "softmax":
+        return mask_logits.softmax(dim=1)[index, channel]
     return mask_logits[index, channel].sigmoid()
 
 

@@ -8,6 +8,7 @@ Targets are mapped into the resized frame: boxes scaled, masks resized with near
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
@@ -90,8 +91,9 @@ class Preprocessor(nn.Module):
     @staticmethod
     def _resize_targets(t: Targets, old: tuple[int, int], new: tuple[int, int]) -> Targets:
         boxes = scale_boxes(t.boxes.to(torch.float32), old, new)
-        if t.masks.shape[0] == 0:
-            masks = torch.zeros((0, *new), dtype=torch.uint8, device=t.masks.device)
-        else:
-            masks = F.interpolate(t.masks[:, None].float(), size=new, mode="nearest")[:, 0].to(torch.uint8)
-        return Targets(boxes=boxes, labels=t.labels.to(torch.int64), masks=masks)
+        masks = t.masks
+        if masks is not None and masks.shape[0] == 0:
+            masks = torch.zeros((0, *new), dtype=torch.uint8, device=masks.device)
+        elif masks is not None:
+            masks = F.interpolate(masks[:, None].float(), size=new, mode="nearest")[:, 0].to(torch.uint8)
+        return dataclasses.replace(t, boxes=boxes, labels=t.labels.to(torch.int64), masks=masks)

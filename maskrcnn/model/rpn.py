@@ -11,17 +11,28 @@ proposals: per level, the top `pre_nms_topk` anchors by objectness are decoded, 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor, nn
 
 from ..ops.box_coder import BoxCoder
-from ..ops.boxes import box_iou, clip_boxes, nonempty_boxes
+from ..ops.boxes import clip_boxes, nonempty_boxes
 from ..ops.nms import batched_nms
 from ..structures import Proposals, Targets
 from .anchors import AnchorGenerator
 from .losses import rpn_loss
-from .matcher import BACKGROUND, IGNORE, Matcher
+from .matcher import Matcher, match_labels
 from .sampler import BalancedSampler
+
+
+@dataclass
+class Candidates:
+    """The boxes of one image that enter the RPN's NMS (T of them)."""
+
+    boxes: Tensor  # (T, 4) in resized-image pixels
+    scores: Tensor  # (T,) objectness probabilities
+    levels: Tensor  # (T,) index of the FPN level each comes from
 
 
 class RPNHead(nn.Module):
@@ -139,8 +150,22 @@ class RegionProposalNetwork(nn.Module):
         image_sizes: list[tuple[int, int]],
     ) -> list[Proposals]:
         """Top-k per level -> decode -> clip -> drop tiny/low-score -> per-level NMS -> top-k per image."""
+        candidates = self.candidates(objectness, deltas, anchors, anchors_per_level, image_sizes)
+        return [self.suppress(c) for c in candidates]
+
+    def candidates(
+        self,
+        objectness: Tensor,
+        deltas: Tensor,
+        anchors: Tensor,
+        anchors_per_level: list[int],
+        image_sizes: list[tuple[int, int]],
+    ) -> list[Candidates]:
+        """What enters NMS, per image: the top `pre_nms_topk` anchors of each level by objectness,
+        decoded, clipped to the image, without tiny boxes and scores below `score_thresh`.
+
+        objectness (N, A_all) logits, deltas (N, A_all, 4), anchors (A_all, 4)."""
         pre_k = self.pre_nms_topk[0] if self.training else self.pre_nms_topk[1]
-        post_k = self.post_nms_topk[0] if self.training else self.post_nms_topk[1]
         num_images = objectness.shape[0]
         top_index, top_level = [], []
         offset = 0
@@ -164,24 +189,25 @@ class RegionProposalNetwork(nn.Module):
             keep = nonempty_boxes(boxes_i, self.min_size)
             boxes_i, scores_i, level_i = boxes_i[keep], scores_i[keep], level_i[keep]
             keep = torch.where(scores_i >= self.score_thresh)[0]
-            boxes_i, scores_i, level_i = boxes_i[keep], scores_i[keep], level_i[keep]
-            keep = batched_nms(boxes_i, scores_i, level_i, self.nms_thresh)[:post_k]
-            results.append(Proposals(boxes=boxes_i[keep], scores=scores_i[keep]))
+            results.append(Candidates(boxes=boxes_i[keep], scores=scores_i[keep], levels=level_i[keep]))
         return results
+
+    def suppress(self, candidates: Candidates) -> Proposals:
+        """NMS within each level, then the best `post_nms_topk` of the image."""
+        post_k = self.post_nms_topk[0] if self.training else self.post_nms_topk[1]
+        c = candidates
+        keep = batched_nms(c.boxes, c.scores, c.levels, self.nms_thresh)[:post_k]
+        return Proposals(boxes=c.boxes[keep], scores=c.scores[keep])
 
     def anchor_targets(self, anchors: Tensor, targets: list[Targets]) -> tuple[Tensor, Tensor]:
         """Labels (N, A_all) in {1, 0, -1} and regression targets (N, A_all, 4) for every anchor."""
         labels, regression = [], []
         for t in targets:
-            if len(t) == 0:
-                labels.append(torch.zeros(len(anchors), dtype=torch.float32, device=anchors.device))
-                regression.append(torch.zeros_like(anchors))
-                continue
-            matched = self.matcher(box_iou(t.boxes, anchors))
-            matched_boxes = t.boxes[matched.clamp(min=0)]
-            label = (matched >= 0).to(torch.float32)
-            label[matched == BACKGROUND] = 0.0
-            label[matched == IGNORE] = -1.0
+            ones = torch.ones(len(t), dtype=torch.float32, device=anchors.device)
+            matched, label = match_labels(self.matcher, t.boxes, ones, anchors)
             labels.append(label)
-            regression.append(self.box_coder.encode(matched_boxes, anchors))
+            if len(t) == 0:
+                regression.append(torch.zeros_like(anchors))
+            else:
+                regression.append(self.box_coder.encode(t.boxes[matched], anchors))
         return torch.stack(labels), torch.stack(regression)

@@ -12,11 +12,19 @@ import torch
 from torch import Tensor
 
 from ..ops.box_coder import BoxCoder
-from ..ops.boxes import box_iou
 from ..ops.roi_align import roi_align
 from ..structures import Targets
-from .matcher import BACKGROUND, IGNORE, Matcher
+from .matcher import Matcher, match_labels
 from .sampler import BalancedSampler
+
+
+@dataclass
+class PositiveRoIs:
+    """The foreground RoIs of a batch, what the mask and keypoint branches train on (R+ in all)."""
+
+    boxes: list[Tensor]  # per image (R+_i, 4)
+    matched_gt: list[Tensor]  # per image (R+_i,) index of the matched ground-truth instance
+    labels: Tensor  # (R+,) in 1..K
 
 
 @dataclass
@@ -25,6 +33,14 @@ class SampledRoIs:
     gt_labels: list[Tensor]  # per image (R_i,) in 0..K
     matched_gt: list[Tensor]  # per image (R_i,) index of the matched ground truth (0 for background)
     gt_deltas: Tensor  # (R, 4)
+
+    def positives(self) -> PositiveRoIs:
+        keep = [torch.where(label > 0)[0] for label in self.gt_labels]
+        return PositiveRoIs(
+            boxes=[b[k] for b, k in zip(self.boxes, keep)],
+            matched_gt=[m[k] for m, k in zip(self.matched_gt, keep)],
+            labels=torch.cat([label[k] for label, k in zip(self.gt_labels, keep)]),
+        )
 
 
 def sample_rois(
@@ -39,17 +55,10 @@ def sample_rois(
     RoI is labelled by its matched ground truth (IoU >= fg threshold) or background, and a
     balanced subset is drawn."""
     proposals = [torch.cat((p, t.boxes.to(p.dtype))) for p, t in zip(proposals, targets)]
-    labels, matched = [], []
+    matched, labels = [], []
     for p, t in zip(proposals, targets):
-        if len(t) == 0:
-            matched.append(torch.zeros(len(p), dtype=torch.int64, device=p.device))
-            labels.append(torch.zeros(len(p), dtype=torch.int64, device=p.device))
-            continue
-        m = matcher(box_iou(t.boxes, p))
-        label = t.labels[m.clamp(min=0)].to(torch.int64)
-        label[m == BACKGROUND] = 0
-        label[m == IGNORE] = -1
-        matched.append(m.clamp(min=0))
+        m, label = match_labels(matcher, t.boxes, t.labels.to(torch.int64), p)
+        matched.append(m)
         labels.append(label)
     positives, negatives = sampler(labels)
     out_boxes, out_labels, out_matched, gt_boxes = [], [], [], []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor
 from torchvision.ops import box_iou as _box_iou
@@ -44,13 +45,33 @@ def scale_boxes(boxes: Tensor, from_size: tuple[int, int], to_size: tuple[int, i
 
 
 def masks_to_boxes(masks: Tensor) -> Tensor:
-    """(G, H, W) binary masks -> (G, 4) tight boxes; x2/y2 are one past the last pixel."""
+    """(G, H, W) masks (bool, or any dtype: nonzero is set) -> (G, 4) float32 tight xyxy boxes.
+
+    x1/y1 are the first set column/row and x2/y2 the last set column/row + 1, so the box width
+    x2 - x1 counts the mask's columns. An empty mask gives the box (0, 0, 0, 0).
+    """
+    g, h, w = masks.shape
     if masks.numel() == 0:
-        return torch.zeros((masks.shape[0], 4), dtype=torch.float32, device=masks.device)
-    masks = masks.bool()
-    rows = masks.any(dim=2)  # (G, H)
-    cols = masks.any(dim=1)  # (G, W)
+        return torch.zeros((g, 4), dtype=torch.float32, device=masks.device)
+    if masks.device.type == "cpu":
+        # NumPy's reductions are fast and do not depend on torch's intra-op thread pool (data
+        # loader workers run this on every sample).
+        m = masks.detach()
+        arr = (m.view(torch.uint8) if m.dtype == torch.bool else m).numpy()
+        rows, cols = arr.any(axis=2), arr.any(axis=1)  # (G, H), (G, W)
+        first = [cols.argmax(axis=1), rows.argmax(axis=1)]
+        last = [w - cols[:, ::-1].argmax(axis=1), h - rows[:, ::-1].argmax(axis=1)]
+        boxes = np.stack(first + last, axis=1).astype(np.float32)
+        boxes[~rows.any(axis=1)] = 0.0
+        return torch.from_numpy(boxes)
+    return _masks_to_boxes_torch(masks)
+
+
+def _masks_to_boxes_torch(masks: Tensor) -> Tensor:
+    """`masks_to_boxes` in torch operations (accelerators); non-empty (G, H, W) masks."""
     h, w = masks.shape[-2:]
+    nonzero = masks if masks.dtype == torch.bool else masks != 0
+    rows, cols = nonzero.any(dim=2), nonzero.any(dim=1)
     ar_h = torch.arange(h, device=masks.device)
     ar_w = torch.arange(w, device=masks.device)
     y1 = torch.where(rows, ar_h, h).min(dim=1).values
@@ -58,6 +79,5 @@ def masks_to_boxes(masks: Tensor) -> Tensor:
     x1 = torch.where(cols, ar_w, w).min(dim=1).values
     x2 = torch.where(cols, ar_w, -1).max(dim=1).values + 1
     boxes = torch.stack((x1, y1, x2, y2), dim=1).float()
-    empty = ~rows.any(dim=1)
-    boxes[empty] = 0
+    boxes[~rows.any(dim=1)] = 0.0
     return boxes

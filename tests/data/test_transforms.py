@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import maskrcnn.data
 from maskrcnn.data import (
     CocoDataset,
     Compose,
@@ -14,8 +15,8 @@ from maskrcnn.data import (
     LargeScaleJitter,
     ResizeShortestEdge,
     ShapesDataset,
-    masks_to_boxes,
 )
+from maskrcnn.ops.boxes import _masks_to_boxes_torch, masks_to_boxes
 from maskrcnn.structures import Sample, Targets
 
 
@@ -45,12 +46,22 @@ def _check_consistent(s: Sample) -> None:
 
 
 def test_masks_to_boxes() -> None:
-    m = torch.zeros((3, 5, 7), dtype=torch.uint8)
+    m = torch.zeros((4, 5, 7), dtype=torch.uint8)
     m[0, 1:3, 2:6] = 1
     m[2, 4, 6] = 1
-    assert masks_to_boxes(m).tolist() == [[2, 1, 6, 3], [0, 0, 0, 0], [6, 4, 7, 5]]
-    assert masks_to_boxes(m.bool()).tolist() == masks_to_boxes(m).tolist()
-    assert masks_to_boxes(torch.zeros((0, 4, 4))).shape == (0, 4)
+    m[3, 0, 1] = m[3, 3, 4] = 1  # two pixels with empty rows and columns between them
+    expected = [[2, 1, 6, 3], [0, 0, 0, 0], [6, 4, 7, 5], [1, 0, 5, 4]]
+    assert masks_to_boxes(m).tolist() == expected
+    strided = m.transpose(1, 2).contiguous().transpose(1, 2)  # the same values, not contiguous
+    for other in (m.bool(), m.float() * 0.5, strided):  # any dtype: nonzero is set
+        assert masks_to_boxes(other).tolist() == expected
+    assert masks_to_boxes(m.transpose(1, 2)).tolist() == [[y1, x1, y2, x2] for x1, y1, x2, y2 in expected]
+    # the torch operations used on accelerators give the same boxes as the NumPy path on the CPU
+    assert _masks_to_boxes_torch(m).tolist() == expected
+    for shape in [(0, 4, 4), (2, 0, 3), (2, 3, 0)]:
+        assert masks_to_boxes(torch.zeros(shape)).tolist() == [[0, 0, 0, 0]] * shape[0]
+    assert masks_to_boxes(m).dtype == torch.float32
+    assert maskrcnn.data.masks_to_boxes is masks_to_boxes  # one function, in maskrcnn.ops.boxes
 
 
 def test_flip_twice_is_identity(coco_val: Sample) -> None:

@@ -20,8 +20,7 @@ from maskrcnn.engine.checkpoint import (
 )
 from maskrcnn.model import build_model
 from maskrcnn.predict import load_image
-
-from ..model.test_model import TINY  # a small random model that detects things: ~10 MB checkpoints
+from tests.helpers import TINY  # a small random model that detects things: ~10 MB checkpoints
 
 
 def sha256_of(path) -> str:

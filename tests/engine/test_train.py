@@ -16,15 +16,9 @@ from maskrcnn.config import SolverConfig
 from maskrcnn.data.shapes import ShapesDataset
 from maskrcnn.engine.checkpoint import read_checkpoint
 from maskrcnn.engine.optim import lr_factor
+from tests.helpers import TINY_NET
 
-TINY = [
-    "model.backbone.width=16",
-    "model.backbone.fpn_channels=32",
-    "model.roi_heads.fc_dim=64",
-    "model.roi_heads.mask_head_dim=32",
-    "model.roi_heads.mask_head_convs=2",
-    "train.log_period=1",
-]
+TINY = [*TINY_NET, "train.log_period=1"]  # the tiny network on the shapes_demo preset
 
 
 def train_cmd(out, *extra):
@@ -93,7 +87,7 @@ def test_resume_after_sigkill_gives_identical_weights(tmp_path):
     # the weights did change during training (the comparison is not vacuous)
     fresh = maskrcnn.build_model(maskrcnn.config.from_dict(start["config"]))
     assert not torch.equal(
-        fresh.state_dict()["box_predictor.cls_score.weight"], a["box_predictor.cls_score.weight"]
+        fresh.state_dict()["roi_heads.box.predictor.cls_score.weight"], a["roi_heads.box.predictor.cls_score.weight"]
     )
 
 

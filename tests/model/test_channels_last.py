@@ -14,7 +14,7 @@ def test_channels_last_keeps_outputs():
     model = build_model(get_preset("shapes_demo")).eval()
     with torch.no_grad():  # confident enough for detections on the shapes below
         model.rpn.head.objectness.weight.mul_(10.0)
-        model.box_predictor.cls_score.weight.mul_(40.0)
+        model.roi_heads.box.predictor.cls_score.weight.mul_(40.0)
     samples = [ShapesDataset(2, seed=3)[i] for i in range(2)]
     images, targets = [s.image for s in samples], [s.targets for s in samples]
     expected = model.predict(images)

@@ -264,9 +264,9 @@ def test_build_model_presets(preset):
     model = build_model(get_preset(preset))
     assert model.config == get_preset(preset)
     assert model.backbone.body.out_channels == [256, 512, 1024, 2048]
-    assert model.box_predictor.cls_score.out_features == 91  # 90 classes + background
-    assert model.box_predictor.bbox_pred.out_features == 91 * 4
-    assert model.mask_head.predictor.out_channels == 90
+    assert model.roi_heads.box.predictor.cls_score.out_features == 91  # 90 classes + background
+    assert model.roi_heads.box.predictor.bbox_pred.out_features == 91 * 4
+    assert model.roi_heads.mask.head.predictor.out_channels == 90
     assert model.rpn.head.objectness.out_channels == 3
     # stem and res2 frozen (frozen_stages=2), res3 trainable
     assert not any(p.requires_grad for p in model.backbone.body.layer1.parameters())
@@ -274,18 +274,18 @@ def test_build_model_presets(preset):
     if preset == "torchvision_v2":
         assert norm_types(model.backbone.body) == {nn.BatchNorm2d}
         assert norm_types(model.backbone.fpn) == {nn.BatchNorm2d}
-        assert isinstance(model.box_head, ConvFCBoxHead) and norm_types(model.box_head) == {nn.BatchNorm2d}
-        assert norm_types(model.mask_head) == {nn.BatchNorm2d}
+        assert isinstance(model.roi_heads.box.head, ConvFCBoxHead) and norm_types(model.roi_heads.box.head) == {nn.BatchNorm2d}
+        assert norm_types(model.roi_heads.mask.head) == {nn.BatchNorm2d}
         assert len(model.rpn.head.convs) == 2
     else:
         assert norm_types(model.backbone.body) == {FrozenBatchNorm2d}
-        assert norm_types(model.backbone.fpn) == set() and norm_types(model.mask_head) == set()
-        assert isinstance(model.box_head, FCBoxHead)
+        assert norm_types(model.backbone.fpn) == set() and norm_types(model.roi_heads.mask.head) == set()
+        assert isinstance(model.roi_heads.box.head, FCBoxHead)
         assert len(model.rpn.head.convs) == 1
     aligned, sampling = (True, 0) if preset == "default" else (False, 2)
-    for pooler in (model.box_pooler, model.mask_pooler):
+    for pooler in (model.roi_heads.box.pooler, model.roi_heads.mask.pooler):
         assert (pooler.aligned, pooler.sampling_ratio) == (aligned, sampling)
-    assert model.box_pooler.output_size == 7 and model.mask_pooler.output_size == 14
+    assert model.roi_heads.box.pooler.output_size == 7 and model.roi_heads.mask.pooler.output_size == 14
     assert model.rpn.anchor_generator.image_size_strides == (preset != "default")
 
 
@@ -304,12 +304,12 @@ def test_build_model_head_sizes_follow_the_config():
         ],
     )
     model = build_model(cfg)
-    assert [c.conv.out_channels for c in model.box_head.convs] == [48, 48, 48, 48]
-    assert model.box_head.convs[0].conv.in_channels == 32
-    assert model.box_head.fc1.in_features == 48 * 7 * 7 and model.box_head.fc1.out_features == 80
-    assert model.box_predictor.cls_score.in_features == 80
-    assert [c.conv.out_channels for c in model.mask_head.convs] == [40, 40]
-    assert model.mask_head.deconv.out_channels == 40 and model.mask_head.predictor.out_channels == 4
+    assert [c.conv.out_channels for c in model.roi_heads.box.head.convs] == [48, 48, 48, 48]
+    assert model.roi_heads.box.head.convs[0].conv.in_channels == 32
+    assert model.roi_heads.box.head.fc1.in_features == 48 * 7 * 7 and model.roi_heads.box.head.fc1.out_features == 80
+    assert model.roi_heads.box.predictor.cls_score.in_features == 80
+    assert [c.conv.out_channels for c in model.roi_heads.mask.head.convs] == [40, 40]
+    assert model.roi_heads.mask.head.deconv.out_channels == 40 and model.roi_heads.mask.head.predictor.out_channels == 4
     assert len(model.rpn.head.convs) == 3
 
 
@@ -336,7 +336,7 @@ def test_build_resnet18_group_norm_trains_and_predicts():
     assert model.backbone.body.out_channels == [64, 128, 256, 512]
     assert norm_types(model.backbone.body) == {nn.GroupNorm}
     assert norm_types(model.backbone.fpn) == {nn.GroupNorm}
-    assert model.box_predictor.cls_score.out_features == 4 and model.mask_head.predictor.out_channels == 3
+    assert model.roi_heads.box.predictor.cls_score.out_features == 4 and model.roi_heads.mask.head.predictor.out_channels == 3
     image = torch.rand(3, 100, 120)
     masks = torch.zeros((1, 100, 120), dtype=torch.uint8)
     masks[0, 20:60, 30:90] = 1

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
-import numpy as np
-import pycocotools.mask as mask_util
 import torch
 from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.roi_heads import fastrcnn_loss, maskrcnn_loss
@@ -15,32 +11,9 @@ from maskrcnn.convert.torchvision import config_for, convert_state_dict
 from maskrcnn.model import build_model
 from maskrcnn.model.losses import fast_rcnn_loss, mask_loss, rpn_loss
 from maskrcnn.model.targets import mask_targets, sample_rois
-from maskrcnn.predict import load_image
+from tests.helpers import coco2_train
 
 from .tv_reference import assert_losses_match, torchvision_model
-
-
-def coco2_train(shared_data, label_of=lambda category_id: category_id):
-    """The coco-2img train image and its instances, decoded directly with pycocotools; labels are
-    `label_of(category_id)`."""
-    ann = json.loads((shared_data / "coco-2img/annotations/instances_train2017.json").read_text())
-    info = ann["images"][0]
-    image = load_image(shared_data / "coco-2img/images/train2017" / info["file_name"])
-    h, w = info["height"], info["width"]
-    boxes, labels, masks = [], [], []
-    for a in ann["annotations"]:
-        rles = mask_util.frPyObjects(a["segmentation"], h, w)
-        m = mask_util.decode(mask_util.merge(rles) if isinstance(rles, list) else rles)
-        x, y, bw, bh = a["bbox"]
-        boxes.append([x, y, x + bw, y + bh])
-        labels.append(label_of(a["category_id"]))
-        masks.append(m)
-    target = {
-        "boxes": torch.tensor(boxes, dtype=torch.float32),
-        "labels": torch.tensor(labels),
-        "masks": torch.from_numpy(np.stack(masks)).to(torch.uint8),
-    }
-    return image, target
 
 
 def test_training_losses_match_torchvision(shared_data):

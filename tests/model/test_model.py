@@ -10,30 +10,12 @@ from maskrcnn.config import apply_overrides, get_preset
 from maskrcnn.convert.torchvision import config_for, convert_state_dict
 from maskrcnn.model import build_model
 from maskrcnn.predict import load_image
+from maskrcnn.predictor import Predictor
 from maskrcnn.structures import Detections, Targets
+from tests.helpers import TINY
+from tests.helpers import coco2_train as coco2_train_dict
 
-from .test_loss_parity import coco2_train as coco2_train_dict
 from .tv_reference import torchvision_model
-
-# a small random model (ResNet-18 at a quarter width, 2 classes, small inputs): fast on CPU; with 2
-# classes its near-uniform initial scores (~1/3) exceed the 0.05 threshold, so it detects things
-TINY = [
-    "model.num_classes=2",
-    "model.backbone.depth=18",
-    "model.backbone.width=16",
-    "model.backbone.fpn_channels=32",
-    "model.input.min_size=[128]",
-    "model.input.max_size=192",
-    "model.rpn.pre_nms_topk_train=300",
-    "model.rpn.post_nms_topk_train=200",
-    "model.rpn.pre_nms_topk_test=300",
-    "model.rpn.post_nms_topk_test=100",
-    "model.roi_heads.batch_size_per_image=64",
-    "model.roi_heads.fc_dim=64",
-    "model.roi_heads.mask_head_dim=32",
-    "model.roi_heads.mask_head_convs=2",
-    "model.roi_heads.detections_per_image=5",
-]
 
 # the converted torchvision model at reduced input size (kept small for CI on 2 CPU cores)
 SMALL = [
@@ -145,7 +127,7 @@ def test_zero_detections_have_empty_shapes():
     # the same weights detect things at the default threshold (so the empty result is no accident)
     assert len(tiny_model().predict([image])[0]) > 0
     model = tiny_model(["model.roi_heads.score_thresh=1.0"])  # softmax scores never exceed 1.0
-    assert model.score_thresh == 1.0
+    assert model.roi_heads.box.score_thresh == 1.0
     dets = model.predict([image, torch.rand(3, 50, 60)])
     for det, (h, w) in zip(dets, [(77, 131), (50, 60)]):
         assert det.boxes.shape == (0, 4) and det.scores.shape == (0,) and det.labels.shape == (0,)
@@ -163,7 +145,7 @@ def converted_small():
     return model.eval()
 
 
-def test_batched_predict_equals_single_image_calls(converted_small, shared_data):
+def test_predictor_batches_equal_single_image_calls(converted_small, shared_data):
     model = converted_small
     folder = shared_data / "coco-mini/val2017"
     images = [
@@ -174,10 +156,11 @@ def test_batched_predict_equals_single_image_calls(converted_small, shared_data)
         load_image(folder / "000000000802.jpg"),
         load_image(folder / "000000011813.jpg"),
     ]
-    padded = [model._padded_size(im) for im in images]
+    padded = [model.padded_size(*im.shape[-2:]) for im in images]
     assert padded == [(320, 448), (320, 448), (512, 320), (480, 320)]  # a real batch of 2 runs
-    singles = [model.predict([im])[0] for im in images]
-    batched = model.predict(images)
+    predictor = Predictor(model)
+    singles = [predictor.predict([im])[0] for im in images]
+    batched = predictor.predict(images)
     assert len(batched) == 4
     for i, (one, many, image) in enumerate(zip(singles, batched, images)):
         assert len(one) > 0, f"image {i}: the reference call detected nothing; the test would be vacuous"

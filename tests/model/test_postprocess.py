@@ -129,13 +129,17 @@ def test_detect_boxes_hand_made_logits():
         )
         return result
 
-    boxes, scores, labels = detect(0.5)
+    strict = detect(0.5)
+    boxes, scores, labels = strict.boxes, strict.scores, strict.labels
     assert labels.tolist() == [2]
+    assert strict.proposal_index.tolist() == [0]  # refined from proposal A
     torch.testing.assert_close(boxes, torch.tensor([[14.0, 10.0, 54.0, 50.0]]))
     torch.testing.assert_close(scores, torch.tensor([math.exp(10) / (math.exp(10) + 3)]))
     # a looser NMS keeps B too, after A (sorted by score)
-    boxes, scores, labels = detect(0.95)
+    loose = detect(0.95)
+    boxes, scores, labels = loose.boxes, loose.scores, loose.labels
     assert labels.tolist() == [2, 2]
+    assert loose.proposal_index.tolist() == [0, 1]  # A, then B
     torch.testing.assert_close(scores[1], torch.tensor(math.exp(5) / (math.exp(5) + 3)))
     torch.testing.assert_close(boxes[1], proposals[0][1])
 
@@ -168,7 +172,8 @@ def test_detect_boxes_per_image_split_clip_and_limit():
         nms_thresh=0.5,
         detections_per_image=1,
     )
-    (b0, s0, l0), (b1, s1, l1) = out
+    (b0, s0, l0), (b1, s1, l1) = ((d.boxes, d.scores, d.labels) for d in out)
+    assert out[0].proposal_index.tolist() == [0] and out[1].proposal_index.tolist() == [1]  # per image
     assert l0.tolist() == [1] and torch.equal(b0, torch.tensor([[80.0, 80.0, 100.0, 90.0]]))
     torch.testing.assert_close(s0, torch.tensor([e(6) / (e(6) + 3)]))
     assert l1.tolist() == [3] and torch.equal(b1, torch.tensor([[100.0, 100.0, 150.0, 150.0]]))

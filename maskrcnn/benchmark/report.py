@@ -1,4 +1,4 @@
-"""Plain-text tables for the results of benchmarks/bench_speed.py (a dict, as written to JSON)."""
+"""Plain-text tables for the results of `maskrcnn benchmark` (a dict, as written to JSON)."""
 
 from __future__ import annotations
 

@@ -17,8 +17,8 @@ from collections import OrderedDict
 import torch
 from torch import Tensor, nn
 
-from maskrcnn.config import Config
-from maskrcnn.convert.torchvision import convert_state_dict
+from ..config import Config
+from ..convert.torchvision import convert_state_dict
 
 LEVEL_NAMES = ("0", "1", "2", "3", "pool")
 
@@ -101,7 +101,7 @@ def copy_head_weights(ours: nn.Module, tv: nn.Module) -> int:
             continue
         (ours_key,) = convert_state_dict({key: target}).keys()
         value = source[ours_key]
-        if ours_key.startswith("mask_head.predictor."):
+        if ours_key.startswith("roi_heads.mask.head.predictor."):
             target[1:].copy_(value)  # ours has no background channel; torchvision never uses it
         else:
             target.copy_(value)

@@ -1,5 +1,5 @@
-"""Timing helpers for benchmarks/bench_speed.py: warm-up then timed calls (CUDA events on the GPU,
-perf_counter on the CPU), rows of medians, detection comparison, and a RoIAlign profile."""
+"""Timing helpers for `maskrcnn benchmark` (maskrcnn.benchmark.speed): warm-up then timed calls (CUDA
+events on the GPU, perf_counter on the CPU), rows of medians, detection comparison, a RoIAlign profile."""
 
 from __future__ import annotations
 

@@ -1,0 +1,305 @@
+"""Speed of our Mask R-CNN against torchvision's, in one process, on identical weights and images.
+
+Weights: torchvision's `maskrcnn_resnet50_fpn(weights=None)` built with a fixed seed and made
+decisive (random norm statistics, sharper classifiers: ~100 confident detections per image, as a
+trained model gives), converted to ours; ours runs with `roi_heads.roi_align_impl=auto` (the sparse
+RoIAlign on the CPU in fp32, torchvision's kernels elsewhere). Images: coco-mini val images that
+share one padded size after the models' resize (800×1088), so that a batch is one tensor for both.
+
+GPU (all of it): inference latency at batch 1 and throughput at batch 8, fp32 and bf16 autocast;
+training images/s at batch 8 (forward, backward, SGD step) on coco-mini train as 1024×1024 large-
+scale-jitter crops (`lsj1024`) and as multi-scale batches, shorter side 640..800, longer ≤ 1333
+(`multiscale800`); peak memory; detections of each model and the largest box difference to
+torchvision. Variants: torchvision, ours, ours with channels-last memory.
+CPU: batch-1 fp32 inference (plus ours with torchvision's RoIAlign kernels, to show what the sparse
+path gives). Both: the `shapes_demo` training step against a same-size torchvision model
+(benchmarks/demo_counterpart.py), with a profile of torchvision's RoIAlign in that step.
+
+Warm-up calls first, then `--runs` timed calls: CUDA events on the GPU, perf_counter on the CPU;
+medians. Prints a table and writes a JSON file.
+
+    maskrcnn benchmark                                   # CPU (4 min at 1 thread on a busy 2-core box)
+    maskrcnn benchmark --device cuda --out gpu.json      # GPU, 20 runs per measurement
+    python benchmarks/bench_speed.py --device cuda       # the same from a checkout
+
+The images are coco-mini's (`--coco DIR`, default `../shared/data/coco-mini` from the current
+folder, else beside the checkout the package was installed from).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import resource
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from torch import Tensor, nn
+
+from ..config import get_preset
+from ..errors import UserError
+from ..model import build_model
+from ..model.roi_pooler import MultiScaleRoIPooler
+from .demo_counterpart import torchvision_counterpart
+from .report import format_report
+from .timing import autocast, compare, device_name, free_memory, measure, profile_roi_align, timing_row
+from .workloads import Batch, coco_dir, coco_models, coco_train_batches, shapes_batches, val_images
+
+TRAIN_INPUTS = {"lsj1024": ((1024,), 1024), "multiscale800": ((640, 672, 704, 736, 768, 800), 1333)}
+
+
+@dataclasses.dataclass
+class Settings:
+    device: str = "cpu"
+    runs: int = 5  # timed calls per measurement
+    warmup: int = 1
+    images: int = 5  # coco-mini val images for inference
+    batch_sizes: tuple[int, ...] = (1,)
+    dtypes: tuple[str, ...] = ("fp32",)  # fp32 | bf16 (autocast)
+    min_size: int = 800  # inference resize
+    max_size: int = 1333
+    detections: int = 100  # per image (torchvision's box_detections_per_img)
+    proposals: int = 1000  # RPN proposals per image at inference (rpn_post_nms_top_n_test)
+    coco_train: tuple[str, ...] = ()  # lsj1024 | multiscale800
+    train_steps: int = 10  # timed training steps per variant
+    demo_batch: int = 8
+    profile: bool = True
+    seed: int = 0
+    coco: str = ""  # the coco-mini folder ("": default_coco_dir())
+
+    @classmethod
+    def for_device(cls, device: str, **changes: Any) -> Settings:
+        if torch.device(device).type == "cuda":
+            base = cls(device, runs=20, warmup=3, images=8, batch_sizes=(1, 8), dtypes=("fp32", "bf16"))
+            base = dataclasses.replace(base, coco_train=tuple(TRAIN_INPUTS), train_steps=20)
+        else:
+            base = cls(device)
+        return dataclasses.replace(base, **{k: v for k, v in changes.items() if v is not None})
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    name: str
+    torchvision: bool = False
+    roi_align: str = "auto"  # ours only: auto | torchvision | sparse
+    channels_last: bool = False
+
+
+TV = Variant("torchvision", torchvision=True)
+OURS = Variant("ours")
+OURS_TV_ROI = Variant("ours, tv roi_align", roi_align="torchvision")
+OURS_NHWC = Variant("ours, channels_last", channels_last=True)
+
+
+def variants(device: torch.device) -> list[Variant]:
+    """On the GPU `auto` already means torchvision's kernels, so that variant would repeat `ours`."""
+    return [TV, OURS_TV_ROI, OURS, OURS_NHWC] if device.type == "cpu" else [TV, OURS, OURS_NHWC]
+
+
+def configure(model: nn.Module, variant: Variant) -> nn.Module:
+    if not variant.torchvision:
+        for module in model.modules():
+            if isinstance(module, MultiScaleRoIPooler):
+                module.impl = variant.roi_align
+        model.set_channels_last(variant.channels_last)
+    return model
+
+
+# ---------------------------------------------------------------------------- measurements
+
+
+def run_inference(tv: nn.Module, ours: nn.Module, images: list[Tensor], s: Settings) -> list[dict]:
+    device = torch.device(s.device)
+    images = [im.to(device) for im in images]
+    rows = []
+    for dtype in s.dtypes:
+        for batch in s.batch_sizes:
+            inputs = [images[i : i + batch] for i in range(0, len(images) - batch + 1, batch)]
+            if not inputs:
+                raise ValueError(f"batch {batch} needs at least {batch} images, got {len(images)}")
+            reference = None
+            for variant in variants(device):
+                model = configure(tv if variant.torchvision else ours, variant).to(device)
+                fn = _predictor(model, variant.torchvision, device, dtype)
+                times, outputs, peak = measure(fn, inputs, runs=s.runs, warmup=s.warmup, device=device)
+                model.to("cpu")
+                outputs = {k: [tuple(t.cpu() for t in d) for d in out] for k, out in outputs.items()}
+                row = timing_row(variant.name, dtype, batch, times, peak)
+                row["detections"] = [len(d[0]) for k in sorted(outputs) for d in outputs[k]]
+                if variant.torchvision:
+                    reference = outputs
+                else:
+                    row.update(compare(outputs, reference))
+                rows.append(row)
+                free_memory(device)
+    configure(ours, OURS)
+    return rows
+
+
+def _predictor(model: nn.Module, is_tv: bool, device: torch.device, dtype: str) -> Callable:
+    def predict(batch: list[Tensor]) -> list[tuple[Tensor, Tensor, Tensor]]:
+        with torch.no_grad(), autocast(device, dtype):
+            if is_tv:
+                return [(d["boxes"], d["labels"], d["scores"]) for d in model.eval()(batch)]
+            return [(d.boxes, d.labels, d.scores) for d in model.predict(batch)]
+
+    return predict
+
+
+def run_training(
+    setting: str, tv: nn.Module, ours: nn.Module, batches: list[Batch], s: Settings
+) -> tuple[list[dict], dict]:
+    """Time forward + backward + SGD step for every variant (weights reset before each); returns rows
+    and a profile of torchvision's RoIAlign in its step."""
+    device = torch.device(s.device)
+    batches = [([im.to(device) for im in ims], [t.to(device) for t in ts]) for ims, ts in batches]
+    start = {id(m): {k: v.detach().clone() for k, v in m.state_dict().items()} for m in (tv, ours)}
+    rows, profile = [], {}
+    for dtype in s.dtypes:
+        for variant in variants(device):
+            model = configure(tv if variant.torchvision else ours, variant)
+            model.load_state_dict(start[id(model)])
+            step = _train_step(model.to(device).train(), variant.torchvision, device, dtype)
+            times, _, peak = measure(step, batches, runs=s.train_steps, warmup=s.warmup, device=device)
+            rows.append(
+                dict(timing_row(variant.name, dtype, len(batches[0][0]), times, peak), setting=setting)
+            )
+            if variant.torchvision and s.profile and not profile:
+                profile = dict(profile_roi_align(step, batches[0], device), setting=setting, dtype=dtype)
+                profile["step_ms"] = rows[-1]["median_ms"]
+            model.to("cpu").eval()
+            free_memory(device)
+    configure(ours, OURS)
+    for m in (tv, ours):
+        m.load_state_dict(start[id(m)])
+    return rows, profile
+
+
+def _train_step(model: nn.Module, is_tv: bool, device: torch.device, dtype: str) -> Callable:
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=1e-3, momentum=0.9, weight_decay=1e-4)
+
+    def step(batch: Batch) -> Tensor:
+        images, targets = batch
+        with autocast(device, dtype):
+            if is_tv:
+                losses = model(
+                    images, [{"boxes": t.boxes, "labels": t.labels, "masks": t.masks} for t in targets]
+                )
+            else:
+                losses = model.loss(images, targets)
+        total = sum(losses.values())
+        optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        nn.utils.clip_grad_norm_(params, 10.0)  # as the demo's trainer does
+        optimizer.step()
+        return total.detach()
+
+    return step
+
+
+# ---------------------------------------------------------------------------- driver
+
+
+def run_benchmark(s: Settings, log: Callable[[str], None] = print) -> dict:
+    import torchvision
+
+    device = torch.device(s.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda given but CUDA is not available")
+    result: dict[str, Any] = {
+        "device": device_name(device),
+        "device_type": device.type,
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "settings": dataclasses.asdict(s),
+        "inference": [],
+        "training": [],
+        "profile": {},
+    }
+    tv, ours = coco_models(s)
+    if s.images and s.runs:
+        names, images = val_images(s)
+        log(f"inference: {len(names)} coco-mini val images, {tuple(images[0].shape[-2:])} as stored")
+        result["images"] = names
+        result["inference"] = run_inference(tv, ours, images, s)
+    for setting in s.coco_train:
+        log(f"training: coco-mini train, {setting}")
+        tv.transform.min_size, tv.transform.max_size = TRAIN_INPUTS[setting]
+        ours.preprocessor.min_size, ours.preprocessor.max_size = TRAIN_INPUTS[setting]
+        rows, profile = run_training(
+            setting, tv, ours, coco_train_batches(setting, 8, 2, s.seed, coco_dir(s)), s
+        )
+        result["training"] += rows
+        result["profile"].setdefault(setting, profile)
+    del tv, ours
+    if s.train_steps and s.demo_batch:
+        log(f"training: shapes_demo step at batch {s.demo_batch}")
+        cfg = get_preset("shapes_demo")
+        torch.manual_seed(s.seed)
+        ours = build_model(cfg)
+        tv = torchvision_counterpart(ours, cfg)
+        rows, profile = run_training("shapes_demo", tv, ours, shapes_batches(s.demo_batch, 2), s)
+        result["training"] += rows
+        result["profile"]["shapes_demo"] = profile
+    result["process_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    return result
+
+
+def _tuple(kind: type) -> Callable[[str], tuple]:
+    return lambda text: tuple(kind(x) for x in text.split(",") if x.strip()) if text != "none" else ()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="maskrcnn benchmark", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    p.add_argument("--runs", type=int, help="timed runs per measurement (default: cpu 5, cuda 20)")
+    p.add_argument("--warmup", type=int, help="untimed calls first (default: cpu 1, cuda 3)")
+    p.add_argument("--images", type=int, help="coco-mini val images (default: cpu 5, cuda 8)")
+    p.add_argument("--batch-sizes", type=_tuple(int), help="inference batch sizes, e.g. 1,8")
+    p.add_argument("--dtypes", type=_tuple(str), help="fp32,bf16 (default: cpu fp32, cuda both)")
+    p.add_argument("--coco-train", type=_tuple(str), help="lsj1024,multiscale800 or none (cuda default)")
+    p.add_argument("--train-steps", type=int, help="timed training steps (default: cpu 10, cuda 20)")
+    p.add_argument("--demo-batch", type=int, help="shapes_demo batch size (default 8; 0 skips it)")
+    p.add_argument("--min-size", type=int, help="inference shorter side (default 800)")
+    p.add_argument("--max-size", type=int, help="inference longer-side cap (default 1333)")
+    p.add_argument("--detections", type=int, help="detections per image (default 100)")
+    p.add_argument("--proposals", type=int, help="RPN proposals per image at inference (default 1000)")
+    p.add_argument("--no-profile", dest="profile", action="store_false", default=None)
+    p.add_argument("--threads", type=int, help="torch.set_num_threads (CPU)")
+    p.add_argument("--coco", help="the coco-mini folder (default ../shared/data/coco-mini)")
+    p.add_argument(
+        "--out", default="bench_speed.json", help="JSON file to write (default ./bench_speed.json)"
+    )
+    return p
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    options = vars(args).copy()
+    out = Path(options.pop("out"))
+    options.pop("threads")
+    settings = Settings.for_device(options.pop("device"), **options)
+    unknown = set(settings.dtypes) - {"fp32", "bf16"} | set(settings.coco_train) - set(TRAIN_INPUTS)
+    if unknown:
+        raise UserError(f"unknown --dtypes / --coco-train values: {sorted(unknown)}")
+    coco_dir(settings)  # fail now, not after minutes of other measurements
+    result = run_benchmark(settings, log=lambda text: print(text, file=sys.stderr, flush=True))
+    print(format_report(result))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,82 @@
+"""The dataset interface: what `maskrcnn train`, `evaluate`, `show-data`, `convert-dataset` and
+`inspect --annotations` rely on.
+
+A dataset of instance masks is any object with the members of `InstanceDataset` (no base class
+needed); the built-in ones (`CocoDataset`, `ViaDataset`, `MaskFolderDataset`, `ShapesDataset`) all
+satisfy it. Who uses what:
+
+- `__len__` / `__getitem__(i) -> Sample`: training (through the loader), evaluation, show-data;
+- `class_names` / `num_classes`: the model's number of classes and its class names (train), the
+  COCO categories written for ground truth (evaluate, convert-dataset), the drawn labels (show-data);
+- `category_ids`: label i+1 <-> `category_ids[i]`, the category ids of COCO records (evaluate,
+  predictions of a trained model, convert-dataset);
+- `image_ids`: the image id of item i (ground truth and detections are matched by it);
+- `image_size(i) -> (height, width)`: without decoding the image (aspect-ratio grouping of the
+  training batches reads it for every item);
+- `load_targets(i) -> (Targets, crowd boxes (C, 4))`: the item's annotations without decoding the
+  image; equal to `__getitem__(i).targets` / `.crowd_boxes` (ground truth files, inspect);
+- `file_name(i)`: the item's image file, relative to the dataset's image folder (ground-truth
+  records, finding an image's annotations in inspect).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol, runtime_checkable
+
+from torch import Tensor
+
+from maskrcnn.structures import Sample, Targets
+
+__all__ = ["InstanceDataset", "check_dataset"]
+
+
+@runtime_checkable
+class InstanceDataset(Protocol):
+    """Images with instance masks (see the module docstring for who relies on which member)."""
+
+    class_names: list[str]
+    category_ids: list[int]
+    image_ids: list[int]
+
+    @property
+    def num_classes(self) -> int: ...
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: int) -> Sample: ...
+
+    def image_size(self, index: int) -> tuple[int, int]: ...
+
+    def load_targets(self, index: int) -> tuple[Targets, Tensor]: ...
+
+    def file_name(self, index: int) -> str: ...
+
+
+_MEMBERS = (
+    "class_names",
+    "category_ids",
+    "image_ids",
+    "num_classes",
+    "__len__",
+    "__getitem__",
+    "image_size",
+    "load_targets",
+    "file_name",
+)
+
+
+def check_dataset(dataset: Any, *, what: str = "dataset") -> InstanceDataset:
+    """Return `dataset` if it satisfies `InstanceDataset`, else raise a TypeError naming the
+    members it lacks (`what` names the dataset in the message, e.g. "the training dataset")."""
+    missing = [m for m in _MEMBERS if not hasattr(dataset, m)]
+    if missing:
+        raise TypeError(
+            f"{what} {type(dataset).__name__} is not an InstanceDataset: it has no {', '.join(missing)} "
+            "(see maskrcnn.data.dataset)"
+        )
+    if len(dataset.category_ids) != len(dataset.class_names):
+        raise TypeError(
+            f"{what} {type(dataset).__name__} has {len(dataset.class_names)} class names but "
+            f"{len(dataset.category_ids)} category ids"
+        )
+    return dataset

@@ -1,0 +1,208 @@
+"""Reading and writing files: the one image decoder and the one atomic writer.
+
+This module sits below every other layer (it imports only the standard library, numpy, torch and
+Pillow), so datasets, prediction inputs, checkpoints and reports all read and write through it.
+
+Image decoding takes an explicit `DecodePolicy`:
+
+- `STORED_PIXELS` (datasets, and `maskrcnn inspect --annotations`): the pixel grid as stored in the
+  file, since annotations refer to it (as in COCO): EXIF orientation is ignored and an alpha channel
+  is dropped;
+- `AS_DISPLAYED` (prediction): the image the way viewers show it: EXIF orientation (tag 274) is
+  applied and transparency (RGBA, LA, PA, palettes or grayscale with a transparent index) is
+  composited over white, so transparent pixels do not show whatever colour the encoder left there.
+
+Both policies share the other rules: grayscale, palette, CMYK, YCbCr, 1-bit ... become RGB; 16-bit
+images (`I;16*`) are scaled from 0..65535 to 0..1, not clipped at 255; 32-bit integer images (`I`)
+are read as 16-bit when any value exceeds 255, else as 8-bit; float images (`F`) as [0, 1] when
+their maximum is at most 1, else like `I`. 8-bit sources give uint8 pixels (so `read_image` is
+exactly `uint8 / 255`), deeper ones float32. Every failure is an `ImageReadError` naming the file.
+
+Writes are atomic (`atomic_write`): the content goes to a temporary file in the target's folder,
+is flushed and fsynced, gets the permissions a plain `open()` would give, and is renamed over the
+target; on any failure the temporary file is removed and an existing target is left as it was.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, Literal, Union
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .errors import UserError
+
+__all__ = [
+    "AS_DISPLAYED",
+    "STORED_PIXELS",
+    "DecodePolicy",
+    "ImageReadError",
+    "atomic_write",
+    "atomic_write_json",
+    "atomic_write_text",
+    "composite_on_white",
+    "decode_pil",
+    "default_file_mode",
+    "pixels_to_tensor",
+    "pixels_to_uint8",
+    "read_image",
+    "read_pixels",
+]
+
+PathLike = Union[str, "os.PathLike[str]"]
+_ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
+
+
+class ImageReadError(UserError):
+    """An input that cannot be read as an image; the message names the file and the reason."""
+
+
+@dataclass(frozen=True)
+class DecodePolicy:
+    """How a file's pixels become an RGB image: `apply_exif` rotates/mirrors by the EXIF
+    orientation tag; `alpha` is "drop" (keep the colour under transparent pixels) or "white"
+    (composite over white)."""
+
+    apply_exif: bool
+    alpha: Literal["drop", "white"]
+
+    def __post_init__(self) -> None:
+        if self.alpha not in ("drop", "white"):
+            raise ValueError(f"DecodePolicy.alpha must be 'drop' or 'white', got {self.alpha!r}")
+
+
+STORED_PIXELS = DecodePolicy(apply_exif=False, alpha="drop")
+AS_DISPLAYED = DecodePolicy(apply_exif=True, alpha="white")
+
+
+# ---- decoding ----------------------------------------------------------------------------------
+
+
+def composite_on_white(rgba: np.ndarray) -> np.ndarray:
+    """(H, W, 4) uint8 -> (H, W, 3) uint8: colour * alpha + white * (1 - alpha), rounded."""
+    rgb, alpha = rgba[..., :3].astype(np.uint32), rgba[..., 3:].astype(np.uint32)
+    return ((rgb * alpha + 255 * (255 - alpha) + 127) // 255).astype(np.uint8)
+
+
+def _high_depth(im: Image.Image) -> np.ndarray:
+    """Single-channel `I;16*`, `I` or `F` image -> (H, W) float32 in [0, 1]."""
+    values = np.asarray(im).astype(np.float32)
+    if im.mode.startswith("I;16"):
+        scale = 65535.0
+    else:
+        top = float(values.max()) if values.size else 0.0
+        scale = 1.0 if im.mode == "F" and top <= 1.0 else (255.0 if top <= 255 else 65535.0)
+    return np.clip(values / scale, 0.0, 1.0)
+
+
+def decode_pil(im: Image.Image, *, alpha: Literal["drop", "white"] = "white") -> np.ndarray:
+    """A PIL image of any mode -> (H, W, 3) RGB: uint8 for 8-bit sources, float32 in [0, 1] for
+    deeper ones. `alpha` as in `DecodePolicy` (the module docstring gives the rules)."""
+    mode = im.mode
+    if mode.startswith("I;16") or mode in ("I", "F"):
+        gray = _high_depth(im)
+        return np.ascontiguousarray(np.broadcast_to(gray[..., None], (*gray.shape, 3)))
+    transparent = mode in _ALPHA_MODES or (mode in ("P", "L", "RGB") and "transparency" in im.info)
+    if transparent and alpha == "white":
+        return composite_on_white(np.asarray(im.convert("RGBA")))
+    if mode != "RGB":
+        im = im.convert("RGB")
+    return np.asarray(im, dtype=np.uint8).copy()
+
+
+def read_pixels(path: PathLike, *, policy: DecodePolicy) -> np.ndarray:
+    """Decode an image file -> (H, W, 3) RGB, uint8 or float32 in [0, 1], under `policy`.
+
+    Raises ImageReadError (a ValueError) naming the file when it is missing, not an image or corrupt.
+    """
+    try:
+        with Image.open(path) as im:
+            im.load()  # decode now: truncated data fails here rather than half-way through a convert
+            return decode_pil(ImageOps.exif_transpose(im) if policy.apply_exif else im, alpha=policy.alpha)
+    except FileNotFoundError:
+        raise ImageReadError(f"{path}: file not found") from None
+    except IsADirectoryError:
+        raise ImageReadError(f"{path}: is a folder, not an image file") from None
+    except UnidentifiedImageError:
+        raise ImageReadError(f"{path}: not an image file (Pillow recognises no image format in it)") from None
+    except Image.DecompressionBombError as e:
+        raise ImageReadError(f"{path}: image too large ({e})") from None
+    except (OSError, SyntaxError, ValueError, EOFError, IndexError, KeyError) as e:
+        text = str(e) or type(e).__name__
+        reason = "truncated image data" if "truncated" in text.lower() else "corrupt image data"
+        raise ImageReadError(f"{path}: {reason} ({text})") from None
+
+
+def pixels_to_tensor(pixels: np.ndarray) -> torch.Tensor:
+    """(H, W, 3) uint8 or float32 pixels -> (3, H, W) float32 in [0, 1]."""
+    pixels = np.ascontiguousarray(pixels)
+    if not pixels.flags.writeable:  # a read-only view (broadcast, or the caller's array): copy it
+        pixels = pixels.copy()
+    tensor = torch.from_numpy(pixels).permute(2, 0, 1)
+    return tensor.float().div_(255.0) if pixels.dtype == np.uint8 else tensor.float()
+
+
+def pixels_to_uint8(pixels: np.ndarray) -> np.ndarray:
+    """(H, W, 3) uint8 or float32 pixels in [0, 1] -> uint8 (rounded)."""
+    if pixels.dtype == np.uint8:
+        return pixels
+    return np.round(pixels.astype(np.float64) * 255.0).astype(np.uint8)
+
+
+def read_image(path: PathLike, *, policy: DecodePolicy) -> torch.Tensor:
+    """An image file -> (3, H, W) float32 RGB in [0, 1], decoded under `policy` (ImageReadError
+    naming the file when it cannot be read)."""
+    return pixels_to_tensor(read_pixels(path, policy=policy))
+
+
+# ---- atomic writes -----------------------------------------------------------------------------
+
+
+def default_file_mode() -> int:
+    """0o666 minus the process umask: what open() would give (mkstemp gives 0o600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def atomic_write(path: PathLike, write: Callable[[IO[bytes]], Any]) -> Path:
+    """Create or replace the file `path` atomically with what `write(file)` writes into the binary
+    file object it is given; returns the path. Missing parent folders are created.
+
+    Readers see either the old file or the complete new one, never a part; if `write` (or anything
+    after it) raises, the old file is left intact and no temporary file remains.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, default_file_mode())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def atomic_write_text(path: PathLike, text: str) -> Path:
+    """`atomic_write` of a UTF-8 text."""
+    data = text.encode("utf-8")
+    return atomic_write(path, lambda f: f.write(data))
+
+
+def atomic_write_json(path: PathLike, obj: Any, *, indent: int | None = None) -> Path:
+    """`atomic_write` of `obj` as JSON (UTF-8). The JSON is built before the file is touched, so an
+    object that cannot be serialised leaves the old file as it was."""
+    return atomic_write_text(path, json.dumps(obj, indent=indent))

@@ -1,0 +1,101 @@
+"""Helpers shared by test modules: where things are, the one tiny model config, a CLI runner and
+small real-data builders. Test modules import from here, never from one another."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pycocotools.mask as mask_util
+import torch
+
+from maskrcnn.inputs import load_image
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+
+# The one tiny network of the tests: ResNet-18 at a quarter width, a narrow FPN and narrow RoI heads.
+# Test modules add only what their use needs (classes, input size, logging), e.g.
+# `[*TINY_NET, "model.num_classes=80"]` at the default 800 px inputs.
+TINY_NET = [
+    "model.backbone.depth=18",
+    "model.backbone.width=16",
+    "model.backbone.fpn_channels=32",
+    "model.roi_heads.fc_dim=64",
+    "model.roi_heads.mask_head_dim=32",
+    "model.roi_heads.mask_head_convs=2",
+]
+
+# TINY_NET with 2 classes on small inputs and fewer proposals: fast on CPU, ~10 MB checkpoints. With
+# 2 classes its near-uniform initial scores (~1/3) exceed the 0.05 threshold, so it detects things
+# (5 per image at most).
+TINY = [
+    *TINY_NET,
+    "model.num_classes=2",
+    "model.input.min_size=[128]",
+    "model.input.max_size=192",
+    "model.rpn.pre_nms_topk_train=300",
+    "model.rpn.post_nms_topk_train=200",
+    "model.rpn.pre_nms_topk_test=300",
+    "model.rpn.post_nms_topk_test=100",
+    "model.roi_heads.batch_size_per_image=64",
+    "model.roi_heads.detections_per_image=5",
+]
+
+
+def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """`python -m maskrcnn ARGS` in a real process (warnings silenced), its output captured as text."""
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    return subprocess.run(
+        [sys.executable, "-m", "maskrcnn", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=env,
+        timeout=300,
+    )
+
+
+def coco2_train(shared_data: Path, label_of=lambda category_id: category_id) -> tuple[torch.Tensor, dict]:
+    """The coco-2img train image and its instances, decoded directly with pycocotools (not through
+    our datasets); labels are `label_of(category_id)`. -> (image, {"boxes", "labels", "masks"})."""
+    ann = json.loads((shared_data / "coco-2img/annotations/instances_train2017.json").read_text())
+    info = ann["images"][0]
+    image = load_image(shared_data / "coco-2img/images/train2017" / info["file_name"])
+    h, w = info["height"], info["width"]
+    boxes, labels, masks = [], [], []
+    for a in ann["annotations"]:
+        rles = mask_util.frPyObjects(a["segmentation"], h, w)
+        m = mask_util.decode(mask_util.merge(rles) if isinstance(rles, list) else rles)
+        x, y, bw, bh = a["bbox"]
+        boxes.append([x, y, x + bw, y + bh])
+        labels.append(label_of(a["category_id"]))
+        masks.append(m)
+    target = {
+        "boxes": torch.tensor(boxes, dtype=torch.float32),
+        "labels": torch.tensor(labels),
+        "masks": torch.from_numpy(np.stack(masks)).to(torch.uint8),
+    }
+    return image, target
+
+
+LABEL_H, LABEL_W = 30, 220  # generous bounds on a drawn label's size at the tests' image sizes
+
+
+def drawing_zones(boxes: np.ndarray, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    """(pixels within 3 px of a box edge, pixels where a box's label may be) as boolean maps of an
+    (h, w) picture on which `boxes` (N, 4 xyxy) were drawn."""
+    outline = np.zeros((h, w), dtype=bool)
+    label = np.zeros((h, w), dtype=bool)
+    for x1, y1, x2, y2 in np.round(boxes).astype(int).tolist():
+        band = np.zeros((h, w), dtype=bool)
+        band[max(0, y1 - 3) : y2 + 3, max(0, x1 - 3) : x2 + 3] = True
+        band[y1 + 3 : max(y1 + 3, y2 - 3), x1 + 3 : max(x1 + 3, x2 - 3)] = False
+        outline |= band
+        lx = max(0, min(x1, w - LABEL_W))
+        label[max(0, y1 - LABEL_H) : y1 + LABEL_H, max(0, lx - 2) : x1 + LABEL_W] = True
+    return outline, label
