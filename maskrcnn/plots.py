@@ -23,6 +23,7 @@ from typing import IO, Any, Union
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from .errors import UserError
 from .files import atomic_write
@@ -148,6 +149,7 @@ def training_curves_figure(records: Sequence[dict]) -> Figure:
         axes[2].legend(fontsize="small")
     for a in axes:
         a.set_xlabel("iteration")
+        a.xaxis.set_major_locator(MaxNLocator(integer=True))
         a.grid(True, alpha=0.3)
     if not train:
         axes[0].text(0.5, 0.5, "no training records", ha="center", va="center", transform=axes[0].transAxes)

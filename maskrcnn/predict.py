@@ -70,22 +70,25 @@ def encode_masks(masks: torch.Tensor) -> list[dict]:
 
 
 def detection_records(det: Detections, *, category_ids: Sequence[int] | None = None) -> list[dict]:
-    """One {"category_id", "bbox" (xywh), "score", "segmentation" (RLE)} per detection."""
+    """One {"category_id", "bbox" (xywh), "score", "segmentation" (RLE)} per detection; without
+    "segmentation" for a model that has no mask branch."""
     boxes = det.boxes.detach().cpu()
     xywh = torch.cat((boxes[:, :2], boxes[:, 2:] - boxes[:, :2]), dim=1).tolist()
     labels = det.labels.cpu().tolist()
     scores = det.scores.detach().cpu().tolist()
     records = []
-    for box, label, score, rle in zip(xywh, labels, scores, encode_masks(det.masks)):
+    for box, label, score in zip(xywh, labels, scores):
         category = category_ids[label - 1] if category_ids else label
         records.append(
             {
                 "category_id": int(category),
                 "bbox": [round(v, 3) for v in box],
                 "score": round(float(score), 5),
-                "segmentation": rle,
             }
         )
+    if det.masks is not None:
+        for record, rle in zip(records, encode_masks(det.masks)):
+            record["segmentation"] = rle
     return records
 
 

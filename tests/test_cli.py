@@ -98,3 +98,41 @@ def test_help_does_not_import_torch():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "False"
+
+
+def test_predict_matches_torchvision_on_the_same_weights(converted, shared_data, tmp_path):
+    """`maskrcnn convert` + `maskrcnn predict` give torchvision's own detections of the converted
+    model, detection by detection: xywh boxes, scores, category ids (torchvision's COCO labels are
+    the category ids) and masks."""
+    import numpy as np
+    import pycocotools.mask as mask_util
+    from PIL import Image
+    from torchvision.transforms.functional import pil_to_tensor
+
+    images = [shared_data / IMAGE, shared_data / "coco-mini/val2017/000000099053.jpg"]
+    out = tmp_path / "out"
+    result = run(
+        "predict", "--weights", str(converted), "--out", str(out), "--no-overlays", *map(str, images)
+    )
+    assert result.returncode == 0, result.stderr
+    records = json.loads((out / "predictions.json").read_text())
+    tv = torchvision_model("v1")  # the weights the `converted` fixture saved
+    for path in images:
+        with Image.open(path) as im:  # decoded the torchvision way, independently of our decoder
+            tensor = pil_to_tensor(im.convert("RGB")).float() / 255.0
+        with torch.no_grad():
+            expected = tv([tensor])[0]
+        mine = [r for r in records if r["file_name"] == path.name]
+        assert len(mine) == len(expected["boxes"]) > 10, path.name
+        x1, y1, x2, y2 = expected["boxes"].unbind(1)
+        xywh = torch.stack((x1, y1, x2 - x1, y2 - y1), dim=1)
+        assert torch.allclose(torch.tensor([r["bbox"] for r in mine]), xywh, rtol=0, atol=1e-2)
+        assert torch.allclose(torch.tensor([r["score"] for r in mine]), expected["scores"], rtol=0, atol=1e-4)
+        assert [r["category_id"] for r in mine] == expected["labels"].tolist()
+        assert len(set(r["category_id"] for r in mine)) > 1
+        assert all(r["image_id"] == int(path.stem) for r in mine)
+        ours = np.stack([mask_util.decode(r["segmentation"]) for r in mine]).astype(bool)
+        theirs = (expected["masks"][:, 0] > 0.5).numpy()
+        assert ours.shape == theirs.shape == (len(mine), tensor.shape[1], tensor.shape[2])
+        inter, union = (ours & theirs).sum((1, 2)), (ours | theirs).sum((1, 2))
+        assert (inter >= 0.99 * union).all() and (union > 0).all()

@@ -162,6 +162,23 @@ def test_train_checks_the_validation_data_before_training(files, tmp_path, capfd
     assert not (tmp_path / "checkpoint.pt").exists()
 
 
+def test_the_other_commands_report_one_line_too(files, tmp_path, capfd):
+    garbage = tmp_path / "notes.pth"
+    garbage.write_text("not a state dict\n")
+    out, gt = str(tmp_path / "out"), str(files.folder / "missing_image.json")
+    cases = [
+        (["convert", "--from", "torchvision-v1", str(garbage), out], ["notes.pth", "torch.save"]),
+        (["evaluate-results", "--results", str(garbage), "--annotations", gt,
+          "--out", out], ["notes.pth", "not valid JSON"]),
+        (["convert-dataset", files.bad_category, out], [f"annotation {BAD_ANNOTATION}"]),
+        (["inspect", "--weights", str(files.weights), "--out", out, str(tmp_path / "nope.jpg")],
+         ["nope.jpg", "not found"]),
+        (["demo", "--out", out, "--no-progress", "solver.max_iter=many"], ["solver.max_iter", "'many'"]),
+    ]  # fmt: skip
+    for argv, culprit in cases:
+        _check_one_error_line(cli.main(argv), capfd.readouterr().err, culprit)
+
+
 def test_bad_device_names_the_option(files, tmp_path, capfd):
     argv = ["evaluate", "--weights", str(files.weights), "--data", files.bad_category, "--out", str(tmp_path)]
     code = cli.main([*argv, "--device", "gpu0"])

@@ -132,7 +132,7 @@ def test_page_renders_in_chromium(inspected, tmp_path):
 @pytest.fixture(scope="module")
 def reference(weights, shared_data) -> dict:
     """What the model itself says about the image: anchor matches, RoI levels, detections."""
-    model = maskrcnn.load(str(weights))
+    model = maskrcnn.load(str(weights)).model
     image = load_image(shared_data / IMAGE)
     dataset = CocoDataset(shared_data / ANNOTATIONS, shared_data / "coco-mini/val2017")
     index = [dataset.file_name(i) for i in range(len(dataset))].index(Path(IMAGE).name)
@@ -203,6 +203,39 @@ def test_roi_levels_and_detections_are_the_models(inspected, reference):
     assert len(summary["mask_logits"]["shown"]) == min(8, len(det))
 
 
+def test_box_refinement_pairs_are_the_models_own_proposal_indices(inspected, weights, shared_data):
+    """Each drawn pair (proposal -> detection) is the proposal the model refined: decoding that
+    proposal with the box branch's deltas for the detection's class gives the detection's box, and
+    its class probability is the detection's score. A nearest-box guess would fail this for
+    detections whose proposals overlap."""
+    model = maskrcnn.load(str(weights)).model
+    image = load_image(shared_data / IMAGE)
+    ins = inspect_model(model, image)
+    with torch.no_grad():
+        batch, _ = model.preprocess([image])
+        features = model.backbone(batch.tensor)
+        (proposals,), _ = model.propose(batch, features)
+        class_logits, box_deltas = model.roi_heads.box(features, [proposals.boxes])
+    assert torch.equal(ins.proposal_boxes, proposals.boxes)  # the model's proposals, not a copy's
+    labels, sources = ins.detections.labels, ins.det_sources
+    assert len(sources) > 10 and len(set(sources.tolist())) > 1
+    refined = model.roi_heads.box.box_coder.decode(
+        box_deltas.reshape(len(proposals), -1, 4)[sources, labels], proposals.boxes[sources]
+    )[:, 0]
+    h, w = ins.input_size
+    refined[:, 0::2] = refined[:, 0::2].clamp(0, w)
+    refined[:, 1::2] = refined[:, 1::2].clamp(0, h)
+    assert torch.equal(refined, ins.det_input_boxes)
+    scores = class_logits.softmax(-1)[sources, labels]
+    assert torch.equal(scores, ins.detections.scores)
+    # the page's table lists those same indices
+    summary = json.loads((inspected / "summary.json").read_text())
+    shown = summary["box_refinement"]["shown"]
+    assert {r["rank"]: r["proposal_index"] for r in shown} == {
+        j + 1: int(sources[j]) for j in range(len(shown))
+    }
+
+
 def test_without_annotations_there_is_no_anchor_target_picture(weights, shared_data, tmp_path, capsys):
     out = tmp_path / "out"
     assert main(["inspect", "--weights", str(weights), "--out", str(out), str(shared_data / IMAGE)]) == 0
@@ -225,8 +258,8 @@ def test_image_missing_from_the_annotations_is_a_one_line_error(weights, shared_
 
 
 def test_no_detections_and_no_ground_truth_still_give_every_picture(weights, shared_data, tmp_path):
-    model = maskrcnn.load(str(weights))
-    model.score_thresh = 1.01  # nothing passes
+    model = maskrcnn.load(str(weights)).model
+    model.roi_heads.box.score_thresh = 1.01  # nothing passes
     image = load_image(shared_data / IMAGE)
     h, w = image.shape[-2:]
     empty = Targets(

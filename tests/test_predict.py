@@ -172,7 +172,7 @@ def test_batch_size_does_not_change_results(weights, shared_data, tmp_path, caps
         sub = folder / ("a" if i % 2 else "b")
         sub.mkdir(parents=True, exist_ok=True)
         _small(source, sizes[i % len(sizes)], shift=3 * i).save(sub / f"img{i:02d}.png")
-    padded = [model._padded_size(torch.zeros(3, h, w)) for w, h in sizes]
+    padded = [model.model.padded_size(h, w) for w, h in sizes]
     assert len(set(padded)) < len(padded)
     results = {}
     for batch in (1, 4):
@@ -206,7 +206,7 @@ def test_class_and_score_filters(model, shared_data, tmp_path):
     cut = (scores[4] + scores[5]) / 2
     high = run_predictions(model, items, None, score_thresh=cut, progress=False).records
     assert len(high) == 5 and all(r["score"] >= cut for r in high)
-    assert model.score_thresh == 0.05  # restored after the run
+    assert model.model.roi_heads.box.score_thresh == 0.05  # a per-call option: the model is unchanged
     with pytest.raises(ValueError, match=r"no class 'horse'; its classes: cat \(1\), dog \(2\)"):
         run_predictions(model, items, tmp_path / "x", classes=["cat", "horse"], progress=False)
 

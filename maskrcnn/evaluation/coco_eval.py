@@ -260,6 +260,8 @@ def evaluate_model(
             bar.update(len(samples))
     with tempfile.TemporaryDirectory(prefix="maskrcnn-eval-") as tmp:
         gt = _ground_truth_of(dataset, Path(tmp))
+    if records and "segmentation" not in records[0]:  # a model without a mask branch
+        iou_types = [t for t in iou_types if _FIELD[t] != "segmentation"] or list(iou_types)
     return evaluate_coco_results(gt, records, iou_types=iou_types), records
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from maskrcnn.data import (
@@ -98,3 +99,103 @@ def test_train_loader_reproducible_across_workers_and_resume() -> None:
         assert all(torch.equal(i, j) for i, j in zip(x.images, y.images))
     # Epochs differ (order and augmentation).
     assert any(not torch.equal(x.images[0], y.images[0]) for x, y in zip(a, first_epoch))
+
+
+# ---- shards: together they cover the unsharded order ----------------------------------------------
+
+
+def _unsharded_order(n: int, seed: int, epoch: int) -> list[int]:
+    """The epoch's permutation as one process sees it: batches of 1, no grouping, nothing dropped."""
+    sampler = AspectRatioGroupedBatchSampler([1.0] * n, 1, seed=seed, group=False, drop_last=False)
+    sampler.set_epoch(epoch)
+    return [i for (i,) in sampler]
+
+
+def _rank_streams(ratios: list[float], world: int, epoch: int, **kwargs) -> list[list[int]]:
+    streams = []
+    for rank in range(world):
+        sampler = AspectRatioGroupedBatchSampler(ratios, 3, seed=11, shard=(rank, world), **kwargs)
+        sampler.set_epoch(epoch)
+        streams.append([i for batch in sampler for i in batch])
+    return streams
+
+
+@pytest.mark.parametrize("world", [2, 3])
+@pytest.mark.parametrize("epoch", [0, 4])
+def test_shards_interleave_to_the_unsharded_order(world: int, epoch: int) -> None:
+    # without grouping, rank r's k-th index is the unsharded order's (r + k * world)-th; every rank
+    # gets m = min over ranks of (its share // batch size) batches: the remainder is the order's tail
+    n, batch = 61, 3
+    order = _unsharded_order(n, 11, epoch)
+    assert sorted(order) == list(range(n))
+    streams = _rank_streams([1.0] * n, world, epoch, group=False)
+    m = min(len(order[r::world]) // batch for r in range(world))
+    assert [len(s) for s in streams] == [m * batch] * world and m > 0
+    for rank, stream in enumerate(streams):
+        assert stream == order[rank::world][: m * batch]
+    union = [i for s in streams for i in s]
+    assert len(union) == len(set(union))  # disjoint
+    assert sorted(union) == sorted(order[: m * batch * world])
+    assert n - len(union) < batch * world  # the documented remainder: less than one batch per rank
+
+
+@pytest.mark.parametrize("world", [2, 3])
+@pytest.mark.parametrize("drop_last", [True, False])
+def test_grouped_shards_cover_the_order_less_the_remainder(world: int, drop_last: bool) -> None:
+    n, batch = 50, 3
+    ratios = _ratios(n)
+    landscape = [r >= 1 for r in ratios]
+    order = _unsharded_order(n, 11, 2)
+    streams = _rank_streams(ratios, world, 2, drop_last=drop_last)
+    union = [i for s in streams for i in s]
+    assert len(union) == len(set(union))  # disjoint
+    # each rank's full batches per orientation; all ranks are cut to the smallest count
+    full = [
+        sum(sum(landscape[i] == g for i in order[r::world]) // batch for g in (True, False))
+        for r in range(world)
+    ]
+    if drop_last:
+        assert len(union) == min(full) * batch * world
+    for rank, stream in enumerate(streams):
+        share = order[rank::world]
+        assert set(stream) <= set(share)
+        # per orientation, a rank takes its share in the unsharded order, up to where it stops
+        for g in (True, False):
+            taken = [i for i in stream if landscape[i] == g]
+            assert taken == [i for i in share if landscape[i] == g][: len(taken)]
+    # what no rank took: less than a batch per orientation per rank, plus the batches cut to match
+    missing = n - len(union)
+    cut = sum(f - min(full) for f in full) * batch
+    assert missing <= world * 2 * (batch - 1) + cut
+    assert len(union) >= n - world * 2 * (batch - 1) - cut > 0
+
+
+def test_shards_are_a_pure_function_of_seed_and_epoch() -> None:
+    ratios = _ratios(40)
+    fresh = _rank_streams(ratios, 3, 5)
+    # a sampler that iterated other epochs first, and one resumed there, give the same epoch 5
+    for rank in range(3):
+        sampler = AspectRatioGroupedBatchSampler(ratios, 3, seed=11, shard=(rank, 3))
+        for epoch in (0, 7, 5):
+            sampler.set_epoch(epoch)
+            batches = list(sampler)
+        assert [i for b in batches for i in b] == fresh[rank]
+        sampler.set_epoch(5, skip_batches=2)
+        assert [i for b in sampler for i in b] == fresh[rank][6:]
+    assert _rank_streams(ratios, 3, 6) != fresh
+    assert _unsharded_order(40, 11, 5) != _unsharded_order(40, 12, 5)
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_sharded_loaders_yield_the_samples_of_the_unsharded_order(world: int) -> None:
+    n = 14
+    ds = ShapesDataset(n, seed=4, image_size=(32, 48))
+    order = _unsharded_order(n, 5, 1)
+    m = min(len(order[r::world]) // 2 for r in range(world))
+    for rank in range(world):
+        loader = build_train_loader(
+            ds, batch_size=2, seed=5, num_workers=0, shard=(rank, world), aspect_ratio_grouping=False
+        )
+        loader.set_epoch(1)
+        ids = [s.image_id for batch in loader for s in batch.samples]
+        assert ids == order[rank::world][: 2 * m]

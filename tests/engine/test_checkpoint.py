@@ -77,10 +77,12 @@ def assert_same_predictions(expected, model, image):
 
 def test_save_and_load_round_trip(tiny, saved, image, reference):
     ckpt = read_checkpoint(saved)
-    assert ckpt["format"] == FORMAT and ckpt["version"] == 1
+    assert ckpt["format"] == FORMAT and ckpt["version"] == 2
     assert ckpt["class_names"] == ["cat", "dog"] and ckpt["category_ids"] == [1, 2]
     assert ckpt["config"]["model"]["backbone"]["depth"] == 18
-    loaded = maskrcnn.load(str(saved))
+    predictor = maskrcnn.load(str(saved))
+    assert predictor.class_names == ["cat", "dog"] and predictor.category_ids == [1, 2]
+    loaded = predictor.model
     assert not loaded.training
     assert loaded.config == tiny.config
     assert loaded.class_names == ["cat", "dog"] and loaded.category_ids == [1, 2]
@@ -88,10 +90,26 @@ def test_save_and_load_round_trip(tiny, saved, image, reference):
     assert state.keys() == loaded_state.keys()
     assert all(torch.equal(state[k], loaded_state[k]) for k in state)
     assert_same_predictions(reference, loaded, image)
-    # category ids set on a model travel with it
-    loaded.category_ids = [18, 17]
-    save_model(loaded, saved.parent / "ids.pt")
+    # category ids given to a model travel with it
+    with_ids = build_model(tiny.config, class_names=["cat", "dog"], category_ids=[18, 17])
+    save_model(with_ids, saved.parent / "ids.pt")
     assert maskrcnn.load(str(saved.parent / "ids.pt")).category_ids == [18, 17]
+
+
+def test_version_1_checkpoints_load_into_the_branch_layout(tiny, saved, image, reference, tmp_path):
+    """Checkpoints written before the RoI heads became branches (box_head.*, box_predictor.*,
+    mask_head.* at the top level) load and predict the same."""
+    ckpt = read_checkpoint(saved)
+    old_names = {"roi_heads.box.head.": "box_head.", "roi_heads.box.predictor.": "box_predictor."}
+    old_names["roi_heads.mask.head."] = "mask_head."
+    state = {}
+    for key, value in ckpt["model"].items():
+        prefix = next((p for p in old_names if key.startswith(p)), None)
+        state[old_names[prefix] + key[len(prefix) :] if prefix else key] = value
+    assert "box_predictor.cls_score.weight" in state and "mask_head.predictor.weight" in state
+    old = tmp_path / "v1.pt"
+    torch.save({**ckpt, "version": 1, "model": state}, old)
+    assert_same_predictions(reference, maskrcnn.load(str(old)).model, image)
 
 
 def test_atomic_save_leaves_no_temporary_files_and_survives_failures(tiny, saved):

@@ -243,7 +243,10 @@ class OracleModel:
     def eval(self) -> OracleModel:
         return self
 
-    def predict(self, images: list[torch.Tensor]) -> list[Detections]:
+    def padded_size(self, height: int, width: int) -> tuple[int, int]:
+        return height, width
+
+    def predict(self, images: list[torch.Tensor], *, score_thresh=None) -> list[Detections]:
         out, self.queue = self.queue[: len(images)], self.queue[len(images) :]
         return out
 
