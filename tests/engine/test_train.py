@@ -87,7 +87,8 @@ def test_resume_after_sigkill_gives_identical_weights(tmp_path):
     # the weights did change during training (the comparison is not vacuous)
     fresh = maskrcnn.build_model(maskrcnn.config.from_dict(start["config"]))
     assert not torch.equal(
-        fresh.state_dict()["roi_heads.box.predictor.cls_score.weight"], a["roi_heads.box.predictor.cls_score.weight"]
+        fresh.state_dict()["roi_heads.box.predictor.cls_score.weight"],
+        a["roi_heads.box.predictor.cls_score.weight"],
     )
 
 

@@ -296,3 +296,72 @@ def test_cli_evaluate_with_checkpoint(tmp_path: Path) -> None:
     metrics = json.loads((out / "metrics.json").read_text())
     assert 0.0 <= metrics["bbox"]["AP"] <= 1.0 and 0.0 <= metrics["segm"]["AP"] <= 1.0
     assert metrics["num_detections"] == len(json.loads((out / "detections.json").read_text()))
+
+
+def _small_people(val_json: Path, tmp_path: Path, count: int = 6) -> Path:
+    """The `count` coco-mini val images with the most people of about 30 x 60 pixels (the size of the
+    random model's boxes below), as a COCO file; they include crowd regions."""
+    data = json.loads(val_json.read_text())
+    people: dict[int, int] = {}
+    for a in data["annotations"]:
+        w, h = a["bbox"][2:]
+        if a["category_id"] == 1 and not a["iscrowd"] and 15 <= w <= 60 and 40 <= h <= 120:
+            people[a["image_id"]] = people.get(a["image_id"], 0) + 1
+    keep = set(sorted(people, key=lambda i: (-people[i], i))[:count])
+    subset = {
+        "images": [im for im in data["images"] if im["id"] in keep],
+        "annotations": [a for a in data["annotations"] if a["image_id"] in keep],
+        "categories": data["categories"],
+    }
+    assert any(a["iscrowd"] for a in subset["annotations"])
+    path = tmp_path / "people.json"
+    path.write_text(json.dumps(subset))
+    return path
+
+
+def _anchor_model(path: Path) -> None:
+    """A small random model whose detections are its anchors (no box regression, in the RPN or the
+    box head) with masks that fill their boxes: 100 person- and bicycle-labelled boxes per image, some
+    of which overlap real people, so that several COCO stats are above zero."""
+    from maskrcnn.config import apply_overrides, get_preset
+    from maskrcnn.engine.checkpoint import atomic_save, model_state
+    from maskrcnn.model import build_model
+    from tests.helpers import TINY
+
+    torch.manual_seed(0)
+    overrides = ["model.roi_heads.detections_per_image=100", "model.input.min_size=[320]"]
+    cfg = apply_overrides(get_preset("default"), [*TINY, *overrides, "model.input.max_size=640"])
+    state = model_state(build_model(cfg, class_names=["person", "bicycle"]))
+    weights = state["model"]
+    regression = [k for k in weights if "deltas" in k or "bbox_pred" in k]
+    mask_logits = [k for k in weights if k.startswith("roi_heads.mask") and ".predictor." in k]
+    assert len(regression) == 4 and len(mask_logits) == 2, (regression, mask_logits)
+    for key in regression + mask_logits:
+        weights[key] = torch.zeros_like(weights[key])
+    weights[next(k for k in mask_logits if k.endswith("bias"))] += 8.0
+    atomic_save(state, path)
+
+
+@pytest.mark.filterwarnings("ignore:the model's classes:UserWarning")
+def test_cli_evaluate_equals_pycocotools_on_its_own_detections(val_json, shared_data, tmp_path) -> None:
+    """`maskrcnn evaluate`: the metrics it reports are pycocotools' own stats, run here independently
+    on the detections file it wrote and the same ground truth."""
+    _anchor_model(tmp_path / "m.pt")
+    ann_file = _small_people(val_json, tmp_path)
+    out = tmp_path / "eval"
+    data = f"coco:{ann_file}:{shared_data / 'coco-mini' / 'val2017'}"
+    assert cli_main(["evaluate", "--weights", str(tmp_path / "m.pt"), "--data", data, "--out", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    records = json.loads((out / "detections.json").read_text())
+    assert len(records) == metrics["num_detections"] > 300
+    gt = COCO(str(ann_file))
+    for iou_type, field in FIELD.items():
+        # each IoU type sees only its own field, as torchvision's and detectron2's evaluators do
+        dt = gt.loadRes([{k: r[k] for k in ("image_id", "category_id", "score", field)} for r in records])
+        coco_eval = COCOeval(gt, dt, iou_type)
+        coco_eval.evaluate()
+        coco_eval.accumulate()
+        coco_eval.summarize()
+        ours = [-1.0 if metrics[iou_type][n] is None else metrics[iou_type][n] for n in STAT_NAMES]
+        assert ours == coco_eval.stats.tolist(), iou_type
+        assert sum(v > 0 for v in ours) >= 4, f"{iou_type}: too few non-zero stats to compare: {ours}"

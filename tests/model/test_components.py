@@ -274,7 +274,9 @@ def test_build_model_presets(preset):
     if preset == "torchvision_v2":
         assert norm_types(model.backbone.body) == {nn.BatchNorm2d}
         assert norm_types(model.backbone.fpn) == {nn.BatchNorm2d}
-        assert isinstance(model.roi_heads.box.head, ConvFCBoxHead) and norm_types(model.roi_heads.box.head) == {nn.BatchNorm2d}
+        assert isinstance(model.roi_heads.box.head, ConvFCBoxHead) and norm_types(
+            model.roi_heads.box.head
+        ) == {nn.BatchNorm2d}
         assert norm_types(model.roi_heads.mask.head) == {nn.BatchNorm2d}
         assert len(model.rpn.head.convs) == 2
     else:
@@ -306,10 +308,16 @@ def test_build_model_head_sizes_follow_the_config():
     model = build_model(cfg)
     assert [c.conv.out_channels for c in model.roi_heads.box.head.convs] == [48, 48, 48, 48]
     assert model.roi_heads.box.head.convs[0].conv.in_channels == 32
-    assert model.roi_heads.box.head.fc1.in_features == 48 * 7 * 7 and model.roi_heads.box.head.fc1.out_features == 80
+    assert (
+        model.roi_heads.box.head.fc1.in_features == 48 * 7 * 7
+        and model.roi_heads.box.head.fc1.out_features == 80
+    )
     assert model.roi_heads.box.predictor.cls_score.in_features == 80
     assert [c.conv.out_channels for c in model.roi_heads.mask.head.convs] == [40, 40]
-    assert model.roi_heads.mask.head.deconv.out_channels == 40 and model.roi_heads.mask.head.predictor.out_channels == 4
+    assert (
+        model.roi_heads.mask.head.deconv.out_channels == 40
+        and model.roi_heads.mask.head.predictor.out_channels == 4
+    )
     assert len(model.rpn.head.convs) == 3
 
 
@@ -336,7 +344,10 @@ def test_build_resnet18_group_norm_trains_and_predicts():
     assert model.backbone.body.out_channels == [64, 128, 256, 512]
     assert norm_types(model.backbone.body) == {nn.GroupNorm}
     assert norm_types(model.backbone.fpn) == {nn.GroupNorm}
-    assert model.roi_heads.box.predictor.cls_score.out_features == 4 and model.roi_heads.mask.head.predictor.out_channels == 3
+    assert (
+        model.roi_heads.box.predictor.cls_score.out_features == 4
+        and model.roi_heads.mask.head.predictor.out_channels == 3
+    )
     image = torch.rand(3, 100, 120)
     masks = torch.zeros((1, 100, 120), dtype=torch.uint8)
     masks[0, 20:60, 30:90] = 1
