@@ -99,3 +99,15 @@ def drawing_zones(boxes: np.ndarray, h: int, w: int) -> tuple[np.ndarray, np.nda
         lx = max(0, min(x1, w - LABEL_W))
         label[max(0, y1 - LABEL_H) : y1 + LABEL_H, max(0, lx - 2) : x1 + LABEL_W] = True
     return outline, label
+
+
+PHOTO = "coco-mini/val2017/000000000139.jpg"
+
+
+def small_photo(shared_data: Path, size: tuple[int, int]) -> np.ndarray:
+    """A real photo resized to `size` (w, h) as (h, w, 3) uint8: small and non-square, so that a
+    rotation shows in the shape."""
+    from PIL import Image
+
+    with Image.open(shared_data / PHOTO) as im:
+        return np.asarray(im.convert("RGB").resize(size, Image.Resampling.BILINEAR)).copy()

@@ -27,15 +27,13 @@ from maskrcnn.files import (
     read_pixels,
 )
 from maskrcnn.inputs import load_image
-
-PHOTO = "coco-mini/val2017/000000000139.jpg"
+from tests.helpers import small_photo
 
 
 @pytest.fixture(scope="module")
 def photo(shared_data: Path) -> np.ndarray:
     """A real photo, small and non-square (48 wide, 32 high) so that a rotation shows in the shape."""
-    with Image.open(shared_data / PHOTO) as im:
-        return np.asarray(im.convert("RGB").resize((48, 32), Image.Resampling.BILINEAR)).copy()
+    return small_photo(shared_data, (48, 32))
 
 
 def _rotated_rgba_png(photo: np.ndarray, path: Path) -> np.ndarray:

@@ -18,15 +18,13 @@ from maskrcnn.inputs import (
     load_image,
     read_rgb,
 )
-
-PHOTO = "coco-mini/val2017/000000000139.jpg"
+from tests.helpers import PHOTO, small_photo
 
 
 @pytest.fixture(scope="module")
 def photo(shared_data: Path) -> np.ndarray:
     """A real photo, made small and non-square (96 wide, 64 high) so rotations show in the shape."""
-    with Image.open(shared_data / PHOTO) as im:
-        return np.asarray(im.convert("RGB").resize((96, 64), Image.Resampling.BILINEAR)).copy()
+    return small_photo(shared_data, (96, 64))
 
 
 def _gray(rgb: np.ndarray) -> np.ndarray:
