@@ -133,24 +133,3 @@ def paste_masks(
         # (d, H, S) @ (d, S, S) @ (d, S, W) -> (d, H, W)
         out[s:e] = torch.bmm(torch.bmm(rows, padded[s:e]), cols.transpose(1, 2)) > threshold
     return out
-
-
-def paste_masks_reference(
-    mask_probs: Tensor, boxes: Tensor, image_size: tuple[int, int], padding: int = 1
-) -> Tensor:
-    """One mask at a time with F.interpolate; slow, for tests of `paste_masks`. Returns probabilities."""
-    height, width = image_size
-    m = mask_probs.shape[-1]
-    padded = F.pad(mask_probs.float(), (padding,) * 4)
-    expanded = _expand_boxes(boxes.float(), float(m + 2 * padding) / m).to(torch.int64).tolist()
-    out = torch.zeros((len(boxes), height, width))
-    for i, (bx0, by0, bx1, by1) in enumerate(expanded):
-        w, h = max(bx1 - bx0 + 1, 1), max(by1 - by0 + 1, 1)
-        resized = F.interpolate(padded[i][None, None], size=(h, w), mode="bilinear", align_corners=False)[
-            0, 0
-        ]
-        xa, xb = max(bx0, 0), min(bx1 + 1, width)
-        ya, yb = max(by0, 0), min(by1 + 1, height)
-        if xa < xb and ya < yb:
-            out[i, ya:yb, xa:xb] = resized[ya - by0 : yb - by0, xa - bx0 : xb - bx0]
-    return out

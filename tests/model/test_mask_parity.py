@@ -12,13 +12,10 @@ import pytest
 import torch
 from torchvision.models.detection.roi_heads import paste_masks_in_image
 
-from maskrcnn.config import apply_overrides
-from maskrcnn.convert.torchvision import config_for, convert_state_dict
 from maskrcnn.inputs import load_image
-from maskrcnn.model import build_model
 from maskrcnn.model.postprocess import paste_masks
 
-from .tv_reference import torchvision_model
+from .tv_reference import converted, torchvision_model
 
 # smaller than test_parity's SMALL (each R50 forward costs seconds on 2 CPU cores); 25 detections
 # per image still give 50 masks per version
@@ -38,14 +35,6 @@ OVERRIDES = [
 ]
 
 
-def converted(tv_model, version: str):
-    """Our model holding the torchvision model's weights, at the same reduced sizes."""
-    state = tv_model.state_dict()
-    model = build_model(apply_overrides(config_for(state, version), OVERRIDES))
-    model.load_state_dict(convert_state_dict(state))
-    return model.eval()
-
-
 def mask_ious(ours: torch.Tensor, theirs: torch.Tensor) -> list[float]:
     """IoU of each pair of (D, H, W) boolean masks; 1.0 where both are empty."""
     inter = (ours & theirs).flatten(1).sum(1)
@@ -56,7 +45,7 @@ def mask_ious(ours: torch.Tensor, theirs: torch.Tensor) -> list[float]:
 @pytest.mark.parametrize("version", ["v1", "v2"])
 def test_every_mask_matches_torchvision(version, shared_data):
     tv = torchvision_model(version, **TV_SIZE)
-    ours = converted(tv, version)
+    ours = converted(tv, version, OVERRIDES)
     checked = 0
     for path in sorted((shared_data / "coco-mini/val2017").iterdir())[:2]:
         image = load_image(path)

@@ -7,12 +7,9 @@ import json
 import pytest
 import torch
 
-from maskrcnn.config import apply_overrides
-from maskrcnn.convert.torchvision import config_for, convert_state_dict
-from maskrcnn.model import build_model
 from maskrcnn.predict import load_image
 
-from .tv_reference import torchvision_model
+from .tv_reference import converted, torchvision_model
 
 # reduced settings for most images, to keep the suite fast on 2 CPU cores
 SMALL = {"min_size": 384, "max_size": 640, "rpn_pre_nms_top_n_test": 500, "rpn_post_nms_top_n_test": 300}
@@ -22,14 +19,6 @@ SMALL_OVERRIDES = [
     "model.rpn.pre_nms_topk_test=500",
     "model.rpn.post_nms_topk_test=300",
 ]
-
-
-def convert(tv_model, version: str, overrides=()):
-    state = tv_model.state_dict()
-    cfg = apply_overrides(config_for(state, version), list(overrides))
-    model = build_model(cfg)
-    model.load_state_dict(convert_state_dict(state))
-    return model.eval()
 
 
 def real_images(shared_data):
@@ -63,13 +52,13 @@ def test_detections_match_torchvision(version, shared_data):
     coco2, mini = real_images(shared_data)
     # full-size on the coco-2img image
     tv = torchvision_model(version)
-    ours = convert(tv, version)
+    ours = converted(tv, version)
     image = load_image(coco2)
     with torch.no_grad():
         assert_same_detections(tv([image])[0], ours.predict([image])[0], f"{version} {coco2.name}")
     # smaller inputs (to keep CI fast) on 5 coco-mini images and 2 random images of odd sizes
     tv_small = torchvision_model(version, **SMALL)
-    ours_small = convert(tv_small, version, SMALL_OVERRIDES)
+    ours_small = converted(tv_small, version, SMALL_OVERRIDES)
     images = [(p.name, load_image(p)) for p in mini] + [
         (f"random{i}", im) for i, im in enumerate(odd_images())
     ]
@@ -82,7 +71,7 @@ def test_detections_match_torchvision(version, shared_data):
 def test_proposals_match_torchvision(version, shared_data):
     coco2, _ = real_images(shared_data)
     tv = torchvision_model(version, **SMALL)
-    ours = convert(tv, version, SMALL_OVERRIDES)
+    ours = converted(tv, version, SMALL_OVERRIDES)
     images = [load_image(coco2), odd_images()[0]]
     with torch.no_grad():
         image_list, _ = tv.transform(images)

@@ -7,9 +7,32 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
+from torch import Tensor
 
-from maskrcnn.model.postprocess import detect_boxes, paste_masks, paste_masks_reference, select_mask_probs
+from maskrcnn.model.postprocess import _expand_boxes, detect_boxes, paste_masks, select_mask_probs
 from maskrcnn.ops.box_coder import BoxCoder
+
+
+def paste_masks_reference(
+    mask_probs: Tensor, boxes: Tensor, image_size: tuple[int, int], padding: int = 1
+) -> Tensor:
+    """One mask at a time with F.interpolate (torchvision's way); returns probabilities."""
+    height, width = image_size
+    m = mask_probs.shape[-1]
+    padded = F.pad(mask_probs.float(), (padding,) * 4)
+    expanded = _expand_boxes(boxes.float(), float(m + 2 * padding) / m).to(torch.int64).tolist()
+    out = torch.zeros((len(boxes), height, width))
+    for i, (bx0, by0, bx1, by1) in enumerate(expanded):
+        w, h = max(bx1 - bx0 + 1, 1), max(by1 - by0 + 1, 1)
+        resized = F.interpolate(padded[i][None, None], size=(h, w), mode="bilinear", align_corners=False)[
+            0, 0
+        ]
+        xa, xb = max(bx0, 0), min(bx1 + 1, width)
+        ya, yb = max(by0, 0), min(by1 + 1, height)
+        if xa < xb and ya < yb:
+            out[i, ya:yb, xa:xb] = resized[ya - by0 : yb - by0, xa - bx0 : xb - bx0]
+    return out
 
 
 def random_case(seed: int, num: int, image_size: tuple[int, int]):

@@ -49,3 +49,15 @@ def assert_losses_match(ours: dict, torchvision_losses: dict, *, atol: float) ->
     for tv_name, name in TV_LOSS_NAMES.items():
         difference = abs(ours[name].item() - torchvision_losses[tv_name].item())
         assert difference <= atol, (name, ours[name], torchvision_losses[tv_name])
+
+
+def converted(tv_model: torch.nn.Module, version: str, overrides=()) -> torch.nn.Module:
+    """Our model holding a torchvision model's weights (config from the state dict + overrides)."""
+    from maskrcnn.config import apply_overrides
+    from maskrcnn.convert.torchvision import config_for, convert_state_dict
+    from maskrcnn.model import build_model
+
+    state = tv_model.state_dict()
+    model = build_model(apply_overrides(config_for(state, version), list(overrides)))
+    model.load_state_dict(convert_state_dict(state))
+    return model.eval()
