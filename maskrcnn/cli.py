@@ -52,6 +52,43 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
+def _cmd_weights(args: argparse.Namespace) -> int:
+    from . import weights
+    from .engine.checkpoint import cache_dir
+
+    for name in args.fetch or []:
+        entry = weights.get(name)
+        path = weights.converted(name) if entry.kind == "model" else weights.fetch(entry)
+        print(f"{entry.name}: {path}")
+    rows = [
+        (row["name"], ", ".join(row["aliases"]), weights.format_metrics(row["metrics"]), row["cached"])
+        for row in weights.listing()
+    ]
+    header = ("name", "aliases", "published (torchvision)", "cached")
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+    mirror = f"; mirror ({weights.MIRROR_ENV}): {weights.mirror_base()}" if weights.mirror_base() else ""
+    print(f"\ncache: {cache_dir()}{mirror}")
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from . import load
+    from .export.onnx import export_onnx
+
+    predictor = load(args.weights)
+    if not hasattr(predictor.model, "backbone"):
+        from .errors import UserError
+
+        raise UserError(f"--weights {args.weights}: export takes a PyTorch checkpoint, not an exported model")
+    print(f"exporting {args.weights} to ONNX (opset {args.opset}): tracing the model once ...", flush=True)
+    path = export_onnx(predictor.model, args.out, opset=args.opset)
+    size = path.stat().st_size / 2**20
+    print(f"wrote {path} ({size:.0f} MB): one (3, H, W) float image in [0, 1] per run, H and W dynamic")
+    return 0
+
+
 def _cmd_benchmark(args: argparse.Namespace) -> int:
     from .benchmark.speed import main as bench_main
 
@@ -135,8 +172,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("convert", help="convert a torchvision Mask R-CNN state dict to our checkpoint")
-    p.add_argument("--from", dest="source", required=True, choices=["torchvision-v1", "torchvision-v2"])
+    p = sub.add_parser(
+        "convert", help="convert a torchvision Mask R-CNN or Keypoint R-CNN state dict to our checkpoint"
+    )
+    sources = ["torchvision-v1", "torchvision-v2", "torchvision-keypoint"]
+    p.add_argument("--from", dest="source", required=True, choices=sources)
     p.add_argument("input", help="torchvision state dict (.pth)")
     p.add_argument("output", help="our checkpoint (.pt)")
     p.set_defaults(func=_cmd_convert)
@@ -144,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "predict", help="run a model on images, folders and videos; write results and overlays"
     )
-    p.add_argument("--weights", required=True, help="checkpoint path or URL")
+    p.add_argument("--weights", required=True, help="checkpoint path, URL or name (`maskrcnn weights`)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--device", default="cpu")
@@ -163,7 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_predict)
 
     p = sub.add_parser("evaluate", help="COCO-evaluate a model on a dataset and write a report")
-    p.add_argument("--weights", required=True, help="checkpoint path or URL")
+    p.add_argument("--weights", required=True, help="checkpoint path, URL or name (`maskrcnn weights`)")
     p.add_argument("--data", required=True, help="dataset spec, e.g. coco:ANN.json:IMAGE_DIR, via:DIR")
     p.add_argument("--out", required=True, help="report folder")
     p.add_argument("--batch-size", type=int, default=1)
@@ -201,6 +241,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=commands.cmd_demo)
 
     p = sub.add_parser(
+        "weights", help="list the published weights usable by name (--weights NAME), their AP, cache state"
+    )
+    p.add_argument(
+        "--fetch", nargs="+", metavar="NAME", help="download (and convert) these now, for offline use later"
+    )
+    p.set_defaults(func=_cmd_weights)
+
+    p = sub.add_parser("export", help="export a model as one ONNX graph for ONNX Runtime (maskrcnn[onnx])")
+    p.add_argument("--weights", required=True, help="checkpoint path, URL or name (`maskrcnn weights`)")
+    p.add_argument("--out", required=True, help="the ONNX file to write, e.g. model.onnx")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset (16 or newer; default 17)")
+    p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser(
         "benchmark",
         help="time our model against torchvision's, same weights and images (--help for its options)",
         add_help=False,
@@ -214,6 +268,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("inspect", help="draw every stage of the model on one image (PNGs + index.html)")
     inspect_command.add_inspect_arguments(p)
     p.set_defaults(func=inspect_command.cmd_inspect)
+
+    from .serve import command as serve_command
+
+    p = sub.add_parser("serve", help="serve a model over HTTP: a JSON API and a web page (maskrcnn[serve])")
+    serve_command.add_serve_arguments(p)
+    p.set_defaults(func=serve_command.cmd_serve)
     return parser
 
 

@@ -40,6 +40,10 @@ class BackboneConfig:
     fpn_channels: int = 256
     fpn_norm: str = "none"  # none | bn | gn
     width: int = 64  # channels of the stem (scales every stage)
+    # ImageNet weights `maskrcnn train` starts the ResNet from: a name (resnet50_imagenet, ...: see
+    # `maskrcnn weights`), a path or a URL; "" = random initialisation. build_model does not read it.
+    weights: str = ""
+    frozen_bn_eps: float = 1e-5  # torchvision's published COCO checkpoints were trained with 0.0
 
 
 @dataclass(frozen=True)
@@ -98,6 +102,11 @@ class RoIHeadsConfig:
     class_agnostic_mask: bool = False
     mask_loss: str = "sigmoid"  # sigmoid (paper) | softmax (the paper's ablation)
     mask_threshold: float = 0.5
+    keypoint_on: bool = False  # the keypoint branch (Mask R-CNN §5, human pose)
+    num_keypoints: int = 17
+    keypoint_pool_size: int = 14  # heatmaps are 4x this (56)
+    keypoint_head_dim: int = 512
+    keypoint_head_convs: int = 8
 
 
 @dataclass(frozen=True)
@@ -193,6 +202,19 @@ def torchvision_v2() -> Config:
     return Config(model=model)
 
 
+def torchvision_keypoint() -> Config:
+    """torchvision `keypointrcnn_resnet50_fpn`: person + background, 17 COCO keypoints, no mask
+    branch; trained on shorter sides 640..800 (800 at inference)."""
+    cfg = torchvision_v1()
+    model = replace(
+        cfg.model,
+        num_classes=1,
+        input=InputConfig(min_size=(640, 672, 704, 736, 768, 800)),
+        roi_heads=replace(cfg.model.roi_heads, mask_on=False, keypoint_on=True),
+    )
+    return replace(cfg, model=model)
+
+
 def default() -> Config:
     cfg = torchvision_v1()
     cfg = replace(cfg, model=replace(cfg.model, anchors=AnchorConfig()))
@@ -242,6 +264,7 @@ PRESETS = {
     "default": default,
     "torchvision_v1": torchvision_v1,
     "torchvision_v2": torchvision_v2,
+    "torchvision_keypoint": torchvision_keypoint,
     "shapes_demo": shapes_demo,
 }
 

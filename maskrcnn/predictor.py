@@ -5,6 +5,9 @@ It owns what lies outside the model: decoding inputs (EXIF orientation applied, 
 composited on white: `maskrcnn.inputs`), device placement, batching (images are grouped by
 their padded size, so a result never depends on which other images share a call) and per-call
 options (score threshold, classes) that are passed down as arguments, never set on the model.
+It runs the model with frozen BatchNorm folded into the convolutions (`maskrcnn.model.fold`; a
+cached copy sharing the other weights, rebuilt when `predictor.model`'s tensors change): the same
+detections up to float rounding, faster on the CPU. `predictor.model` itself is never folded.
 
     predictor = maskrcnn.load("model_final.pt")         # or Predictor(model, device="cuda")
     detections = predictor.predict(["a.jpg", pil_image], score_thresh=0.5, classes=["person"])
@@ -21,6 +24,7 @@ import torch
 from .errors import UserError
 from .inputs import as_image_tensor
 from .model import MaskRCNN
+from .model.fold import fold_batchnorm, weights_key
 from .structures import Detections
 
 __all__ = ["Predictor", "resolve_classes"]
@@ -51,14 +55,24 @@ def resolve_classes(
 
 class Predictor:
     """A model ready for inference on one device. `class_names[i]` and `category_ids[i]` describe
-    label i+1 (the model's metadata, stored in its checkpoint)."""
+    label i+1 (the model's metadata, stored in its checkpoint). `fold_bn`: run a MaskRCNN with
+    its frozen BatchNorm folded into its convs (default; `predictor.model` stays unfolded)."""
 
-    def __init__(self, model: MaskRCNN, *, device: str | torch.device = "cpu", batch_size: int = 8):
+    def __init__(
+        self,
+        model: MaskRCNN,
+        *,
+        device: str | torch.device = "cpu",
+        batch_size: int = 8,
+        fold_bn: bool = True,
+    ):
         if batch_size < 1:
             raise UserError(f"batch size must be >= 1, got {batch_size}")
         self.model = model.to(device).eval()
         self.device = torch.device(device)
         self.batch_size = batch_size
+        self.fold_bn = fold_bn
+        self._folded: tuple[tuple, MaskRCNN] | None = None  # (weights_key of self.model, folded copy)
 
     @property
     def class_names(self) -> list[str]:
@@ -76,6 +90,16 @@ class Predictor:
         self.model.to(device)
         self.device = torch.device(device)
         return self
+
+    def inference_model(self) -> MaskRCNN:
+        """The module `predict` runs: `self.model` with BatchNorm folded (cached until its tensors
+        change), or `self.model` itself when folding is off, it is not a MaskRCNN, or in training."""
+        if not self.fold_bn or not isinstance(self.model, MaskRCNN) or self.model.training:
+            return self.model
+        key = weights_key(self.model)
+        if self._folded is None or self._folded[0] != key:
+            self._folded = (key, fold_batchnorm(self.model))
+        return self._folded[1]
 
     def labels_for(self, classes: Iterable[str]) -> set[int]:
         """Class names or category ids -> the model's labels (ValueError for unknown ones)."""
@@ -107,11 +131,12 @@ class Predictor:
         for i, image in enumerate(tensors):
             groups[self.model.padded_size(int(image.shape[-2]), int(image.shape[-1]))].append(i)
         results: list[Detections | None] = [None] * len(tensors)
+        model = self.inference_model()
         for indices in groups.values():
             for start in range(0, len(indices), size):
                 chunk = indices[start : start + size]
                 batch = [tensors[i].to(self.device) for i in chunk]
-                for i, det in zip(chunk, self.model.predict(batch, score_thresh=score_thresh)):
+                for i, det in zip(chunk, model.predict(batch, score_thresh=score_thresh)):
                     results[i] = det if keep is None else det.select(torch.isin(det.labels, keep))
         return results  # type: ignore[return-value]
 

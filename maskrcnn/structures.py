@@ -83,6 +83,7 @@ class Targets(_PerInstance):
     boxes: Tensor  # (G, 4) float32 xyxy
     labels: Tensor  # (G,) int64 in 1..K
     masks: Optional[Tensor] = None  # (G, H, W) uint8 or bool
+    keypoints: Optional[Tensor] = None  # (G, J, 3) float: x, y, v (0 unlabelled, 1 hidden, 2 visible)
 
     @staticmethod
     def from_any(obj: Any) -> Targets:
@@ -123,6 +124,7 @@ class Detections(_PerInstance):
     labels: Tensor  # (D,) int64 in 1..K
     masks: Optional[Tensor] = None  # (D, H, W) bool, pasted into the image (mask branch)
     mask_probs: Optional[Tensor] = None  # (D, M, M) probability of each detection's class mask
+    keypoints: Optional[Tensor] = None  # (D, J, 3) float: x, y, score (keypoint branch)
     proposal_index: Optional[Tensor] = None  # (D,) int64: the proposal each detection was refined from
 
 

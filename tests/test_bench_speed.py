@@ -15,6 +15,7 @@ from maskrcnn.benchmark.demo_counterpart import torchvision_counterpart
 from maskrcnn.benchmark.report import format_report
 from maskrcnn.benchmark.speed import Settings
 from maskrcnn.benchmark.speed import main as speed_main
+from maskrcnn.benchmark.timing import compare
 from maskrcnn.benchmark.workloads import coco_train_batches, default_coco_dir, shapes_batches
 from maskrcnn.cli import main as cli_main
 from maskrcnn.config import get_preset
@@ -28,6 +29,7 @@ TINY = [
     "--demo-batch", "2",
 ]  # fmt: skip
 VARIANTS = ["torchvision", "ours, tv roi_align", "ours", "ours, channels_last"]
+INFERENCE_VARIANTS = [*VARIANTS, "ours, folded BN", "ours, onnxruntime"]  # inference-only rows last
 
 
 def test_cli_benchmark_writes_json_with_matching_detections(tmp_path, capsys):
@@ -43,7 +45,8 @@ def test_cli_benchmark_writes_json_with_matching_detections(tmp_path, capsys):
     assert result["settings"]["min_size"] == 160 and len(result["images"]) == 1
 
     inference = result["inference"]
-    assert [r["variant"] for r in inference] == VARIANTS
+    assert [r["variant"] for r in inference] == INFERENCE_VARIANTS
+    assert result["notes"] == [] and result["onnxruntime"]  # CI installs the onnx extra
     tv_counts = inference[0]["detections"]
     assert len(tv_counts) == 1 and 0 < tv_counts[0] <= 10
     for row in inference:
@@ -53,7 +56,7 @@ def test_cli_benchmark_writes_json_with_matching_detections(tmp_path, capsys):
         assert row["detections"] == tv_counts
         assert row["detections_match_torchvision"] is True
         assert row["detections_differing"] == 0
-        assert row["max_box_diff"] < 1e-2
+        assert row["max_box_diff"] < 1e-2 and row["max_score_diff"] < 1e-3, row["variant"]
 
     training = result["training"]
     assert [r["variant"] for r in training] == VARIANTS
@@ -63,6 +66,7 @@ def test_cli_benchmark_writes_json_with_matching_detections(tmp_path, capsys):
 
     out = capsys.readouterr().out
     assert "ours, channels_last" in out and "shapes_demo" in out and "RoIAlign" in out
+    assert "ours, folded BN" in out and "ours, onnxruntime" in out
 
 
 def test_demo_counterpart_matches_our_losses():
@@ -100,9 +104,25 @@ def test_report_formats_rows():
         "inference": [dict(row, peak_mem_mb=None, detections=[3])],
         "training": [],
         "profile": {},
+        "notes": ["ours, onnxruntime: skipped: onnxruntime not installed"],
     }
     text = format_report(result)
     assert "1.00x" in text and "torchvision" in text and "a.jpg" not in text
+    assert text.splitlines()[-1] == "note: ours, onnxruntime: skipped: onnxruntime not installed"
+
+
+def test_compare_matches_boxes_by_label_ignoring_order():
+    boxes = torch.tensor([[0.0, 0.0, 10.0, 10.0], [5.0, 5.0, 20.0, 30.0], [1.0, 2.0, 3.0, 4.0]])
+    labels, scores = torch.tensor([1, 2, 1]), torch.tensor([0.9, 0.8, 0.7])
+    reference = {0: [(boxes, labels, scores)]}
+    order = torch.tensor([2, 0, 1])  # the same detections in another order, one score and box moved
+    moved = boxes[order] + torch.tensor([[0.0, 0.0, 0.0, 0.0], [0.004, 0.0, 0.0, 0.0], [0.0] * 4])
+    out = compare({0: [(moved, labels[order], scores[order] + torch.tensor([0.0, 0.02, 0.0]))]}, reference)
+    assert out["detections_match_torchvision"] and out["detections_differing"] == 0
+    assert out["max_box_diff"] == pytest.approx(0.004, abs=1e-6)
+    assert out["max_score_diff"] == pytest.approx(0.02, abs=1e-6)
+    relabeled = compare({0: [(boxes, torch.tensor([1, 1, 1]), scores)]}, reference)
+    assert relabeled["detections_differing"] == 1 and relabeled["max_box_diff"] is None
 
 
 def test_missing_coco_mini_is_a_clear_error_before_any_work(tmp_path):

@@ -20,10 +20,15 @@ def _mem(value: Optional[float]) -> str:
     return "-" if value is None else f"{value:.0f}"
 
 
+def _sci(value: Optional[float]) -> str:
+    return "-" if value is None else format(value, ".1e")
+
+
 def format_report(result: dict) -> str:
     lines = [
         f"device: {result['device']} ({result['device_type']}, {result['threads']} threads); "
         f"torch {result['torch']}, torchvision {result['torchvision']}"
+        + (f", onnxruntime {result['onnxruntime']}" if result.get("onnxruntime") else "")
     ]
     inference = result.get("inference", [])
     if inference:
@@ -33,7 +38,7 @@ def format_report(result: dict) -> str:
             f"inference on {len(result['images'])} coco-mini val images "
             f"(shorter side {settings['min_size']}, max {settings['max_size']}); medians",
             f"{'variant':<22} {'dtype':<5} {'batch':>5} {'median ms':>10} {'img/s':>7} {'vs tv':>6} "
-            f"{'peak MiB':>8} {'dets':>5} {'same n':>6} {'differ':>6} {'max|Δbox|':>9}",
+            f"{'peak MiB':>8} {'dets':>5} {'same n':>6} {'differ':>6} {'max|Δbox|':>9} {'max|Δscore|':>11}",
         ]
         speedups = _speedups(inference, ("dtype", "batch"))
         for i, r in enumerate(inference):
@@ -43,7 +48,7 @@ def format_report(result: dict) -> str:
                 f"{r['images_per_s']:>7.2f} {speedups.get(i, 0):>5.2f}x {_mem(r['peak_mem_mb']):>8} "
                 f"{sum(r['detections']):>5} {'-' if same is None else ('yes' if same else 'NO'):>6} "
                 f"{r.get('detections_differing', '-'):>6} "
-                f"{'-' if r.get('max_box_diff') is None else format(r['max_box_diff'], '.1e'):>9}"
+                f"{_sci(r.get('max_box_diff')):>9} {_sci(r.get('max_score_diff')):>11}"
             )
     training = result.get("training", [])
     if training:
@@ -68,6 +73,7 @@ def format_report(result: dict) -> str:
                 f"{p['roi_align_backward_ms']:.1f} ms ({share:.0f}% of the step), "
                 f"forward {p['roi_align_forward_ms']:.1f} ms (profiled)"
             )
+    lines += [f"note: {note}" for note in result.get("notes", [])]
     if result.get("process_peak_rss_mb"):
         lines.append(f"process peak RSS: {result['process_peak_rss_mb']:.0f} MiB")
     return "\n".join(lines)

@@ -12,7 +12,10 @@ scale-jitter crops (`lsj1024`) and as multi-scale batches, shorter side 640..800
 (`multiscale800`); peak memory; detections of each model and the largest box difference to
 torchvision. Variants: torchvision, ours, ours with channels-last memory.
 CPU: batch-1 fp32 inference (plus ours with torchvision's RoIAlign kernels, to show what the sparse
-path gives). Both: the `shapes_demo` training step against a same-size torchvision model
+path gives). Inference on both also runs ours with BatchNorm folded into the convs (what `Predictor`
+runs) and, on the CPU, ours exported to ONNX and run by onnxruntime (fp32, batch 1; skipped with a
+note when onnx/onnxruntime are not installed), each compared with torchvision's detections (boxes
+and scores). Both: the `shapes_demo` training step against a same-size torchvision model
 (benchmarks/demo_counterpart.py), with a profile of torchvision's RoIAlign in that step.
 
 Warm-up calls first, then `--runs` timed calls: CUDA events on the GPU, perf_counter on the CPU;
@@ -43,8 +46,10 @@ from torch import Tensor, nn
 from ..config import get_preset
 from ..errors import UserError
 from ..model import build_model
+from ..model.fold import fold_batchnorm
 from ..model.roi_pooler import MultiScaleRoIPooler
 from .demo_counterpart import torchvision_counterpart
+from .onnx_row import OnnxRow, onnxruntime_version
 from .report import format_report
 from .timing import autocast, compare, device_name, free_memory, measure, profile_roi_align, timing_row
 from .workloads import Batch, coco_dir, coco_models, coco_train_batches, shapes_batches, val_images
@@ -87,46 +92,70 @@ class Variant:
     torchvision: bool = False
     roi_align: str = "auto"  # ours only: auto | torchvision | sparse
     channels_last: bool = False
+    fold: bool = False  # ours only, inference only: BatchNorm folded into the convs (maskrcnn.model.fold)
+    onnx: bool = False  # ours only, inference only, CPU: exported to ONNX and run by onnxruntime
 
 
 TV = Variant("torchvision", torchvision=True)
 OURS = Variant("ours")
 OURS_TV_ROI = Variant("ours, tv roi_align", roi_align="torchvision")
 OURS_NHWC = Variant("ours, channels_last", channels_last=True)
+OURS_FOLDED = Variant("ours, folded BN", fold=True)
+OURS_ORT = Variant("ours, onnxruntime", onnx=True)
 
 
-def variants(device: torch.device) -> list[Variant]:
-    """On the GPU `auto` already means torchvision's kernels, so that variant would repeat `ours`."""
-    return [TV, OURS_TV_ROI, OURS, OURS_NHWC] if device.type == "cpu" else [TV, OURS, OURS_NHWC]
+def variants(device: torch.device, *, inference: bool = False) -> list[Variant]:
+    """On the GPU `auto` already means torchvision's kernels, so that variant would repeat `ours`.
+    Folded BN and ONNX Runtime are inference-only rows (the ONNX one on the CPU only)."""
+    if device.type != "cpu":
+        return [TV, OURS, OURS_NHWC] + ([OURS_FOLDED] if inference else [])
+    return [TV, OURS_TV_ROI, OURS, OURS_NHWC] + ([OURS_FOLDED, OURS_ORT] if inference else [])
 
 
 def configure(model: nn.Module, variant: Variant) -> nn.Module:
+    """Our model set up as the variant says (torchvision's as it is); folding returns a folded copy."""
     if not variant.torchvision:
         for module in model.modules():
             if isinstance(module, MultiScaleRoIPooler):
                 module.impl = variant.roi_align
         model.set_channels_last(variant.channels_last)
+        if variant.fold:
+            return fold_batchnorm(model.eval())
     return model
 
 
 # ---------------------------------------------------------------------------- measurements
 
 
-def run_inference(tv: nn.Module, ours: nn.Module, images: list[Tensor], s: Settings) -> list[dict]:
+def run_inference(
+    tv: nn.Module, ours: nn.Module, images: list[Tensor], s: Settings, notes: list[str]
+) -> list[dict]:
+    """Rows of every inference variant at every dtype and batch size; why a row was left out is
+    appended to `notes` (the ONNX Runtime row runs fp32 at batch 1 only)."""
     device = torch.device(s.device)
     images = [im.to(device) for im in images]
     rows = []
+    onnx = OnnxRow(ours, threads=torch.get_num_threads())
     for dtype in s.dtypes:
         for batch in s.batch_sizes:
             inputs = [images[i : i + batch] for i in range(0, len(images) - batch + 1, batch)]
             if not inputs:
                 raise ValueError(f"batch {batch} needs at least {batch} images, got {len(images)}")
             reference = None
-            for variant in variants(device):
-                model = configure(tv if variant.torchvision else ours, variant).to(device)
-                fn = _predictor(model, variant.torchvision, device, dtype)
+            for variant in variants(device, inference=True):
+                if variant.onnx:
+                    if dtype != "fp32" or batch != 1:
+                        continue
+                    model, fn = None, onnx.predictor()
+                    if fn is None:
+                        notes.append(f"{variant.name}: skipped: {onnx.skipped}")
+                        continue
+                else:
+                    model = configure(tv if variant.torchvision else ours, variant).to(device)
+                    fn = _predictor(model, variant.torchvision, device, dtype)
                 times, outputs, peak = measure(fn, inputs, runs=s.runs, warmup=s.warmup, device=device)
-                model.to("cpu")
+                if model is not None:
+                    model.to("cpu")
                 outputs = {k: [tuple(t.cpu() for t in d) for d in out] for k, out in outputs.items()}
                 row = timing_row(variant.name, dtype, batch, times, peak)
                 row["detections"] = [len(d[0]) for k in sorted(outputs) for d in outputs[k]]
@@ -137,6 +166,7 @@ def run_inference(tv: nn.Module, ours: nn.Module, images: list[Tensor], s: Setti
                 rows.append(row)
                 free_memory(device)
     configure(ours, OURS)
+    onnx.close()
     return rows
 
 
@@ -160,7 +190,7 @@ def run_training(
     start = {id(m): {k: v.detach().clone() for k, v in m.state_dict().items()} for m in (tv, ours)}
     rows, profile = [], {}
     for dtype in s.dtypes:
-        for variant in variants(device):
+        for variant in variants(device):  # training variants: no folding, no ONNX
             model = configure(tv if variant.torchvision else ours, variant)
             model.load_state_dict(start[id(model)])
             step = _train_step(model.to(device).train(), variant.torchvision, device, dtype)
@@ -221,13 +251,15 @@ def run_benchmark(s: Settings, log: Callable[[str], None] = print) -> dict:
         "inference": [],
         "training": [],
         "profile": {},
+        "notes": [],
     }
     tv, ours = coco_models(s)
     if s.images and s.runs:
         names, images = val_images(s)
         log(f"inference: {len(names)} coco-mini val images, {tuple(images[0].shape[-2:])} as stored")
         result["images"] = names
-        result["inference"] = run_inference(tv, ours, images, s)
+        result["inference"] = run_inference(tv, ours, images, s, result["notes"])
+        result["onnxruntime"] = onnxruntime_version()
     for setting in s.coco_train:
         log(f"training: coco-mini train, {setting}")
         tv.transform.min_size, tv.transform.max_size = TRAIN_INPUTS[setting]

@@ -1,5 +1,6 @@
 """Timing helpers for `maskrcnn benchmark` (maskrcnn.benchmark.speed): warm-up then timed calls (CUDA
-events on the GPU, perf_counter on the CPU), rows of medians, detection comparison, a RoIAlign profile."""
+events on the GPU, perf_counter on the CPU), rows of medians, detection comparison (boxes, scores), a
+RoIAlign profile."""
 
 from __future__ import annotations
 
@@ -68,32 +69,39 @@ def compare(outputs: dict[int, list], reference: dict[int, list], tolerance: flo
     scores may sort differently). `detections_match_torchvision`: the same count on every image;
     `detections_differing`: detections with no box of the same label within `tolerance` pixels in
     the other set (the larger of the two directions, summed over images); `max_box_diff`: the largest
-    distance (max over coordinates) from a box to the nearest box of the same label in the other set."""
-    same, differing, worst = True, 0, 0.0
+    distance (max over coordinates) from a box to the nearest box of the same label in the other set;
+    `max_score_diff`: the largest score difference between a detection and that nearest box's, over
+    the detections that have one within `tolerance`."""
+    same, differing, worst, worst_score = True, 0, 0.0, 0.0
     for k in sorted(set(outputs) & set(reference)):
-        for (boxes, labels, _), (ref_boxes, ref_labels, _) in zip(outputs[k], reference[k]):
+        for (boxes, labels, scores), (ref_boxes, ref_labels, ref_scores) in zip(outputs[k], reference[k]):
             same = same and len(boxes) == len(ref_boxes)
-            ours_to_ref, ref_to_ours = _nearest_box_distances(boxes, labels, ref_boxes, ref_labels)
+            (ours_to_ref, nearest), (ref_to_ours, _) = _nearest_boxes(boxes, labels, ref_boxes, ref_labels)
             differing += max(int((ours_to_ref > tolerance).sum()), int((ref_to_ours > tolerance).sum()))
             worst = max([worst, *ours_to_ref.tolist(), *ref_to_ours.tolist()])
+            close = ours_to_ref <= tolerance
+            gaps = (scores[close].float() - ref_scores[nearest[close]].float()).abs()
+            worst_score = max([worst_score, *gaps.tolist()])
     return {
         "detections_match_torchvision": same,
         "detections_differing": differing,
         "max_box_diff": worst if worst < float("inf") else None,  # JSON has no infinity
+        "max_score_diff": worst_score,
     }
 
 
-def _nearest_box_distances(
+def _nearest_boxes(
     boxes: Tensor, labels: Tensor, ref_boxes: Tensor, ref_labels: Tensor
-) -> tuple[Tensor, Tensor]:
-    """For each box, the Chebyshev distance to the nearest box of the same label in the other set."""
+) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]]:
+    """For each box of each set, the Chebyshev distance to the nearest box of the same label in the
+    other set and that box's index: ((D,), (D,)) for `boxes`, ((D_ref,), (D_ref,)) for `ref_boxes`."""
     # (D, 1, 4) - (1, D_ref, 4) -> (D, D_ref), infinite across labels
     dist = (boxes.float()[:, None] - ref_boxes.float()[None]).abs().amax(dim=-1)
     dist = torch.where(labels[:, None] == ref_labels[None], dist, torch.full_like(dist, float("inf")))
     if dist.numel() == 0:
-        inf = float("inf")
-        return torch.full((len(boxes),), inf), torch.full((len(ref_boxes),), inf)
-    return dist.amin(dim=1), dist.amin(dim=0)
+        none = [(torch.full((n,), float("inf")), torch.zeros(n, dtype=torch.int64)) for n in dist.shape]
+        return none[0], none[1]
+    return dist.min(dim=1), dist.min(dim=0)
 
 
 def profile_roi_align(step: Callable, batch: Any, device: torch.device, steps: int = 2) -> dict:

@@ -1,4 +1,5 @@
-"""Convert torchvision Mask R-CNN state dicts (`maskrcnn_resnet50_fpn`, `_v2`) to this package.
+"""Convert torchvision Mask R-CNN state dicts (`maskrcnn_resnet50_fpn`, `_v2`) and Keypoint R-CNN
+ones (`keypointrcnn_resnet50_fpn`) to this package.
 
 Names map one to one (ResNet names are shared); the only change of values is the mask predictor,
 whose background channel (never used by torchvision either) is dropped. Both the current
@@ -37,11 +38,16 @@ _RULES = [
     (r"^roi_heads\.mask_head\.(\d+)\.1\.", r"roi_heads.mask.head.convs.\1.norm."),
     (r"^roi_heads\.mask_predictor\.conv5_mask\.", "roi_heads.mask.head.deconv."),
     (r"^roi_heads\.mask_predictor\.mask_fcn_logits\.", "roi_heads.mask.head.predictor."),
+    (r"^roi_heads\.keypoint_predictor\.kps_score_lowres\.", "roi_heads.keypoint.head.predictor."),
     (r"^backbone\.body\.", "backbone.body."),
 ]
 
 
 def _rename(key: str) -> str | None:
+    keypoint_conv = re.match(r"^roi_heads\.keypoint_head\.(\d+)\.(weight|bias)$", key)
+    if keypoint_conv:  # convs at even positions of torchvision's Sequential (ReLUs between)
+        index, kind = int(keypoint_conv.group(1)) // 2, keypoint_conv.group(2)
+        return f"roi_heads.keypoint.head.convs.{index}.conv.{kind}"
     old_mask = re.match(r"^roi_heads\.mask_head\.mask_fcn(\d+)\.(weight|bias)$", key)
     if old_mask:
         return f"roi_heads.mask.head.convs.{int(old_mask.group(1)) - 1}.conv.{old_mask.group(2)}"
@@ -69,19 +75,22 @@ def convert_state_dict(state: dict[str, Tensor]) -> dict[str, Tensor]:
 
 def config_for(state: dict[str, Tensor], version: str) -> Config:
     """The Config that reproduces the torchvision model whose state dict this is."""
-    if version not in ("v1", "v2"):
-        raise UserError(f"torchvision version must be v1 or v2, got {version!r}")
+    if version not in ("v1", "v2", "keypoint"):
+        raise UserError(f"torchvision version must be v1, v2 or keypoint, got {version!r}")
     cfg = get_preset(f"torchvision_{version}")
     num_classes = state["roi_heads.box_predictor.cls_score.weight"].shape[0] - 1
     # torchvision builds the backbone with BatchNorm2d (all stages trainable) unless it loads
     # pretrained weights, in which case it uses FrozenBatchNorm2d (no num_batches_tracked buffer).
     trained_bn = "backbone.body.bn1.num_batches_tracked" in state
     backbone: BackboneConfig = cfg.model.backbone
-    if version == "v1":
+    if version in ("v1", "keypoint"):
         backbone = replace(
             backbone, norm="bn" if trained_bn else "frozen_bn", frozen_stages=0 if trained_bn else 2
         )
     model = replace(cfg.model, num_classes=num_classes, backbone=backbone)
+    predictor = state.get("roi_heads.keypoint_predictor.kps_score_lowres.weight")
+    if predictor is not None:  # (C, J, 4, 4): J keypoints
+        model = replace(model, roi_heads=replace(model.roi_heads, num_keypoints=int(predictor.shape[1])))
     return replace(cfg, model=model)
 
 
@@ -110,8 +119,12 @@ def from_torchvision(state: dict[str, Tensor], version: str, class_names: list[s
 
     cfg = config_for(state, version)
     k = cfg.model.num_classes
-    if class_names is None:
-        class_names = list(TORCHVISION_COCO_NAMES[1:]) if k == 90 else [f"class_{i}" for i in range(1, k + 1)]
+    if class_names is None and k == 90:
+        class_names = list(TORCHVISION_COCO_NAMES[1:])
+    elif class_names is None and version == "keypoint" and k == 1:
+        class_names = ["person"]
+    elif class_names is None:
+        class_names = [f"class_{i}" for i in range(1, k + 1)]
     model = build_model(cfg, class_names=class_names)
     model.load_state_dict(convert_state_dict(state), strict=True)
     return model

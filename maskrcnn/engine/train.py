@@ -165,6 +165,14 @@ class Trainer:
             )
         torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
         model = build_model(cfg, class_names=names, category_ids=list(self.dataset.category_ids))
+        if cfg.model.backbone.weights:  # fetched by the main process first, then read from the cache
+            from ..weights import load_backbone
+
+            if not self.dist.is_main:
+                barrier(self.dist)
+            load_backbone(model, cfg.model.backbone.weights, progress=self.progress)
+            if self.dist.is_main:
+                barrier(self.dist)
         self.model = model.to(self.device)
         self.ddp_model: nn.Module = self.model
         if self.dist.enabled:

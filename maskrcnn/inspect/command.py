@@ -34,7 +34,7 @@ def find_annotations(spec: str, image_path: str | Path) -> tuple[Targets, list[s
 
 
 def add_inspect_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--weights", required=True, help="checkpoint path or URL")
+    parser.add_argument("--weights", required=True, help="checkpoint path, URL or name (`maskrcnn weights`)")
     parser.add_argument(
         "--annotations",
         help="dataset spec holding the image's ground truth, found by file name "

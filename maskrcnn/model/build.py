@@ -11,6 +11,9 @@ from .backbone import ResNet
 from .box_branch import BoxBranch
 from .box_head import BoxPredictor, ConvFCBoxHead, FCBoxHead
 from .fpn import FPN, BackboneWithFPN
+from .keypoint_branch import KeypointBranch
+from .keypoint_head import KeypointHead
+from .layers import FrozenBatchNorm2d
 from .mask_branch import MaskBranch
 from .mask_head import MaskHead
 from .mask_rcnn import MaskRCNN
@@ -40,6 +43,9 @@ def build_model(
     b, a, r, h = mc.backbone, mc.anchors, mc.rpn, mc.roi_heads
 
     body = ResNet(depth=b.depth, norm=b.norm, frozen_stages=b.frozen_stages, width=b.width)
+    for module in body.modules():
+        if isinstance(module, FrozenBatchNorm2d):
+            module.eps = b.frozen_bn_eps
     backbone = BackboneWithFPN(
         body=body, fpn=FPN(in_channels=body.out_channels, out_channels=b.fpn_channels, norm=b.fpn_norm)
     )
@@ -128,6 +134,15 @@ def build_model(
                 pooler=pooler(h.mask_pool_size), head=head, mask_loss=h.mask_loss, threshold=h.mask_threshold
             )
         )
+
+    if h.keypoint_on:
+        head = KeypointHead(
+            in_channels=channels,
+            num_keypoints=h.num_keypoints,
+            conv_dim=h.keypoint_head_dim,
+            num_convs=h.keypoint_head_convs,
+        )
+        branches.append(KeypointBranch(pooler=pooler(h.keypoint_pool_size), head=head))
 
     model = MaskRCNN(
         preprocessor=Preprocessor(

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..ops.boxes import scale_boxes
+from ..ops.keypoints import scale_keypoints
 from ..structures import ImageBatch, Targets
 
 
@@ -96,4 +97,7 @@ class Preprocessor(nn.Module):
             masks = torch.zeros((0, *new), dtype=torch.uint8, device=masks.device)
         elif masks is not None:
             masks = F.interpolate(masks[:, None].float(), size=new, mode="nearest")[:, 0].to(torch.uint8)
-        return dataclasses.replace(t, boxes=boxes, labels=t.labels.to(torch.int64), masks=masks)
+        keypoints = None if t.keypoints is None else scale_keypoints(t.keypoints.to(torch.float32), old, new)
+        return dataclasses.replace(
+            t, boxes=boxes, labels=t.labels.to(torch.int64), masks=masks, keypoints=keypoints
+        )

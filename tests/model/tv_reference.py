@@ -4,16 +4,25 @@ from __future__ import annotations
 
 import torch
 import torchvision
-from torchvision.models.detection import maskrcnn_resnet50_fpn, maskrcnn_resnet50_fpn_v2
+from torchvision.models.detection import (
+    keypointrcnn_resnet50_fpn,
+    maskrcnn_resnet50_fpn,
+    maskrcnn_resnet50_fpn_v2,
+)
+
+BUILDERS = {
+    "v1": maskrcnn_resnet50_fpn,
+    "v2": maskrcnn_resnet50_fpn_v2,
+    "keypoint": keypointrcnn_resnet50_fpn,
+}
 
 
 def torchvision_model(version: str, seed: int = 0, **kwargs) -> torch.nn.Module:
-    """`maskrcnn_resnet50_fpn(_v2)(weights=None)` with a fixed seed, then made decisive: random
+    """`maskrcnn_resnet50_fpn(_v2)` or `keypointrcnn_resnet50_fpn` (version "keypoint") (weights=None) with a fixed seed, then made decisive: random
     norm statistics and sharper class/objectness layers, so that the random model produces
     confident detections (the default init gives near-uniform scores below the 0.05 threshold)."""
     torch.manual_seed(seed)
-    builder = maskrcnn_resnet50_fpn if version == "v1" else maskrcnn_resnet50_fpn_v2
-    model = builder(weights=None, weights_backbone=None, **kwargs)
+    model = BUILDERS[version](weights=None, weights_backbone=None, **kwargs)
     gen = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
         for module in model.modules():

@@ -1,0 +1,22 @@
+"""Keypoint utilities on (..., J, 3) tensors whose last axis is (x, y, v): v is COCO's visibility
+(0 not labelled, 1 labelled but hidden, 2 visible) for ground truth, a score for predictions."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def scale_keypoints(keypoints: Tensor, from_size: tuple[int, int], to_size: tuple[int, int]) -> Tensor:
+    """Map keypoints from an image of size `from_size` (h, w) to one of size `to_size`; v unchanged."""
+    device = keypoints.device
+    ratio_h = torch.tensor(to_size[0], dtype=torch.float32, device=device) / torch.tensor(
+        from_size[0], dtype=torch.float32, device=device
+    )
+    ratio_w = torch.tensor(to_size[1], dtype=torch.float32, device=device) / torch.tensor(
+        from_size[1], dtype=torch.float32, device=device
+    )
+    out = keypoints.clone()
+    out[..., 0] *= ratio_w
+    out[..., 1] *= ratio_h
+    return out

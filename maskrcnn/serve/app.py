@@ -1,0 +1,189 @@
+"""The FastAPI application of `maskrcnn serve`.
+
+    POST /v1/predict   an image as the multipart field `image` or as the raw body; optional
+                       `score_thresh` (0..1) and `classes` (names or category ids, comma-separated),
+                       in the query or as form fields ->
+                       {"width": W, "height": H, "detections": [{"bbox": [x, y, w, h], "score",
+                        "category_id", "label", "segmentation": {"size": [H, W], "counts": str}}]}
+    GET  /v1/health    {"status": "ok", "batching": {batches, requests, failed, largest_batch, ...}}
+    GET  /v1/model     class names, category ids, the preset the model's config matches, the model
+                       config, backend (pytorch / onnxruntime), device, the server's limits
+    GET  /             the web page (static/index.html; static/app.js draws the JSON on a canvas)
+
+Refusals are JSON {"detail": one line}: 400 for bad options, 413 for an upload over the byte limit
+or an image over the pixel limit, 415 for a body that is no image, 500 for a failure of the model;
+none of them stops the server. Decoding runs in a thread pool and inference on the batcher's
+thread, so the event loop only moves bytes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+from starlette.concurrency import run_in_threadpool
+
+from ..config import PRESETS, to_dict
+from ..errors import UserError
+from ..predict import detection_records
+from .batching import MicroBatcher
+from .uploads import MIB, BodyLimit, UploadError, decode_upload
+
+__all__ = ["backend_of", "create_app", "model_info", "preset_of"]
+
+STATIC = Path(__file__).resolve().parent / "static"
+
+
+def preset_of(config: Any) -> str | None:
+    """The preset whose model section equals `config.model` except for the number of classes."""
+    if config is None:
+        return None
+    for name, make in PRESETS.items():
+        preset = make().model
+        if dataclasses.replace(preset, num_classes=config.model.num_classes) == config.model:
+            return name
+    return None
+
+
+def backend_of(predictor: Any) -> str:
+    """ "pytorch" for a torch module, else the model's own `backend` name (e.g. "onnxruntime")."""
+    named = getattr(predictor, "backend", None) or getattr(predictor.model, "backend", None)
+    if named:
+        return str(named)
+    import torch
+
+    return "pytorch" if isinstance(predictor.model, torch.nn.Module) else type(predictor.model).__name__
+
+
+def model_info(predictor: Any) -> dict[str, Any]:
+    """What GET /v1/model tells about the model (without the server's limits)."""
+    config = getattr(predictor, "config", None)
+    return {
+        "backend": backend_of(predictor),
+        "device": str(predictor.device),
+        "num_classes": len(predictor.class_names),
+        "class_names": list(predictor.class_names),
+        "category_ids": [int(i) for i in predictor.category_ids],
+        "preset": preset_of(config),
+        "config": to_dict(config.model) if config is not None else None,
+    }
+
+
+def _options(values: dict[str, Any], predictor: Any) -> tuple[float | None, list[str] | None]:
+    """`score_thresh` and `classes` from query or form values, checked -> (threshold, classes)."""
+    score_thresh = None
+    raw = values.get("score_thresh")
+    if raw not in (None, ""):
+        try:
+            score_thresh = float(raw)
+        except ValueError:
+            raise UploadError(400, f"score_thresh must be a number in [0, 1], got {raw!r}") from None
+        if not 0.0 <= score_thresh <= 1.0:
+            raise UploadError(400, f"score_thresh must be in [0, 1], got {raw}")
+    classes = [c for c in values.get("classes", []) if c.strip()] or None
+    if classes:
+        try:
+            predictor.labels_for(classes)
+        except UserError as e:
+            raise UploadError(400, str(e).replace("--classes: ", "classes: ")) from None
+    return score_thresh, classes
+
+
+def _labelled_records(det: Any, predictor: Any) -> list[dict[str, Any]]:
+    """COCO result records (`maskrcnn.predict.detection_records`) with each class name as `label`."""
+    records = detection_records(det, category_ids=predictor.category_ids)
+    names = predictor.class_names
+    for record, label in zip(records, det.labels.tolist()):
+        record["label"] = names[label - 1] if 0 < label <= len(names) else str(label)
+    return records
+
+
+async def _read_request(request: Request) -> tuple[bytes, str, dict[str, Any]]:
+    """-> (image bytes, a name for messages, options as {"score_thresh": str, "classes": [str]})."""
+    values: dict[str, Any] = {
+        "score_thresh": request.query_params.get("score_thresh"),
+        "classes": request.query_params.getlist("classes"),
+    }
+    if request.headers.get("content-type", "").lower().startswith("multipart/form-data"):
+        form = await request.form(max_files=2, max_fields=20)
+        upload = form.get("image")
+        if upload is None or isinstance(upload, str):
+            raise UploadError(400, "multipart upload without a file field 'image'")
+        data = await upload.read()
+        name = upload.filename or "image"
+        if isinstance(form.get("score_thresh"), str):
+            values["score_thresh"] = form.get("score_thresh")
+        values["classes"] += [c for c in form.getlist("classes") if isinstance(c, str)]
+        return data, name, values
+    return await request.body(), "body", values
+
+
+def create_app(
+    predictor: Any,
+    *,
+    max_batch_size: int = 8,
+    max_batch_wait_ms: float = 10.0,
+    max_upload_mb: float = 20.0,
+    max_pixels: int = 40_000_000,
+) -> FastAPI:
+    """The application serving `predictor` (a `maskrcnn.Predictor`); the batcher's worker runs
+    while the application does (its lifespan)."""
+    batcher = MicroBatcher(predictor, max_batch_size=max_batch_size, max_wait_s=max_batch_wait_ms / 1000)
+    info = model_info(predictor)
+    limits = {
+        "max_batch_size": max_batch_size,
+        "max_batch_wait_ms": max_batch_wait_ms,
+        "max_upload_mb": max_upload_mb,
+        "max_pixels": max_pixels,
+    }
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        batcher.start()
+        try:
+            yield
+        finally:
+            batcher.stop()
+
+    app = FastAPI(title="maskrcnn", summary="Mask R-CNN instance segmentation", lifespan=lifespan)
+    app.add_middleware(BodyLimit, max_bytes=int(max_upload_mb * MIB))
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    app.state.batcher = batcher
+
+    @app.exception_handler(UploadError)
+    async def refused(request: Request, error: UploadError) -> JSONResponse:
+        return JSONResponse({"detail": error.reason}, status_code=error.status)
+
+    @app.exception_handler(Exception)
+    async def failed(request: Request, error: Exception) -> JSONResponse:
+        reason = " ".join(str(error).split()) or type(error).__name__
+        return JSONResponse({"detail": f"prediction failed: {reason}"}, status_code=500)
+
+    @app.get("/", include_in_schema=False)
+    async def page() -> FileResponse:
+        return FileResponse(STATIC / "index.html", media_type="text/html")
+
+    @app.get("/v1/health")
+    async def health() -> dict[str, Any]:
+        return {"status": "ok", "batching": batcher.snapshot()}
+
+    @app.get("/v1/model")
+    async def model() -> dict[str, Any]:
+        return {**info, "limits": limits}
+
+    @app.post("/v1/predict")
+    async def predict(request: Request) -> dict[str, Any]:
+        """The image as the multipart field `image` or the raw body; `score_thresh`, `classes`."""
+        data, name, values = await _read_request(request)
+        score_thresh, classes = _options(values, predictor)
+        image = await run_in_threadpool(decode_upload, data, max_pixels=max_pixels, name=name)
+        det = await batcher.submit(image, score_thresh=score_thresh, classes=classes)
+        records = await run_in_threadpool(_labelled_records, det, predictor)  # RLE encoding takes time
+        return {"width": int(image.shape[-1]), "height": int(image.shape[-2]), "detections": records}
+
+    return app

@@ -1,0 +1,98 @@
+"""The `maskrcnn serve` command: its options, and loading the model and listening.
+
+    maskrcnn serve --weights model_final.pt [--host 127.0.0.1] [--port 8000] [--device cpu]
+                   [--max-batch-size 8] [--max-batch-wait-ms 10] [--max-upload-mb 20] [--max-pixels N]
+
+`--port 0` takes a free port; the line "serving ... on http://HOST:PORT" on stdout tells which.
+FastAPI and uvicorn (the `serve` extra) are imported only when the command runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import socket
+
+from ..errors import UserError
+
+__all__ = ["add_serve_arguments", "cmd_serve"]
+
+DEFAULT_MAX_PIXELS = 40_000_000
+
+
+def add_serve_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--weights", required=True, help="checkpoint path or URL, a weights name or a model.onnx")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0: any free port)")
+    p.add_argument("--device", default="cpu", help="device of the model (default cpu)")
+    p.add_argument("--max-batch-size", type=int, default=8, help="most requests run together (default 8)")
+    p.add_argument(
+        "--max-batch-wait-ms",
+        type=float,
+        default=10.0,
+        help="how long a request waits for others to batch with (default 10 ms)",
+    )
+    p.add_argument("--max-upload-mb", type=float, default=20.0, help="largest request body (default 20 MB)")
+    p.add_argument(
+        "--max-pixels",
+        type=int,
+        default=DEFAULT_MAX_PIXELS,
+        help=f"largest image, width x height, checked before decoding (default {DEFAULT_MAX_PIXELS})",
+    )
+    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+
+
+def _check(args: argparse.Namespace) -> None:
+    """Option values, each error naming its option."""
+    if not 0 <= args.port <= 65535:
+        raise UserError(f"--port must be in 0..65535, got {args.port}")
+    if args.max_batch_size < 1:
+        raise UserError(f"--max-batch-size must be at least 1, got {args.max_batch_size}")
+    if args.max_batch_wait_ms < 0:
+        raise UserError(f"--max-batch-wait-ms must be >= 0, got {args.max_batch_wait_ms:g}")
+    if args.max_upload_mb <= 0:
+        raise UserError(f"--max-upload-mb must be > 0, got {args.max_upload_mb:g}")
+    if args.max_pixels < 1:
+        raise UserError(f"--max-pixels must be at least 1, got {args.max_pixels}")
+    missing = [name for name in ("fastapi", "uvicorn", "multipart") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise UserError(
+            f"maskrcnn serve needs the serve extra (missing: {', '.join(missing)}): "
+            "pip install 'maskrcnn[serve]'"
+        )
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        return socket.create_server((host, port), family=family)
+    except OSError as e:
+        raise UserError(f"--host/--port: cannot listen on {host}:{port} ({e.strerror or e})") from None
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    _check(args)
+    import uvicorn
+    from PIL import Image
+
+    from .. import load
+    from .app import backend_of, create_app
+
+    with _listen(args.host, args.port) as sock:  # before the model loads: a taken port fails at once
+        predictor = load(args.weights, device=args.device)
+        app = create_app(
+            predictor,
+            max_batch_size=args.max_batch_size,
+            max_batch_wait_ms=args.max_batch_wait_ms,
+            max_upload_mb=args.max_upload_mb,
+            max_pixels=args.max_pixels,
+        )
+        # uploads are checked against --max-pixels before decoding; Pillow's own guard follows it
+        Image.MAX_IMAGE_PIXELS = args.max_pixels
+        host, port = sock.getsockname()[:2]
+        shown = f"[{host}]" if ":" in host else host
+        backend = f"{backend_of(predictor)}, {predictor.device}"
+        print(f"serving {args.weights} ({backend}) on http://{shown}:{port}", flush=True)
+        config = uvicorn.Config(app, log_level=args.log_level, timeout_graceful_shutdown=5)
+        uvicorn.Server(config).run(sockets=[sock])
+    return 0

@@ -1,0 +1,104 @@
+"""The server of the serve tests: a real `python -m maskrcnn serve` process on a free port of
+127.0.0.1, with the tiny random 2-class model (it detects ~5 things per image) and small limits, one
+for the whole package, stopped at the end."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+
+from maskrcnn.config import apply_overrides, get_preset
+from maskrcnn.engine.checkpoint import save_model
+from maskrcnn.model import build_model
+from tests.conftest import skip_or_fail_in_ci
+from tests.helpers import REPO_ROOT, TINY
+
+MAX_UPLOAD_MB = 1
+MAX_PIXELS = 1_000_000  # coco-mini images are at most 640 x 640
+START_TIMEOUT_S = 120
+
+
+@dataclass
+class Server:
+    url: str
+    log: Path
+    process: subprocess.Popen
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+@pytest.fixture(scope="package")
+def weights(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    model = build_model(apply_overrides(get_preset("default"), TINY), class_names=["cat", "dog"])
+    path = tmp_path_factory.mktemp("serve-weights") / "tiny.pt"
+    save_model(model, path)
+    return path
+
+
+def _wait_for_url(process: subprocess.Popen, log: Path, deadline: float) -> str:
+    """The address from the command's "serving ... on http://HOST:PORT" line."""
+    while time.monotonic() < deadline:
+        found = re.search(r" on (http://127\.0\.0\.1:\d+)$", log.read_text(errors="replace"), re.MULTILINE)
+        if found:
+            return found.group(1)
+        if process.poll() is not None:
+            break
+        time.sleep(0.2)
+    raise RuntimeError("the server did not start")
+
+
+def _wait_for_health(httpx, url: str, process: subprocess.Popen, deadline: float) -> None:
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            if httpx.get(f"{url}/v1/health", timeout=5).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError("the server never answered /v1/health")
+
+
+@pytest.fixture(scope="package")
+def server(weights, tmp_path_factory):
+    for module in ("fastapi", "uvicorn", "multipart", "httpx"):
+        if importlib.util.find_spec(module) is None:
+            skip_or_fail_in_ci(f"{module} is not installed (pip install -e '.[dev,serve]')")
+    import httpx
+
+    log = tmp_path_factory.mktemp("serve-log") / "server.log"
+    command = [sys.executable, "-m", "maskrcnn", "serve", "--weights", str(weights), "--port", "0"]
+    command += ["--max-upload-mb", str(MAX_UPLOAD_MB), "--max-pixels", str(MAX_PIXELS)]
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            command,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=REPO_ROOT,
+            env={**os.environ, "PYTHONWARNINGS": "ignore"},
+        )
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        try:
+            url = _wait_for_url(process, log, deadline)
+            _wait_for_health(httpx, url, process, deadline)
+        except RuntimeError as e:
+            pytest.fail(f"{e}; its output:\n{log.read_text(errors='replace')}")
+        yield Server(url, log, process)
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
