@@ -75,8 +75,10 @@ def _cmd_weights(args: argparse.Namespace) -> int:
 
 def _cmd_export(args: argparse.Namespace) -> int:
     from . import load
-    from .export.onnx import export_onnx
+    from .export.onnx import check_opset, export_onnx, require_onnx
 
+    require_onnx()
+    check_opset(args.opset)
     predictor = load(args.weights)
     if not hasattr(predictor.model, "backbone"):
         from .errors import UserError
@@ -121,9 +123,11 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 def _cmd_evaluate_results(args: argparse.Namespace) -> int:
     from .evaluation.coco_eval import evaluate_coco_results, load_results
+    from .evaluation.keypoint_eval import parse_sigmas
 
     results = load_results(args.results)
-    metrics = evaluate_coco_results(args.annotations, args.results)
+    sigmas = parse_sigmas(args.oks_sigmas) if args.oks_sigmas else None
+    metrics = evaluate_coco_results(args.annotations, args.results, oks_sigmas=sigmas)
     _report(metrics, results, args.out)
     return 0
 
@@ -215,6 +219,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--results", required=True, help="COCO results JSON (a list of detection records)")
     p.add_argument("--annotations", required=True, help="COCO ground-truth JSON")
     p.add_argument("--out", required=True, help="report folder")
+    p.add_argument(
+        "--oks-sigmas",
+        metavar="S1,S2,...",
+        help="keypoint AP's per-keypoint OKS sigmas (default: COCO's for its 17 person keypoints)",
+    )
     p.set_defaults(func=_cmd_evaluate_results)
 
     p = sub.add_parser("show-data", help="draw a dataset's ground truth into PNG files")

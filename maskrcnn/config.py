@@ -110,6 +110,17 @@ class RoIHeadsConfig:
 
 
 @dataclass(frozen=True)
+class KeypointConfig:
+    """What the keypoints of a model with the keypoint branch are (its metadata, like class names).
+    Empty fields take COCO's person keypoints when roi_heads.num_keypoints is 17."""
+
+    names: tuple[str, ...] = ()  # J names, e.g. nose, left_eye, ...
+    skeleton: tuple[tuple[int, int], ...] = ()  # pairs of 1-based keypoint indices (COCO's convention)
+    oks_sigmas: tuple[float, ...] = ()  # per-keypoint OKS sigmas of COCO keypoint AP
+    flip_map: tuple[tuple[int, int], ...] = ()  # 0-based pairs a horizontal flip swaps; empty: left_*/right_*
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     num_classes: int = 90  # foreground classes K (COCO with torchvision's 91-slot label space: 90)
     input: InputConfig = field(default_factory=InputConfig)
@@ -117,6 +128,7 @@ class ModelConfig:
     anchors: AnchorConfig = field(default_factory=AnchorConfig)
     rpn: RPNConfig = field(default_factory=RPNConfig)
     roi_heads: RoIHeadsConfig = field(default_factory=RoIHeadsConfig)
+    keypoints: KeypointConfig = field(default_factory=KeypointConfig)
 
 
 @dataclass(frozen=True)
@@ -260,12 +272,30 @@ def shapes_demo() -> Config:
     return Config(model=model, solver=solver, data=data, train=train)
 
 
+def shapes_keypoints() -> Config:
+    """The keypoint demo (`maskrcnn demo --keypoints`): shapes_demo's network with a small keypoint
+    branch instead of the mask branch, for the 4 corner keypoints of the synthetic shapes (names and
+    skeleton come from the dataset); OKS sigma 0.1 for each corner."""
+    cfg = shapes_demo()
+    heads = replace(
+        cfg.model.roi_heads,
+        mask_on=False,
+        keypoint_on=True,
+        num_keypoints=4,
+        keypoint_head_dim=64,
+        keypoint_head_convs=4,
+    )
+    keypoints = KeypointConfig(oks_sigmas=(0.1, 0.1, 0.1, 0.1))
+    return replace(cfg, model=replace(cfg.model, roi_heads=heads, keypoints=keypoints))
+
+
 PRESETS = {
     "default": default,
     "torchvision_v1": torchvision_v1,
     "torchvision_v2": torchvision_v2,
     "torchvision_keypoint": torchvision_keypoint,
     "shapes_demo": shapes_demo,
+    "shapes_keypoints": shapes_keypoints,
 }
 
 

@@ -65,7 +65,9 @@ def save_png(fig: Figure, path_or_file: PathLike | IO[bytes]) -> None:
 def pr_curves_figure(metrics: dict, *, panel_size: tuple[int, int] = PANEL_SIZE) -> Figure:
     """One panel (`panel_size` pixels) per IoU type in `metrics` with metrics[t]["pr"] = {"recall":
     [...], "precision": {"0.50": [...], ...}}; a threshold with no values (no ground truth) has no curve."""
-    iou_types = [t for t in ("bbox", "segm") if isinstance(metrics.get(t), dict) and "pr" in metrics[t]]
+    iou_types = [
+        t for t in ("bbox", "segm", "keypoints") if isinstance(metrics.get(t), dict) and "pr" in metrics[t]
+    ]
     fig, axes = _figure(max(1, len(iou_types)), panel_size)
     if not iou_types:
         axes[0].text(0.5, 0.5, "no precision-recall data", ha="center", va="center")
@@ -81,7 +83,7 @@ def pr_curves_figure(metrics: dict, *, panel_size: tuple[int, int] = PANEL_SIZE)
         ax.set_ylim(0.0, 1.02)
         ax.set_xlabel("recall")
         ax.set_ylabel("precision")
-        ax.set_title(f"{iou_type} (area all, 100 dets)")
+        ax.set_title(f"{iou_type} (area all, {20 if iou_type == 'keypoints' else 100} dets)")
         ax.grid(True, alpha=0.3)
         if ax.lines:
             ax.legend(loc="lower left")

@@ -3,12 +3,16 @@
 
 A COCO result record: {"image_id", "file_name", "category_id", "bbox": [x, y, w, h], "score",
 "segmentation": {"size": [H, W], "counts": str}} (RLE with string counts), what
-pycocotools' `COCO.loadRes` and COCOeval read.
+pycocotools' `COCO.loadRes` and COCOeval read; for a model with the keypoint branch also
+"keypoints": [x1, y1, s1, ..., xJ, yJ, sJ], as in COCO keypoint results, with each keypoint's
+score (its heatmap logit) in the place of the visibility (COCOeval reads only x and y of results).
+Keypoint coordinates are continuous pixel coordinates, as the model's (and torchvision's) are.
 
 Output layout of `run_predictions(model, items, out)`:
 
     out/predictions.json               COCO results for every image input (written atomically)
-    out/overlays/<name>.jpg|.png       masks, boxes and labels drawn on each image (JPEG for JPEG inputs)
+    out/overlays/<name>.jpg|.png       masks, boxes, labels and keypoints (with the model's skeleton)
+                                       drawn on each image (JPEG for JPEG inputs)
     out/masks/<name>_<k>_<class>.png   with save_masks: detection k's mask, 0 / 255
     out/<video>.mp4                    each video with its detections drawn on every frame
     out/<video>_frames.json            {"video", "fps", "width", "height", "frames": [{"frame",
@@ -31,6 +35,7 @@ import pycocotools.mask as mask_util
 import torch
 from PIL import Image
 
+from .data.keypoint_meta import keypoint_skeleton
 from .errors import UserError
 from .files import atomic_write_json
 from .inputs import ImageReadError, InputItem, as_image_tensor, load_image
@@ -46,6 +51,7 @@ __all__ = [
     "encode_masks",
     "image_id_for",
     "load_image",
+    "model_skeleton",
     "predict_files",
     "resolve_classes",
     "run_predictions",
@@ -56,6 +62,15 @@ def image_id_for(path: str | Path, index: int) -> int:
     """COCO-style names (000000397133.jpg) give their number; other files their position (1-based)."""
     stem = Path(path).stem
     return int(stem) if stem.isdigit() else index + 1
+
+
+def model_skeleton(config) -> tuple[tuple[int, int], ...]:
+    """The skeleton (1-based keypoint pairs) overlays draw for a model's config: its
+    `model.keypoints.skeleton`, COCO's for its 17 person keypoints; () without the keypoint branch."""
+    heads = config.model.roi_heads if config is not None else None
+    if heads is None or not heads.keypoint_on:
+        return ()
+    return keypoint_skeleton(config.model.keypoints, num_keypoints=heads.num_keypoints)
 
 
 def encode_masks(masks: torch.Tensor) -> list[dict]:
@@ -70,8 +85,9 @@ def encode_masks(masks: torch.Tensor) -> list[dict]:
 
 
 def detection_records(det: Detections, *, category_ids: Sequence[int] | None = None) -> list[dict]:
-    """One {"category_id", "bbox" (xywh), "score", "segmentation" (RLE)} per detection; without
-    "segmentation" for a model that has no mask branch."""
+    """One {"category_id", "bbox" (xywh), "score", "segmentation" (RLE), "keypoints" ([x, y, score]
+    × J)} per detection; without "segmentation" for a model that has no mask branch, without
+    "keypoints" for one without the keypoint branch."""
     boxes = det.boxes.detach().cpu()
     xywh = torch.cat((boxes[:, :2], boxes[:, 2:] - boxes[:, :2]), dim=1).tolist()
     labels = det.labels.cpu().tolist()
@@ -89,6 +105,10 @@ def detection_records(det: Detections, *, category_ids: Sequence[int] | None = N
     if det.masks is not None:
         for record, rle in zip(records, encode_masks(det.masks)):
             record["segmentation"] = rle
+    if det.keypoints is not None:
+        flat = det.keypoints.detach().cpu().flatten(1).tolist()
+        for record, values in zip(records, flat):
+            record["keypoints"] = [round(v, 3) for v in values]
     return records
 
 
@@ -154,6 +174,7 @@ class _Run:
         self.overlays, self.save_masks, self.progress = overlays and out is not None, save_masks, progress
         self.class_names = predictor.class_names
         self.category_ids = predictor.category_ids
+        self.skeleton = model_skeleton(predictor.config)
         self.used: set[str] = set()
         self.report = PredictReport()
 
@@ -173,7 +194,7 @@ class _Run:
     def draw(self, image: torch.Tensor, det: Detections) -> Image.Image:
         from .visualize import draw_detections
 
-        return draw_detections(image, det, class_names=self.class_names)
+        return draw_detections(image, det, class_names=self.class_names, skeleton=self.skeleton)
 
     def write_masks(self, det: Detections, prefix: str) -> None:
         assert self.out is not None

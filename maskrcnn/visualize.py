@@ -5,8 +5,13 @@ the same colour), its mask is blended into the image with opacity `alpha` (all m
 pass; where masks overlap the earlier instance, i.e. the higher score, is on top), its box is
 outlined 2 px wide and a label "name score" is written on a filled box of the instance colour, in
 black or white, whichever has the higher WCAG contrast ratio with it (so labels read the same on dark
-and light images). Pixels outside every mask and away from the outlines and labels keep their exact
-original values.
+and light images). Keypoints (of a model with the keypoint branch, or of ground truth) are drawn in
+the instance colour: the skeleton's lines (`skeleton`: 1-based index pairs, COCO's convention, e.g.
+from `maskrcnn.data.keypoint_meta.keypoint_skeleton`) 2 px wide between two shown keypoints, then
+each shown keypoint as a disc of radius 3 px outlined in black or white (as the labels' text).
+Shown: ground-truth keypoints that are labelled (v > 0); predicted ones scoring above
+`keypoint_thresh` (all by default). Pixels outside every mask and away from the outlines, labels
+and keypoints keep their exact original values.
 """
 
 from __future__ import annotations
@@ -36,6 +41,8 @@ __all__ = [
 
 ImageLike = Union[torch.Tensor, np.ndarray, Image.Image, str, os.PathLike]
 BOX_WIDTH = 2
+KEYPOINT_LINE_WIDTH = 2
+KEYPOINT_RADIUS = 3
 _LABEL_PAD = 2
 
 
@@ -91,8 +98,37 @@ def _blend_masks(rgb: np.ndarray, masks: np.ndarray, colors: np.ndarray, alpha: 
     return out
 
 
+class _Keypoints:
+    """Keypoints to draw: (n, J, 2) xy, (n, J) bool shown, and the skeleton's 1-based pairs."""
+
+    def __init__(self, xy: np.ndarray, shown: np.ndarray, skeleton: Sequence[Sequence[int]]):
+        j = xy.shape[1]
+        for pair in skeleton:
+            if len(pair) != 2 or not all(1 <= int(k) <= j for k in pair):
+                raise ValueError(f"skeleton pair {list(pair)} is not two 1-based indices of {j} keypoints")
+        self.xy, self.shown = xy, shown
+        self.pairs = [(int(a) - 1, int(b) - 1) for a, b in skeleton]
+
+    def draw(self, draw: ImageDraw.ImageDraw, i: int, color: np.ndarray) -> None:
+        """Instance i's skeleton lines, then its points."""
+        fill = tuple(color.tolist())
+        xy, shown = self.xy[i], self.shown[i]
+        for a, b in self.pairs:
+            if shown[a] and shown[b]:
+                draw.line((*xy[a], *xy[b]), fill=fill, width=KEYPOINT_LINE_WIDTH)
+        r = KEYPOINT_RADIUS
+        for (x, y), on in zip(xy, shown):
+            if on:
+                draw.ellipse((x - r, y - r, x + r, y + r), fill=fill, outline=text_color_for(color), width=1)
+
+
 def _draw_instances(
-    image: ImageLike, boxes: np.ndarray, masks: Optional[np.ndarray], texts: list[str], alpha: float
+    image: ImageLike,
+    boxes: np.ndarray,
+    masks: Optional[np.ndarray],
+    texts: list[str],
+    alpha: float,
+    keypoints: Optional[_Keypoints] = None,
 ) -> Image.Image:
     rgb = to_rgb_array(image)
     h, w = rgb.shape[:2]
@@ -111,6 +147,9 @@ def _draw_instances(
         x1, y1 = max(0, min(x1, w - 1)), max(0, min(y1, h - 1))
         x2, y2 = max(x1, min(x2 - 1, w - 1)), max(y1, min(y2 - 1, h - 1))
         draw.rectangle((x1, y1, x2, y2), outline=tuple(colors[i].tolist()), width=BOX_WIDTH)
+    if keypoints is not None:
+        for i in reversed(range(n)):
+            keypoints.draw(draw, i, colors[i])
     for i in reversed(range(n)):
         if texts[i]:
             _draw_label(draw, texts[i], boxes[i], colors[i], font, w, h)
@@ -143,6 +182,18 @@ def _masks_array(masks: Optional[torch.Tensor]) -> Optional[np.ndarray]:
     return masks.detach().cpu().numpy().astype(bool, copy=False)
 
 
+def _keypoints_of(
+    keypoints: Optional[torch.Tensor], skeleton: Sequence[Sequence[int]], threshold: Optional[float]
+) -> Optional[_Keypoints]:
+    """(n, J, 3) keypoints -> what to draw: those whose third value (v, or a score) is above
+    `threshold`, all of them when it is None."""
+    if keypoints is None:
+        return None
+    array = keypoints.detach().cpu().to(torch.float64).numpy()
+    shown = np.ones(array.shape[:2], dtype=bool) if threshold is None else array[..., 2] > threshold
+    return _Keypoints(array[..., :2], shown, skeleton)
+
+
 def draw_detections(
     image: ImageLike,
     detections: Detections,
@@ -150,22 +201,34 @@ def draw_detections(
     class_names: Optional[Sequence[str]] = None,
     score_thresh: float = 0.0,
     alpha: float = 0.5,
+    skeleton: Sequence[Sequence[int]] = (),
+    keypoint_thresh: Optional[float] = None,
 ) -> Image.Image:
-    """Overlay detections (masks, boxes, "name score" labels) on `image`; returns a new RGB image."""
+    """Overlay detections (masks, boxes, "name score" labels, keypoints and their `skeleton`) on
+    `image`; returns a new RGB image. `keypoint_thresh`: draw only keypoints scoring above it."""
     shown = detections.select(detections.scores >= score_thresh).to("cpu")
     labels, scores = shown.labels.tolist(), shown.scores.detach().tolist()
     texts = [f"{_name(int(lab), class_names)} {s:.2f}" for lab, s in zip(labels, scores)]
-    return _draw_instances(image, shown.boxes.detach().numpy(), _masks_array(shown.masks), texts, alpha)
+    keypoints = _keypoints_of(shown.keypoints, skeleton, keypoint_thresh)
+    boxes = shown.boxes.detach().numpy()
+    return _draw_instances(image, boxes, _masks_array(shown.masks), texts, alpha, keypoints)
 
 
 def draw_targets(
-    image: ImageLike, targets: Targets, class_names: Optional[Sequence[str]] = None, *, alpha: float = 0.5
+    image: ImageLike,
+    targets: Targets,
+    class_names: Optional[Sequence[str]] = None,
+    *,
+    alpha: float = 0.5,
+    skeleton: Sequence[Sequence[int]] = (),
 ) -> Image.Image:
-    """Overlay ground truth (masks, boxes, class-name labels) on `image`; returns a new RGB image."""
+    """Overlay ground truth (masks, boxes, class-name labels, labelled keypoints (v > 0) and their
+    `skeleton`) on `image`; returns a new RGB image."""
     targets = Targets.from_any(targets)
     texts = [_name(int(lab), class_names) for lab in targets.labels.cpu().tolist()]
     boxes = targets.boxes.detach().cpu().numpy()
-    return _draw_instances(image, boxes, _masks_array(targets.masks), texts, alpha)
+    keypoints = _keypoints_of(targets.keypoints, skeleton, 0.0)
+    return _draw_instances(image, boxes, _masks_array(targets.masks), texts, alpha, keypoints)
 
 
 # ---- precision-recall plot -------------------------------------------------------------------------

@@ -109,7 +109,14 @@ REGISTRY: dict[str, Entry] = {
             converter="torchvision_maskrcnn_v2",
             aliases=("torchvision_v2",),
         ),
-        # the keypoint model (KeypointRCNN_ResNet50_FPN_Weights.COCO_V1) goes here, with its converter
+        Entry(
+            "keypointrcnn_resnet50_fpn_coco",
+            "model",
+            f"{_DETECTION}:KeypointRCNN_ResNet50_FPN_Weights.COCO_V1",
+            converter="torchvision_keypoint",
+            aliases=("torchvision_keypoint",),
+            overrides=("model.backbone.frozen_bn_eps=0.0",),  # as for v1: `overwrite_eps(model, 0.0)`
+        ),
         Entry("resnet18_imagenet", "backbone", f"{_MODELS}:ResNet18_Weights.IMAGENET1K_V1", depth=18),
         Entry("resnet34_imagenet", "backbone", f"{_MODELS}:ResNet34_Weights.IMAGENET1K_V1", depth=34),
         Entry("resnet50_imagenet", "backbone", f"{_MODELS}:ResNet50_Weights.IMAGENET1K_V1", depth=50),
@@ -122,11 +129,17 @@ REGISTRY: dict[str, Entry] = {
 
 def _torchvision_maskrcnn(version: str) -> Callable[[dict, Entry], Any]:
     def convert(state: dict, entry: Entry):
-        from .config import apply_overrides
+        from .config import apply_overrides, replace
         from .convert.torchvision import config_for, convert_state_dict
         from .model import build_model
 
         cfg = apply_overrides(config_for(state, version), list(entry.overrides))
+        keypoint_names = entry.weights.meta.get("keypoint_names")
+        if keypoint_names:  # the keypoint model: its 17 COCO person keypoints by name
+            cfg = replace(
+                cfg,
+                model=replace(cfg.model, keypoints=replace(cfg.model.keypoints, names=tuple(keypoint_names))),
+            )
         categories = list(entry.weights.meta["categories"])  # "__background__", then COCO ids 1..90
         # label L (1..90) is class_names[L-1] = categories[L], i.e. COCO category id L: the model's
         # default category ids 1..K are COCO's ids
@@ -141,6 +154,7 @@ def _torchvision_maskrcnn(version: str) -> Callable[[dict, Entry], Any]:
 CONVERTERS: dict[str, Callable[[dict, Entry], Any]] = {
     "torchvision_maskrcnn_v1": _torchvision_maskrcnn("v1"),
     "torchvision_maskrcnn_v2": _torchvision_maskrcnn("v2"),
+    "torchvision_keypoint": _torchvision_maskrcnn("keypoint"),
 }
 
 _KIND_TEXT = {  # kind -> (what it is, what its names are called)

@@ -5,6 +5,13 @@ all are rasterised with `pycocotools.mask`. Category ids (sparse in COCO: 1..90 
 are mapped to contiguous labels 1..K in sorted id order. `iscrowd=1` regions are never targets;
 their boxes are returned as `Sample.crowd_boxes`. Annotations whose mask is empty (zero area) are
 dropped. Boxes are the tight boxes of the decoded masks, not the JSON `bbox` field.
+
+Keypoints (COCO person-keypoint files): a category's `keypoints` (J names) and `skeleton` (1-based
+index pairs) are the dataset's `keypoint_names` and `skeleton`; an annotation's `keypoints` (x, y, v
+flattened, J times) become `Targets.keypoints` (G, J, 3) with COCO's visibility v (0 not labelled,
+1 labelled but hidden, 2 visible). In a file with keypoints every instance has a row: annotations
+without `keypoints` get J rows of zeros (v = 0). Coordinates are kept as written (no half-pixel
+shift, as torchvision reads them) and are read as continuous image coordinates, like boxes.
 """
 
 from __future__ import annotations
@@ -13,7 +20,7 @@ import json
 import warnings
 from numbers import Real
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Optional, Union
 
 import numpy as np
 import torch
@@ -39,14 +46,18 @@ def read_json(path: Path, what: str = "annotation") -> Any:
         raise UserError(f"{what} file {path} is not valid JSON: {e}") from e
 
 
-def targets_from_rles(rles: list, labels: list[int], h: int, w: int) -> Targets:
-    """Instance RLEs (empty ones dropped) and their labels -> Targets with tight boxes."""
-    if rles:
-        keep = mask_utils.area(rles) > 0
-        rles = [r for r, k in zip(rles, keep) if k]
-        labels = [lab for lab, k in zip(labels, keep) if k]
+def targets_from_rles(
+    rles: list, labels: list[int], h: int, w: int, keypoints: Optional[torch.Tensor] = None
+) -> Targets:
+    """Instance RLEs (empty ones dropped) and their labels (and keypoints (G, J, 3), when given)
+    -> Targets with tight boxes."""
+    keep = mask_utils.area(rles) > 0 if rles else np.zeros(0, dtype=bool)
+    rles = [r for r, k in zip(rles, keep) if k]
+    labels = [lab for lab, k in zip(labels, keep) if k]
+    if keypoints is not None:
+        keypoints = keypoints[torch.from_numpy(keep.astype(bool))]
     masks = decode_rles(rles, h, w)
-    return Targets(masks_to_boxes(masks), torch.tensor(labels, dtype=torch.int64), masks)
+    return Targets(masks_to_boxes(masks), torch.tensor(labels, dtype=torch.int64), masks, keypoints)
 
 
 def _check_segmentation(seg: Any, height: int, width: int) -> str | None:
@@ -78,6 +89,47 @@ def _check_segmentation(seg: Any, height: int, width: int) -> str | None:
             return f"RLE counts must be a string or a list, got {type(counts).__name__}"
         return None
     return f"segmentation must be a polygon list or an RLE dict, got {type(seg).__name__}"
+
+
+def _category_keypoints(categories: list[dict], where: str) -> tuple[list[str], list[tuple[int, int]]]:
+    """The keypoint names and skeleton of the categories that have `keypoints` (all must agree)."""
+    found: Optional[tuple[list[str], list[tuple[int, int]]]] = None
+    for c in categories:
+        if "keypoints" not in c:
+            continue
+        names, skeleton = c["keypoints"], c.get("skeleton") or []
+        what = f"{where}: category {c['id']} ({c['name']})"
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise UserError(f"{what}: 'keypoints' must be a list of keypoint names")
+        pairs_ok = isinstance(skeleton, list) and all(
+            isinstance(p, list)
+            and len(p) == 2
+            and all(isinstance(v, int) and 1 <= v <= len(names) for v in p)
+            for p in skeleton
+        )
+        if not pairs_ok:
+            raise UserError(
+                f"{what}: 'skeleton' must be pairs of 1-based keypoint indices in 1..{len(names)}"
+            )
+        meta = (list(names), [(int(a), int(b)) for a, b in skeleton])
+        if found is not None and found[0] != meta[0]:
+            raise UserError(f"{what}: keypoints {names} differ from another category's {found[0]}")
+        found = found or meta
+    return found or ([], [])
+
+
+def _check_keypoints(kps: Any, num_keypoints: int) -> str | None:
+    """Return what is wrong with an annotation's flat [x, y, v, ...] keypoints, or None if valid."""
+    if not isinstance(kps, list) or not all(isinstance(v, Real) and not isinstance(v, bool) for v in kps):
+        return "keypoints must be a flat list of numbers [x1, y1, v1, x2, y2, v2, ...]"
+    if len(kps) != 3 * num_keypoints:
+        return f"keypoints has {len(kps)} values, expected {3 * num_keypoints} (x, y, v for {num_keypoints})"
+    if not all(np.isfinite(kps)):
+        return "keypoint coordinates must be finite"
+    bad = [v for v in kps[2::3] if v not in (0, 1, 2)]
+    if bad:
+        return f"keypoint visibility must be 0, 1 or 2, got {bad[0]!r}"
+    return None
 
 
 def decode_segmentation(seg: Any, height: int, width: int) -> dict:
@@ -114,7 +166,9 @@ class CocoDataset(Dataset):
     """Images and instance annotations of a COCO JSON file.
 
     Attributes: `image_ids` (sorted COCO image ids, item i ↔ image_ids[i]), `class_names` (K names,
-    index i ↔ label i+1), `category_ids` (label i+1 ↔ category_ids[i]).
+    index i ↔ label i+1), `category_ids` (label i+1 ↔ category_ids[i]); keypoint metadata (see the
+    module docstring): `num_keypoints` (J, 0 without keypoints), `keypoint_names` (J names, or [] when
+    the categories name none) and `skeleton` (1-based index pairs).
 
     With `contiguous_labels=False` the label is the category id itself (torchvision's 91-slot COCO
     layout): K = largest category id and unused slots are named "N/A".
@@ -142,7 +196,8 @@ class CocoDataset(Dataset):
             if int(c["id"]) in cats:
                 raise UserError(f"{where}: duplicate category id {c['id']}")
             cats[int(c["id"])] = str(c["name"])
-            self.categories.append({k: c[k] for k in ("id", "name", "supercategory") if k in c})
+            keys = ("id", "name", "supercategory", "keypoints", "skeleton")
+            self.categories.append({k: c[k] for k in keys if k in c})
         if contiguous_labels:
             self.category_ids = sorted(cats)
             self.class_names = [cats[i] for i in self.category_ids]
@@ -152,6 +207,9 @@ class CocoDataset(Dataset):
             self.category_ids = list(range(1, max(cats, default=0) + 1))
             self.class_names = [cats.get(i, "N/A") for i in self.category_ids]
         self._label_of = {cid: i + 1 for i, cid in enumerate(self.category_ids) if cid in cats}
+        self.keypoint_names, self.skeleton = _category_keypoints(self.categories, where)
+        # J: the names' count, else that of the first annotation with keypoints (0: no keypoints)
+        self.num_keypoints = len(self.keypoint_names)
 
         self._images: dict[int, dict] = {}
         for im in data["images"]:
@@ -165,8 +223,10 @@ class CocoDataset(Dataset):
             }
         self.image_ids: list[int] = sorted(self._images)
 
-        # Per image: list of (annotation id, label, iscrowd, segmentation).
-        self._anns: dict[int, list[tuple[int, int, bool, Any]]] = {i: [] for i in self.image_ids}
+        # Per image: list of (annotation id, label, iscrowd, segmentation, flat keypoints or None).
+        self._anns: dict[int, list[tuple[int, int, bool, Any, Optional[list]]]] = {
+            i: [] for i in self.image_ids
+        }
         for a in data.get("annotations", []):
             self._add_annotation(a, where)
 
@@ -185,7 +245,16 @@ class CocoDataset(Dataset):
         if problem:
             raise UserError(f"{where}: annotation {aid} (image {a['image_id']}): {problem}")
         crowd = bool(a.get("iscrowd", 0))
-        self._anns[int(a["image_id"])].append((aid, label, crowd, a["segmentation"]))
+        kps = a.get("keypoints")
+        if kps == [] and not self.num_keypoints:  # an empty list in a file without keypoints
+            kps = None
+        if kps is not None:
+            if not self.num_keypoints and isinstance(kps, list) and len(kps) >= 3:
+                self.num_keypoints = len(kps) // 3
+            problem = _check_keypoints(kps, self.num_keypoints)
+            if problem:
+                raise UserError(f"{where}: annotation {aid} (image {a['image_id']}): {problem}")
+        self._anns[int(a["image_id"])].append((aid, label, crowd, a["segmentation"], kps))
 
     @property
     def num_classes(self) -> int:
@@ -211,16 +280,21 @@ class CocoDataset(Dataset):
         h, w = self.image_size(index)
         rles: list[dict] = []
         labels: list[int] = []
+        keypoints: list[list] = []
         crowd_rles: list[dict] = []
-        for _aid, label, crowd, seg in self._anns[self.image_ids[index]]:
+        for _aid, label, crowd, seg, kps in self._anns[self.image_ids[index]]:
             rle = decode_segmentation(seg, h, w)
             if crowd:
                 crowd_rles.append(rle)
             else:
                 rles.append(rle)
                 labels.append(label)
+                keypoints.append(kps if kps is not None else [0.0] * (3 * self.num_keypoints))
 
-        targets = targets_from_rles(rles, labels, h, w)
+        kp_tensor = None
+        if self.num_keypoints:
+            kp_tensor = torch.tensor(keypoints, dtype=torch.float32).reshape(-1, self.num_keypoints, 3)
+        targets = targets_from_rles(rles, labels, h, w, kp_tensor)
 
         crowd_boxes = torch.zeros((0, 4), dtype=torch.float32)
         if crowd_rles:

@@ -17,6 +17,14 @@ satisfy it. Who uses what:
   image; equal to `__getitem__(i).targets` / `.crowd_boxes` (ground truth files, inspect);
 - `file_name(i)`: the item's image file, relative to the dataset's image folder (ground-truth
   records, finding an image's annotations in inspect).
+
+Optional keypoint metadata (`KeypointMetadata`; a dataset without these members has no keypoints):
+- `num_keypoints`: J, the keypoints of every instance (`Targets.keypoints` is (G, J, 3)); 0: none;
+  without this member, J is the number of `keypoint_names`;
+- `keypoint_names`: their J names (or [] when unnamed): the model's `model.keypoints.names`, and the
+  left/right pairs a horizontal flip swaps (`maskrcnn.data.keypoint_meta`);
+- `skeleton`: pairs of 1-based keypoint indices to connect when drawing (COCO's convention).
+`dataset_keypoints(dataset)` reads them with those defaults.
 """
 
 from __future__ import annotations
@@ -25,9 +33,10 @@ from typing import Any, Protocol, runtime_checkable
 
 from torch import Tensor
 
+from maskrcnn.config import KeypointConfig
 from maskrcnn.structures import Sample, Targets
 
-__all__ = ["InstanceDataset", "check_dataset"]
+__all__ = ["InstanceDataset", "KeypointMetadata", "check_dataset", "dataset_keypoints"]
 
 
 @runtime_checkable
@@ -50,6 +59,26 @@ class InstanceDataset(Protocol):
     def load_targets(self, index: int) -> tuple[Targets, Tensor]: ...
 
     def file_name(self, index: int) -> str: ...
+
+
+@runtime_checkable
+class KeypointMetadata(Protocol):
+    """The optional members of a dataset with keypoints (see the module docstring)."""
+
+    num_keypoints: int
+    keypoint_names: list[str]
+    skeleton: list[tuple[int, int]]
+
+
+def dataset_keypoints(dataset: Any) -> tuple[int, KeypointConfig]:
+    """(J, the names and skeleton as a `model.keypoints` config section) of a dataset; (0, empty)
+    for a dataset without keypoints."""
+    names = tuple(str(n) for n in getattr(dataset, "keypoint_names", None) or ())
+    num = int(getattr(dataset, "num_keypoints", len(names)) or 0)
+    if not num:
+        return 0, KeypointConfig()
+    skeleton = tuple((int(a), int(b)) for a, b in getattr(dataset, "skeleton", None) or ())
+    return num, KeypointConfig(names=names, skeleton=skeleton)
 
 
 _MEMBERS = (

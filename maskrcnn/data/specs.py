@@ -27,7 +27,7 @@ import torch
 from pycocotools import mask as mask_utils
 
 from maskrcnn.data.coco import CocoDataset
-from maskrcnn.data.dataset import InstanceDataset
+from maskrcnn.data.dataset import InstanceDataset, dataset_keypoints
 from maskrcnn.data.mask_folder import MaskFolderDataset
 from maskrcnn.data.shapes import ShapesDataset
 from maskrcnn.data.via import ViaDataset
@@ -125,14 +125,26 @@ def _image_entry(dataset: InstanceDataset, index: int) -> tuple[dict, Targets]:
     return {**record, "height": int(h), "width": int(w)}, targets
 
 
+def _keypoint_fields(keypoints: torch.Tensor) -> dict:
+    """COCO's `keypoints` (x, y, v flattened; unlabelled ones written as 0, 0, 0 as COCO does) and
+    `num_keypoints` (the labelled ones) of one instance's (J, 3) keypoints."""
+    kps = keypoints.to("cpu", torch.float64).clone()
+    kps[kps[:, 2] <= 0] = 0.0
+    flat = [float(v) for v in kps.flatten().tolist()]
+    for i in range(2, len(flat), 3):
+        flat[i] = int(flat[i])
+    return {"keypoints": flat, "num_keypoints": int((kps[:, 2] > 0).sum())}
+
+
 def write_coco_json(dataset: InstanceDataset, out_path: Union[str, Path]) -> Path:
     """Write `dataset` as a COCO instances file and return its path.
 
     Categories: the dataset's class names with ids `dataset.category_ids` (1..K; a CocoDataset's
     original category records are copied, so its sparse ids are kept). Annotations: one per target
     instance, with compressed RLE segmentation (string counts), tight bbox [x, y, w, h], mask area
-    and iscrowd 0. Crowd regions are not written. The file is written to a temporary file and moved
-    into place atomically.
+    and iscrowd 0; with keypoints, COCO's `keypoints` and `num_keypoints` (and the dataset's keypoint
+    names and skeleton in every category). Crowd regions are not written. The file is written to a
+    temporary file and moved into place atomically.
     """
     out_path = Path(out_path)
     names, cat_ids = list(dataset.class_names), list(dataset.category_ids)
@@ -147,21 +159,27 @@ def write_coco_json(dataset: InstanceDataset, out_path: Union[str, Path]) -> Pat
             if area <= 0:
                 continue
             x1, y1, x2, y2 = (float(v) for v in targets.boxes[k].tolist())
-            annotations.append(
-                {
-                    "id": len(annotations) + 1,
-                    "image_id": image["id"],
-                    "category_id": int(cat_ids[int(targets.labels[k]) - 1]),
-                    "segmentation": {"size": rle["size"], "counts": rle["counts"].decode("ascii")},
-                    "bbox": [x1, y1, x2 - x1, y2 - y1],
-                    "area": area,
-                    "iscrowd": 0,
-                }
-            )
+            annotation = {
+                "id": len(annotations) + 1,
+                "image_id": image["id"],
+                "category_id": int(cat_ids[int(targets.labels[k]) - 1]),
+                "segmentation": {"size": rle["size"], "counts": rle["counts"].decode("ascii")},
+                "bbox": [x1, y1, x2 - x1, y2 - y1],
+                "area": area,
+                "iscrowd": 0,
+            }
+            if targets.keypoints is not None:
+                annotation.update(_keypoint_fields(targets.keypoints[k]))
+            annotations.append(annotation)
     if isinstance(dataset, CocoDataset):  # keeps its original category records
         categories = dataset.categories
     else:
-        categories = [{"id": int(c), "name": n, "supercategory": ""} for c, n in zip(cat_ids, names)]
+        _, keypoints = dataset_keypoints(dataset)
+        extra = {"keypoints": list(keypoints.names), "skeleton": [list(p) for p in keypoints.skeleton]}
+        categories = [
+            {"id": int(c), "name": n, "supercategory": "", **(extra if keypoints.names else {})}
+            for c, n in zip(cat_ids, names)
+        ]
     payload = {
         "info": {"description": f"written by maskrcnn.data from {type(dataset).__name__}"},
         "images": images,

@@ -9,6 +9,12 @@ removed.
 Resampling: images use bilinear interpolation (half-pixel centres, antialiased when shrinking);
 masks use "nearest-exact" sampling of the same pixel-centre mapping, which keeps them binary and
 aligned with the image.
+
+Keypoints (`Targets.keypoints`, (G, J, 3): x, y, v) are continuous image coordinates, like boxes,
+and follow every transform with them: a resize scales x and y; a horizontal flip maps x to w - x
+and swaps the left/right keypoint pairs of its flip map; a crop shifts them, and the keypoints it
+leaves outside the image ([0, w) x [0, h)) become unlabelled (v = 0) with their coordinates kept.
+They are dropped with their instance when its mask becomes empty.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from torch import Tensor
 from maskrcnn.errors import UserError
 from maskrcnn.files import STORED_PIXELS, read_image
 from maskrcnn.ops.boxes import masks_to_boxes
+from maskrcnn.ops.keypoints import scale_keypoints
 from maskrcnn.structures import Sample, Targets
 
 __all__ = [
@@ -33,6 +40,7 @@ __all__ = [
     "LargeScaleJitter",
     "ResizeShortestEdge",
     "Transform",
+    "flip_keypoints",
     "load_image",
     "remove_empty",
 ]
@@ -57,13 +65,19 @@ def remove_empty(targets: Targets) -> Targets:
     return targets.select(keep)
 
 
-def _targets_from_masks(masks: Tensor, labels: Tensor) -> Targets:
-    """Targets with boxes recomputed from `masks`, dropping instances whose mask is empty."""
-    boxes = masks_to_boxes(masks)
-    keep = boxes[:, 2] > boxes[:, 0]
-    if bool(keep.all()):
-        return Targets(boxes, labels, masks)
-    return Targets(boxes[keep], labels[keep], masks[keep])
+def _targets_from_masks(targets: Targets, masks: Tensor) -> Targets:
+    """`targets` with `masks` and boxes recomputed from them, dropping the instances (all their
+    fields) whose mask is empty."""
+    out = dataclasses.replace(targets, boxes=masks_to_boxes(masks), masks=masks)
+    keep = out.boxes[:, 2] > out.boxes[:, 0]
+    return out if bool(keep.all()) else out.select(keep)
+
+
+def _map_keypoints(targets: Targets, fn) -> Targets:
+    """`targets` with `fn` applied to its keypoints (when it has any)."""
+    if targets.keypoints is None:
+        return targets
+    return dataclasses.replace(targets, keypoints=fn(targets.keypoints))
 
 
 def _uniform(generator: Optional[torch.Generator]) -> float:
@@ -120,9 +134,9 @@ def _resize_sample(sample: Sample, out_h: int, out_w: int) -> Sample:
     if (out_h, out_w) == (h, w):
         return sample
     image = _resize_image(sample.image, out_h, out_w)
-    t = sample.targets
+    t = _map_keypoints(sample.targets, lambda k: scale_keypoints(k, (h, w), (out_h, out_w)))
     masks = _resize_crop_masks(t.masks, out_h, out_w)
-    targets = _targets_from_masks(masks, t.labels)
+    targets = _targets_from_masks(t, masks)
     crowd = _scale_boxes(sample.crowd_boxes, out_w / w, out_h / h)
     return _with(sample, image, targets, crowd)
 
@@ -182,29 +196,69 @@ def _flip_boxes(boxes: Tensor, width: int) -> Tensor:
     return torch.stack([width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]], dim=1)
 
 
-class HorizontalFlip(Transform):
-    """Mirror left-right with probability `prob` (one random draw per call)."""
+def flip_keypoints(keypoints: Tensor, width: int, flip_map: Sequence[tuple[int, int]]) -> Tensor:
+    """Mirror (..., J, 3) keypoints in an image `width` pixels wide: x -> width - x (continuous
+    coordinates, as for boxes and as detectron2 does; torchvision's reference transforms apply the
+    same formula), and the keypoints of each (a, b) pair of `flip_map` trade places (a left eye
+    becomes a right eye). Visibility travels with its keypoint."""
+    order = list(range(keypoints.shape[-2]))
+    for a, b in flip_map:
+        order[a], order[b] = b, a
+    out = keypoints[..., order, :].clone()
+    out[..., 0] = width - out[..., 0]
+    return out
 
-    def __init__(self, prob: float = 0.5) -> None:
+
+class HorizontalFlip(Transform):
+    """Mirror left-right with probability `prob` (one random draw per call).
+
+    Samples with keypoints need `keypoint_flip_map`, the 0-based index pairs that trade places
+    (`maskrcnn.data.keypoint_meta.keypoint_flip_map` resolves it from names or the config); `()`
+    when no keypoint has a mirror partner.
+    """
+
+    def __init__(
+        self, prob: float = 0.5, *, keypoint_flip_map: Optional[Sequence[tuple[int, int]]] = None
+    ) -> None:
         if not 0.0 <= prob <= 1.0:
             raise UserError(f"flip probability must be in [0, 1], got {prob}")
         self.prob = float(prob)
+        self.keypoint_flip_map = None if keypoint_flip_map is None else tuple(map(tuple, keypoint_flip_map))
 
     def __call__(self, sample: Sample, generator: Optional[torch.Generator] = None) -> Sample:
         if _uniform(generator) >= self.prob:
             return sample
         w = sample.image.shape[-1]
         t = sample.targets
+        if t.keypoints is not None:
+            if self.keypoint_flip_map is None:
+                raise UserError(
+                    f"{sample.file_name}: HorizontalFlip got keypoints but no keypoint_flip_map (which "
+                    "keypoints swap left <-> right); see maskrcnn.data.keypoint_meta.keypoint_flip_map"
+                )
+            t = _map_keypoints(t, lambda k: flip_keypoints(k, w, self.keypoint_flip_map))
         targets = dataclasses.replace(t, boxes=_flip_boxes(t.boxes, w), masks=t.masks.flip(-1))
         crowd = None if sample.crowd_boxes is None else _flip_boxes(sample.crowd_boxes, w)
         return _with(sample, sample.image.flip(-1), targets, crowd)
+
+
+def _crop_keypoints(keypoints: Tensor, x0: int, y0: int, width: int, height: int) -> Tensor:
+    """Keypoints in the frame of the window [x0, x0 + width) x [y0, y0 + height); those outside it
+    become unlabelled (v = 0), their coordinates kept."""
+    out = keypoints.clone()
+    out[..., 0] -= x0
+    out[..., 1] -= y0
+    x, y = out[..., 0], out[..., 1]
+    outside = (x < 0) | (x >= width) | (y < 0) | (y >= height)
+    out[..., 2] = out[..., 2].masked_fill(outside, 0)
+    return out
 
 
 class LargeScaleJitter(Transform):
     """Large-scale jitter (Ghiasi et al. 2021): resize the image by
     output_size * s / max(h, w) with s ~ U(scale_range), then take a random output_size square
     crop (when larger) and zero-pad bottom/right (when smaller). The valid image region is stored
-    in `sample.extra["valid_size"]` as (h, w)."""
+    in `sample.extra["valid_size"]` as (h, w). Keypoints outside the crop become unlabelled (v = 0)."""
 
     def __init__(self, output_size: int, scale_range: tuple[float, float] = (0.1, 2.0)) -> None:
         lo, hi = scale_range
@@ -230,11 +284,13 @@ class LargeScaleJitter(Transform):
         image = resized.new_zeros((3, out, out))
         image[:, :ch, :cw] = resized
 
-        t = sample.targets
+        t = _map_keypoints(
+            sample.targets, lambda k: _crop_keypoints(scale_keypoints(k, (h, w), (nh, nw)), x0, y0, cw, ch)
+        )
         crop = _resize_crop_masks(t.masks, nh, nw, y0, x0, ch, cw)
         masks = t.masks.new_zeros((len(t), out, out))
         masks[:, :ch, :cw] = crop
-        targets = _targets_from_masks(masks, t.labels)
+        targets = _targets_from_masks(t, masks)
 
         crowd = sample.crowd_boxes
         if crowd is not None:

@@ -8,12 +8,17 @@ from pathlib import Path
 
 from ..config import apply_overrides, resolve
 
+# the keypoint demo's overlays draw predicted keypoints whose score (heatmap logit) is above this:
+# a triangle's fourth keypoint, which it does not have, scores lower (see README)
+DEMO_KEYPOINT_THRESH = 0.0
+
 
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--config",
         default="default",
-        help="preset name (default, torchvision_v1, torchvision_v2, shapes_demo) or a YAML file",
+        help="preset name (default, torchvision_v1, torchvision_v2, torchvision_keypoint, shapes_demo, "
+        "shapes_keypoints) or a YAML file",
     )
     p.add_argument(
         "--train-data",
@@ -48,42 +53,87 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def add_demo_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", default="maskrcnn-demo", help="output folder (default: ./maskrcnn-demo)")
+    p.add_argument(
+        "--out", default=None, help="output folder (default: ./maskrcnn-demo, ./maskrcnn-keypoint-demo)"
+    )
     p.add_argument("--train-images", type=int, default=800)
     p.add_argument("--val-images", type=int, default=100)
+    p.add_argument(
+        "--keypoints",
+        action="store_true",
+        help="the keypoint demo: the corners of the shapes as keypoints (preset shapes_keypoints)",
+    )
     p.add_argument("--no-progress", action="store_true")
-    p.add_argument("overrides", nargs="*", help="config overrides on the shapes_demo preset")
+    p.add_argument(
+        "overrides", nargs="*", help="config overrides on the shapes_demo (shapes_keypoints) preset"
+    )
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    out = args.out or ("maskrcnn-keypoint-demo" if args.keypoints else "maskrcnn-demo")
     summary = run_demo(
-        args.out,
+        out,
         train_images=args.train_images,
         val_images=args.val_images,
         overrides=args.overrides,
         progress=not args.no_progress,
+        keypoints=args.keypoints,
+    )
+    second = (
+        f"keypoint AP {summary['keypoint_AP']:.3f}" if args.keypoints else f"mask AP {summary['mask_AP']:.3f}"
     )
     print(
         f"demo finished in {summary['wall_time_s']:.0f} s: box AP {summary['box_AP']:.3f}, "
-        f"mask AP {summary['mask_AP']:.3f}; overlays in {summary['overlays']}; "
-        f"training curves: {summary['training_curves']}"
+        f"{second}; overlays in {summary['overlays']}; training curves: {summary['training_curves']}"
     )
     return 0
 
 
 def _enlarged(image, instances, factor: int):
     """The 128-pixel demo images and their instances (Targets or Detections) scaled up `factor`
-    times (nearest neighbour), so that the overlays' labels do not hide the shapes."""
+    times (nearest neighbour, so keypoint coordinates scale exactly), so that the overlays' labels
+    do not hide the shapes."""
     import dataclasses
 
     import torch.nn.functional as F
 
     big = F.interpolate(image[None], scale_factor=factor, mode="nearest")[0]
-    if len(instances.masks):
+    changes = {"boxes": instances.boxes * factor}
+    if instances.masks is not None and len(instances.masks):
         masks = F.interpolate(instances.masks[None].float(), scale_factor=factor, mode="nearest")[0] > 0.5
-    else:  # interpolate refuses empty inputs
-        masks = instances.masks.new_zeros((0, *big.shape[-2:]))
-    return big, dataclasses.replace(instances, boxes=instances.boxes * factor, masks=masks)
+        changes["masks"] = masks
+    elif instances.masks is not None:  # interpolate refuses empty inputs
+        changes["masks"] = instances.masks.new_zeros((0, *big.shape[-2:]))
+    if instances.keypoints is not None:
+        keypoints = instances.keypoints.clone()
+        keypoints[..., :2] *= factor
+        changes["keypoints"] = keypoints
+    return big, dataclasses.replace(instances, **changes)
+
+
+def _draw_overlays(model, samples: list, out: Path) -> None:
+    """Ground truth | predictions (score >= 0.5; keypoints with their skeleton) of each sample."""
+    import torch
+
+    from ..inspect.canvas import grid, titled
+    from ..predict import model_skeleton
+    from ..visualize import draw_detections, draw_targets
+
+    out.mkdir(parents=True, exist_ok=True)
+    skeleton = model_skeleton(model.config)
+    with torch.no_grad():
+        detections = model.predict([s.image for s in samples])
+    for s, det in zip(samples, detections):
+        truth = draw_targets(*_enlarged(s.image, s.targets, 3), model.class_names, skeleton=skeleton)
+        predicted = draw_detections(
+            *_enlarged(s.image, det, 3),
+            class_names=model.class_names,
+            score_thresh=0.5,
+            skeleton=skeleton,
+            keypoint_thresh=DEMO_KEYPOINT_THRESH,
+        )
+        picture = grid([titled(truth, "ground truth"), titled(predicted, "predicted (score >= 0.5)")], 2)
+        picture.save(out / f"{Path(s.file_name).stem}.png")
 
 
 def run_demo(
@@ -93,43 +143,33 @@ def run_demo(
     val_images: int = 100,
     overrides: list[str] | None = None,
     progress: bool = True,
+    keypoints: bool = False,
 ) -> dict:
-    """Train the small shapes model on the CPU, evaluate it on held-out shapes, draw overlays."""
-    import torch
-
+    """Train the small shapes model on the CPU, evaluate it on held-out shapes, draw overlays.
+    `keypoints`: the keypoint demo (preset shapes_keypoints, the shapes' corners as keypoints: see
+    `maskrcnn.data.shapes`), evaluated with box and keypoint AP instead of box and mask AP."""
     from ..data.shapes import ShapesDataset
     from ..evaluation.coco_eval import format_table
     from ..files import atomic_write_json
-    from ..inspect.canvas import grid, titled
-    from ..visualize import draw_detections, draw_targets
     from .checkpoint import load_model
     from .train import train
 
     start = time.perf_counter()
     out = Path(out_dir)
-    cfg = apply_overrides(resolve("shapes_demo"), overrides or [])
-    train_set = ShapesDataset(train_images, seed=0)
-    val_set = ShapesDataset(val_images, seed=1_000_003)  # a different seed: images never seen in training
+    cfg = apply_overrides(resolve("shapes_keypoints" if keypoints else "shapes_demo"), overrides or [])
+    train_set = ShapesDataset(train_images, seed=0, keypoints=keypoints)
+    # a different seed: images never seen in training
+    val_set = ShapesDataset(val_images, seed=1_000_003, keypoints=keypoints)
     result = train(cfg, train_data=train_set, val_data=val_set, out_dir=out, progress=progress)
     metrics = result["metrics"]
     model = load_model(out / "model_final.pt")
     overlays = out / "overlays"
-    overlays.mkdir(parents=True, exist_ok=True)
-    samples = [val_set[i] for i in range(min(8, len(val_set)))]
-    with torch.no_grad():
-        detections = model.predict([s.image for s in samples])
-    for s, det in zip(samples, detections):
-        truth = draw_targets(*_enlarged(s.image, s.targets, 3), class_names=model.class_names)
-        predicted = draw_detections(
-            *_enlarged(s.image, det, 3), class_names=model.class_names, score_thresh=0.5
-        )
-        picture = grid([titled(truth, "ground truth"), titled(predicted, "predicted (score >= 0.5)")], 2)
-        picture.save(overlays / f"{Path(s.file_name).stem}.png")
+    _draw_overlays(model, [val_set[i] for i in range(min(8, len(val_set)))], overlays)
     summary = {
         "wall_time_s": time.perf_counter() - start,
         "iterations": result["iterations"],
         "box_AP": metrics["bbox"]["AP"],
-        "mask_AP": metrics["segm"]["AP"],
+        **({"keypoint_AP": metrics["keypoints"]["AP"]} if keypoints else {"mask_AP": metrics["segm"]["AP"]}),
         "overlays": str(overlays),
         "training_curves": str(out / "training_curves.png"),  # drawn by train() at its end
     }

@@ -27,7 +27,8 @@ import torch
 from torch import nn
 
 from ..config import Config, replace, save_config
-from ..data.dataset import check_dataset
+from ..data.dataset import check_dataset, dataset_keypoints
+from ..data.keypoint_meta import keypoint_flip_map, oks_sigmas, with_dataset_keypoints
 from ..data.loader import build_train_loader
 from ..data.specs import build_dataset
 from ..data.transforms import Compose, HorizontalFlip, LargeScaleJitter
@@ -66,12 +67,14 @@ def resolve_device(name: str) -> str:
     return name
 
 
-def build_transforms(cfg: Config):
+def build_transforms(cfg: Config, *, num_keypoints: int = 0):
+    """LSJ and flips as `cfg.data` says; with keypoints (J > 0) flips swap `cfg.model.keypoints`' pairs."""
     steps = []
     if cfg.data.lsj:
         steps.append(LargeScaleJitter(cfg.data.lsj_size, tuple(cfg.data.lsj_scale)))
     if cfg.data.hflip_prob > 0:
-        steps.append(HorizontalFlip(cfg.data.hflip_prob))
+        flips = keypoint_flip_map(cfg.model.keypoints, num_keypoints=num_keypoints) if num_keypoints else None
+        steps.append(HorizontalFlip(cfg.data.hflip_prob, keypoint_flip_map=flips))
     return Compose(steps) if steps else None
 
 
@@ -157,6 +160,9 @@ class Trainer:
         if not names:
             raise UserError("the training dataset has no class_names")
         cfg = replace(cfg, model=replace(cfg.model, num_classes=len(names)))
+        cfg = with_dataset_keypoints(cfg, self.dataset)
+        if cfg.model.roi_heads.keypoint_on and dataset_keypoints(val_data)[0]:  # keypoint AP at the end
+            oks_sigmas(cfg.model.keypoints, num_keypoints=cfg.model.roi_heads.num_keypoints)
         self.cfg = cfg
         world = self.dist.world_size
         if cfg.solver.ims_per_batch % world:
@@ -185,7 +191,7 @@ class Trainer:
         self.loader = build_train_loader(
             self.dataset,
             batch_size=cfg.solver.ims_per_batch // world,
-            transforms=build_transforms(cfg),
+            transforms=build_transforms(cfg, num_keypoints=dataset_keypoints(self.dataset)[0]),
             num_workers=cfg.data.num_workers,
             seed=cfg.train.seed,
             shard=(self.dist.rank, world),
@@ -366,7 +372,8 @@ class Trainer:
                     "eval": name,
                     **{
                         f"{t}/{k}": v
-                        for t in ("bbox", "segm")
+                        for t in ("bbox", "segm", "keypoints")
+                        if t in metrics
                         for k, v in metrics[t].items()
                         if isinstance(v, float)
                     },

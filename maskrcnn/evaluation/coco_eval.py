@@ -12,6 +12,14 @@ accumulate, summarize) and returns, per IoU type:
 As in torchvision's and detectron2's evaluators, each IoU type is given only its own field of the
 records: "bbox" for box AP and "segmentation" for mask AP, so pycocotools takes the area of a
 detection (for APs/APm/APl) from its mask, not from its box.
+
+Keypoint AP ("keypoints", records with "keypoints": x, y, score per keypoint, as COCO's keypoint
+results): COCOeval with iouType "keypoints" and the OKS sigmas of the model or the options (see
+`maskrcnn.evaluation.keypoint_eval`), on the ground-truth categories with keypoints. As for the other
+types it gets only the records' "keypoints", so a detection's area is that of its keypoints' extent
+(pycocotools' loadRes rule, as in torchvision's evaluator and COCO's keypoint results format). Its
+stats are pycocotools' 10 (KEYPOINT_STAT_NAMES: no small objects, at most 20 detections per image);
+"per_class" and "pr" are taken at that detection limit.
 """
 
 from __future__ import annotations
@@ -30,13 +38,18 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from ..data import keypoint_meta
 from ..data.coco import read_json
+from ..data.dataset import dataset_keypoints
 from ..errors import UserError
 from ..files import atomic_write_json, atomic_write_text
+from .keypoint_eval import check_keypoint_records, keypoint_ground_truth
 
 __all__ = [
     "IOU_TYPES",
+    "KEYPOINT_STAT_NAMES",
     "STAT_NAMES",
+    "default_iou_types",
     "evaluate_coco_results",
     "evaluate_model",
     "format_per_class",
@@ -46,11 +59,20 @@ __all__ = [
     "write_report",
 ]
 
-IOU_TYPES = ("bbox", "segm")
+IOU_TYPES = ("bbox", "segm", "keypoints")
 STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
+KEYPOINT_STAT_NAMES = ("AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl")
 TABLE_COLUMNS = STAT_NAMES[:6]
 PR_IOUS = (0.5, 0.75)
-_FIELD = {"bbox": "bbox", "segm": "segmentation"}
+_FIELD = {"bbox": "bbox", "segm": "segmentation", "keypoints": "keypoints"}
+
+
+def default_iou_types(records: Sequence[dict]) -> tuple[str, ...]:
+    """Instance results: bbox and segm. Keypoint results (records with "keypoints"): keypoints and
+    the types whose field the records have too (bbox, segm)."""
+    if not records or "keypoints" not in records[0]:
+        return ("bbox", "segm")
+    return tuple(t for t in IOU_TYPES if _FIELD[t] in records[0])
 
 
 def _quiet(verbose: bool) -> contextlib.AbstractContextManager:
@@ -136,21 +158,29 @@ def _load_res(gt: COCO, records: list[dict]) -> COCO:
     return res
 
 
-def _evaluate_one(gt: COCO, records: list[dict], iou_type: str) -> dict:
+def _evaluate_one(
+    gt: COCO, records: list[dict], iou_type: str, keypoints: Optional[tuple[list[int], tuple[float, ...]]]
+) -> dict:
+    """COCOeval of one IoU type; `keypoints`: (category ids, OKS sigmas) for "keypoints"."""
     key = _FIELD[iou_type]
     subset = [
         {"image_id": r["image_id"], "category_id": r["category_id"], "score": r["score"], key: r[key]}
         for r in records
     ]
     coco_eval = COCOeval(gt, _load_res(gt, subset), iou_type)
+    names = STAT_NAMES
+    if iou_type == "keypoints" and keypoints is not None:
+        coco_eval.params.catIds, sigmas = keypoints
+        coco_eval.params.kpt_oks_sigmas = np.array(sigmas)
+        names = KEYPOINT_STAT_NAMES
     coco_eval.evaluate()
     coco_eval.accumulate()
     coco_eval.summarize()
-    out: dict[str, Any] = {n: (float(v) if v > -1 else None) for n, v in zip(STAT_NAMES, coco_eval.stats)}
+    out: dict[str, Any] = {n: (float(v) if v > -1 else None) for n, v in zip(names, coco_eval.stats)}
 
     params = coco_eval.params
     precision = coco_eval.eval["precision"]  # (T iou thresholds, R recall points, K classes, A areas, M)
-    area, dets = list(params.areaRngLbl).index("all"), list(params.maxDets).index(100)
+    area, dets = list(params.areaRngLbl).index("all"), len(params.maxDets) - 1  # 100 (20 for keypoints)
     per_class: dict[str, float] = {}
     for k, cat_id in enumerate(params.catIds):
         p = precision[:, :, k, area, dets]
@@ -174,24 +204,34 @@ def evaluate_coco_results(
     gt: Union[COCO, str, Path],
     results: Union[Sequence[dict], str, Path],
     *,
-    iou_types: Sequence[str] = IOU_TYPES,
+    iou_types: Optional[Sequence[str]] = None,
+    oks_sigmas: Optional[Sequence[float]] = None,
     verbose: bool = False,
 ) -> dict:
     """COCO metrics of result records against ground truth (see the module docstring).
 
     `gt`: a COCO object or an instances JSON path; `results`: records or a results JSON path.
+    `iou_types`: default `default_iou_types(records)`. `oks_sigmas`: keypoint AP's sigmas (default:
+    COCO's for COCO person keypoints; required for other keypoint sets).
     Returns {iou_type: {...}, "num_images", "num_detections"}. `verbose` lets pycocotools print.
     """
+    where = str(results) if isinstance(results, (str, Path)) else "results"
+    raw = load_results(results)
+    iou_types = default_iou_types(raw) if iou_types is None else tuple(iou_types)
     unknown = [t for t in iou_types if t not in _FIELD]
     if unknown or not iou_types:
         raise UserError(f"iou_types must be a non-empty subset of {IOU_TYPES}, got {tuple(iou_types)}")
-    where = str(results) if isinstance(results, (str, Path)) else "results"
     coco_gt = load_ground_truth(gt)
-    records = _check_records(load_results(results), coco_gt, iou_types, where)
+    records = _check_records(raw, coco_gt, iou_types, where)
+    keypoints = None
+    if "keypoints" in iou_types:
+        gt_where = str(gt) if isinstance(gt, (str, Path)) else "ground truth"
+        keypoints = keypoint_ground_truth(coco_gt, where=gt_where, sigmas=oks_sigmas)
+        check_keypoint_records(records, len(keypoints[1]), where)
     metrics: dict[str, Any] = {}
     with _quiet(verbose):
         for iou_type in iou_types:
-            metrics[iou_type] = _evaluate_one(coco_gt, records, iou_type)
+            metrics[iou_type] = _evaluate_one(coco_gt, records, iou_type, keypoints)
     metrics["num_images"] = len(coco_gt.getImgIds())
     metrics["num_detections"] = len(records)
     return metrics
@@ -213,13 +253,15 @@ def evaluate_model(
     batch_size: int = 1,
     device: str = "cpu",
     progress: bool = True,
-    iou_types: Sequence[str] = IOU_TYPES,
+    iou_types: Optional[Sequence[str]] = None,
 ) -> tuple[dict, list[dict]]:
     """Predict over `dataset` with `model.predict` and COCO-evaluate; returns (metrics, result records).
 
     Record image ids are the samples' image ids; category ids are `dataset.category_ids[label - 1]`
     when the dataset has them, else the labels. Ground truth: a CocoDataset's own annotation file,
     for other datasets the file `maskrcnn.data.write_coco_json` writes (in a temporary folder).
+    `iou_types` (default): bbox, segm when the model has masks, keypoints when it has the keypoint
+    branch and the dataset has keypoints (with the OKS sigmas of the model's config).
     """
     import torch
     from tqdm import tqdm
@@ -231,6 +273,7 @@ def evaluate_model(
     if batch_size < 1:
         raise UserError(f"batch_size must be >= 1, got {batch_size}")
     dataset = check_dataset(dataset, what="the evaluation dataset")
+    sigmas = _keypoint_sigmas(model, dataset)
     category_ids: Optional[list[int]] = list(dataset.category_ids) or None
     num_labels = len(category_ids) if category_ids else None
     model_names, data_names = getattr(model, "class_names", None), dataset.class_names
@@ -260,9 +303,26 @@ def evaluate_model(
             bar.update(len(samples))
     with tempfile.TemporaryDirectory(prefix="maskrcnn-eval-") as tmp:
         gt = _ground_truth_of(dataset, Path(tmp))
+    if iou_types is None:
+        iou_types = ["bbox", "segm"] + (["keypoints"] if sigmas is not None else [])
     if records and "segmentation" not in records[0]:  # a model without a mask branch
         iou_types = [t for t in iou_types if _FIELD[t] != "segmentation"] or list(iou_types)
-    return evaluate_coco_results(gt, records, iou_types=iou_types), records
+    return evaluate_coco_results(gt, records, iou_types=iou_types, oks_sigmas=sigmas), records
+
+
+def _keypoint_sigmas(model: Any, dataset: Any) -> Optional[tuple[float, ...]]:
+    """The OKS sigmas when the model has the keypoint branch and the dataset keypoints (resolved
+    before predicting, so that a custom keypoint set without sigmas fails at once); else None."""
+    cfg = getattr(model, "config", None)
+    if cfg is None or not cfg.model.roi_heads.keypoint_on:
+        return None
+    num_data, num_model = dataset_keypoints(dataset)[0], cfg.model.roi_heads.num_keypoints
+    if not num_data:
+        warnings.warn("the evaluation dataset has no keypoints: no keypoint AP", stacklevel=3)
+        return None
+    if num_data != num_model:
+        raise UserError(f"the model predicts {num_model} keypoints, the evaluation dataset has {num_data}")
+    return keypoint_meta.oks_sigmas(cfg.model.keypoints, num_keypoints=num_model)
 
 
 def _fmt(value: Optional[float]) -> str:

@@ -36,12 +36,17 @@ INPUTS = ("image", "score_thresh")
 OUTPUTS = ("boxes", "scores", "labels", "mask_probs")
 
 
-def _require_onnx():
+def require_onnx():
     try:
         import onnx
     except ImportError:
         raise UserError("ONNX export needs the onnx package: pip install maskrcnn[onnx]") from None
     return onnx
+
+
+def check_opset(opset: int) -> None:
+    if opset < 16:
+        raise UserError(f"--opset must be at least 16 (RoiAlign with half_pixel), got {opset}")
 
 
 def _example_image(height: int = 480, width: int = 640) -> torch.Tensor:
@@ -68,9 +73,8 @@ def inference_settings(model) -> dict:
 def export_onnx(model, path: str | Path, *, opset: int = DEFAULT_OPSET) -> Path:
     """Write `model` (a MaskRCNN; left unchanged) as an ONNX file at `path` (atomically); returns
     the path. See the module docstring for the graph's inputs and outputs."""
-    onnx = _require_onnx()
-    if opset < 16:
-        raise UserError(f"--opset must be at least 16 (RoiAlign with half_pixel), got {opset}")
+    onnx = require_onnx()
+    check_opset(opset)
     was_training = model.training
     device = next(model.parameters()).device
     model = model.eval().cpu()

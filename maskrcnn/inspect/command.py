@@ -64,6 +64,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
                 f"but {path} is {image.shape[-2]}x{image.shape[-1]}"
             )
     model = load(args.weights, device=args.device).model
+    if not hasattr(model, "backbone"):  # an ONNX graph (maskrcnn.export): its stages are not reachable
+        raise UserError(f"--weights {args.weights}: inspect needs a PyTorch checkpoint, not an ONNX file")
     from .page import write_inspection
     from .stages import inspect_model
 

@@ -229,11 +229,12 @@ def draw_final(ins: Inspection) -> Picture:
     det = ins.detections
     n = min(SHOW_DETECTIONS, len(det))
     top = det.select(torch.arange(n))
-    image = draw_detections(ins.image, top, class_names=ins.class_names)
+    image = draw_detections(ins.image, top, class_names=ins.class_names, skeleton=ins.skeleton)
     h, w = ins.original_size
     caption = (
         f"The model's output on the original image ({h}×{w}): {len(det)} detections with score > "
-        f"{ins.det_score_thresh:g}; the {n} most confident drawn (masks, boxes, class and score)."
+        f"{ins.det_score_thresh:g}; the {n} most confident drawn (masks, boxes, class and score"
+        f"{', keypoints and skeleton' if ins.detections.keypoints is not None else ''})."
     )
     stats = {
         "count": len(det),

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from .canvas import Picture
 from .head_pictures import draw_final, draw_masks, draw_refinement, draw_roi_levels
+from .keypoint_pictures import draw_keypoint_heatmaps
 from .rpn_pictures import draw_anchor_targets, draw_anchors, draw_rpn
 
 if TYPE_CHECKING:
@@ -26,7 +27,11 @@ def draw_all(ins: Inspection, out: Path) -> tuple[list[dict], dict]:
     pre, post = draw_rpn(ins)
     stages += [("rpn_pre_nms", pre), ("rpn_post_nms", post)]
     stages += [("roi_levels", draw_roi_levels(ins)), ("box_refinement", draw_refinement(ins))]
-    stages += [("mask_logits", draw_masks(ins)), ("detections", draw_final(ins))]
+    if ins.detections.masks is not None:  # a model with the mask branch
+        stages.append(("mask_logits", draw_masks(ins)))
+    if ins.detections.keypoints is not None:  # a model with the keypoint branch
+        stages.append(("keypoint_heatmaps", draw_keypoint_heatmaps(ins)))
+    stages.append(("detections", draw_final(ins)))
     pictures = []
     summary: dict = {
         "image": {

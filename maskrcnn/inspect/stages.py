@@ -4,7 +4,8 @@ produced in an `Inspection`.
 `inspect_model` goes through the model's own stages and keeps what each returns: the RPN's head,
 anchor generator, `candidates` (what enters NMS) and `suppress` (the proposals), its matcher and
 anchor targets; the RoI heads' `predict` (detections in the input frame, each with the index of
-the proposal it was refined from) and `to_original`; the mask branch's logits. Nothing is
+the proposal it was refined from) and `to_original`; the mask branch's logits and the keypoint
+branch's heatmaps. Nothing is
 recomputed here. With ground truth, it is mapped through the model's own preprocessing (the
 resize) before anchors are matched, exactly as in training.
 """
@@ -19,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..data.keypoint_meta import keypoint_names, keypoint_skeleton
 from ..model.mask_head import mask_channel
 from ..model.roi_pooler import MultiScaleRoIPooler, assign_levels
 from ..model.rpn import flatten_predictions
@@ -72,6 +74,9 @@ class Inspection:
     rpn_thresholds: tuple[float, float] = (0.7, 0.3)  # (fg IoU, bg IoU) of the RPN matcher
     dropped_gt: int = 0  # ground-truth boxes without area, left out of anchor matching
     notes: list[str] = field(default_factory=list)
+    keypoint_heatmaps: Optional[Tensor] = None  # (D, J, S, S) logits of the keypoint branch, if any
+    keypoint_names: list[str] = field(default_factory=list)  # J names ([] when unnamed)
+    skeleton: tuple[tuple[int, int], ...] = ()  # 1-based keypoint pairs the pictures connect
 
     @property
     def all_anchors(self) -> Tensor:
@@ -126,6 +131,17 @@ def _class_logits(mask_branch: Any, features: list[Tensor], boxes: Tensor, label
         p = logits.softmax(dim=1)[index, channel].clamp(1e-6, 1 - 1e-6)
         return torch.log(p) - torch.log1p(-p)
     return logits[index, channel]
+
+
+def _keypoint_metadata(model: Any) -> tuple[list[str], tuple[tuple[int, int], ...]]:
+    """The names and skeleton of a keypoint model's keypoints, from its config (COCO's for 17)."""
+    cfg = model.config
+    if cfg is None:
+        return [], ()
+    num = cfg.model.roi_heads.num_keypoints
+    return list(keypoint_names(cfg.model.keypoints, num_keypoints=num)), keypoint_skeleton(
+        cfg.model.keypoints, num_keypoints=num
+    )
 
 
 @torch.no_grad()
@@ -186,6 +202,11 @@ def inspect_model(
         notes.append("this model has no mask branch")
         logits, det_levels = torch.zeros((0, 1, 1)), torch.zeros(0, dtype=torch.int64)
 
+    keypoint_branch = heads.branch("keypoint")
+    heatmaps, names, skeleton = None, [], ()
+    if keypoint_branch is not None:
+        heatmaps = keypoint_branch(features, [in_frame.boxes]).float().cpu() if len(in_frame) else None
+        names, skeleton = _keypoint_metadata(model)
     rgb = F.interpolate(image[None].float(), size=size, mode="bilinear", align_corners=False)[0]
     rpn_first = int(round(np.log2(rpn.anchor_generator.strides[0])))
     matcher = rpn.matcher
@@ -230,4 +251,7 @@ def inspect_model(
         rpn_thresholds=(float(matcher.high), float(matcher.low)),
         dropped_gt=dropped,
         notes=notes,
+        keypoint_heatmaps=heatmaps,
+        keypoint_names=names,
+        skeleton=skeleton,
     )

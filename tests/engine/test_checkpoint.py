@@ -135,7 +135,7 @@ def test_file_url_with_sha256_is_verified_and_cached(saved, home, image, referen
     model = maskrcnn.load(saved.as_uri(), sha256=digest)
     assert cached_files(home) == ["tiny.pt"]
     assert (home / "checkpoints/tiny.pt").read_bytes() == saved.read_bytes()
-    assert_same_predictions(reference, model, image)
+    assert_same_predictions(reference, model.model, image)  # the module (the Predictor folds BN)
     # the second call uses the cache: it works with the source gone, and with an upper-case prefix
     saved.rename(saved.with_suffix(".moved"))
     assert resolve_weights(saved.as_uri(), sha256=digest[:12].upper()) == home / "checkpoints/tiny.pt"

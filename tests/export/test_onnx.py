@@ -166,3 +166,41 @@ def test_export_errors_are_one_line(tmp_path, shapes_checkpoint, shared_data):
     assert (
         done.returncode == 1 and "missing.onnx" in done.stderr and len(done.stderr.strip().splitlines()) == 1
     )
+
+
+def test_missing_extra_and_foreign_onnx_files_are_user_errors(tmp_path, shapes_checkpoint, shared_data):
+    import subprocess
+    import sys
+
+    import onnx
+    from onnx import TensorProto, helper
+
+    import maskrcnn
+    from maskrcnn.errors import UserError
+
+    # without the extra (its modules made unimportable in a real process): one line naming the fix
+    _, checkpoint = shapes_checkpoint
+    photo = str(shared_data / "coco-mini/val2017" / PHOTOS[0])
+    export = ["export", "--weights", str(checkpoint), "--out", str(tmp_path / "m.onnx")]
+    predict = ["predict", "--weights", str(tmp_path / "x.onnx"), "--out", str(tmp_path), photo]
+    script = (
+        "import sys; sys.modules['onnx'] = sys.modules['onnxruntime'] = None\n"
+        "from maskrcnn.cli import main\n"
+        f"print(main({export!r}))\nprint(main({predict!r}))\n"
+    )
+    (tmp_path / "x.onnx").write_bytes(b"not read")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.stdout.split() == ["1", "1"], done.stderr
+    assert done.stderr.strip().splitlines() == [
+        "error: ONNX export needs the onnx package: pip install maskrcnn[onnx]",
+        "error: running an .onnx model needs onnxruntime: pip install maskrcnn[onnx]",
+    ]
+    # an ONNX file that `maskrcnn export` did not write
+    node = helper.make_node("Identity", ["x"], ["y"])
+    value = helper.make_tensor_value_info
+    graph = helper.make_graph(
+        [node], "g", [value("x", TensorProto.FLOAT, [1])], [value("y", TensorProto.FLOAT, [1])]
+    )
+    onnx.save(helper.make_model(graph), str(tmp_path / "foreign.onnx"))
+    with pytest.raises(UserError, match="not an ONNX file written by `maskrcnn export`"):
+        maskrcnn.load(str(tmp_path / "foreign.onnx"))

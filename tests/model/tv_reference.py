@@ -18,9 +18,10 @@ BUILDERS = {
 
 
 def torchvision_model(version: str, seed: int = 0, **kwargs) -> torch.nn.Module:
-    """`maskrcnn_resnet50_fpn(_v2)` or `keypointrcnn_resnet50_fpn` (version "keypoint") (weights=None) with a fixed seed, then made decisive: random
-    norm statistics and sharper class/objectness layers, so that the random model produces
-    confident detections (the default init gives near-uniform scores below the 0.05 threshold)."""
+    """torchvision's `maskrcnn_resnet50_fpn(_v2)` or `keypointrcnn_resnet50_fpn` ("keypoint") with
+    weights=None and a fixed seed, then made decisive: random norm statistics and sharper
+    class/objectness layers, so that the random model produces confident detections (the default
+    init gives near-uniform scores below the 0.05 threshold)."""
     torch.manual_seed(seed)
     model = BUILDERS[version](weights=None, weights_backbone=None, **kwargs)
     gen = torch.Generator().manual_seed(seed + 1)
