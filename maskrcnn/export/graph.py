@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..errors import UserError
 from ..model.mask_head import mask_channel
 from ..model.roi_pooler import MultiScaleRoIPooler, assign_levels
 from ..ops.nms import nms
@@ -108,7 +109,7 @@ class InferenceGraph(nn.Module):
         super().__init__()
         extra = [name for name in model.roi_heads.branch_names if name != "mask"]
         if extra:
-            raise ValueError(f"ONNX export supports the box and mask branches, not {extra}")
+            raise UserError(f"ONNX export covers the box and mask branches; this model also has {extra}")
         self.model = model.eval()
         self.mask = model.roi_heads.branch("mask")
 
