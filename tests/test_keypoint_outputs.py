@@ -165,7 +165,7 @@ def test_predict_writes_keypoint_records_coco_accepts_and_skeleton_overlays(
         mine = [r for r in records if r["file_name"] == image.name]
         assert len(mine) == len(det)
         got = torch.tensor([r["keypoints"] for r in mine]).reshape(len(det), 17, 3)
-        assert torch.allclose(got, det.keypoints, atol=5e-4, rtol=0)
+        assert torch.allclose(got, det.keypoints, atol=6e-4, rtol=0)  # 3 decimals, float32 pixels
 
     # pycocotools reads them against COCO's person keypoint ground truth and evaluates keypoint AP
     with contextlib.redirect_stdout(io.StringIO()):
