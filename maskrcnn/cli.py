@@ -150,7 +150,9 @@ def _cmd_show_data(args: argparse.Namespace) -> int:
         if name in used:
             name = f"{name}_{index}"
         used.add(name)
-        draw_targets(sample.image, sample.targets, dataset.class_names).save(out / f"{name}.png")
+        skeleton = getattr(dataset, "skeleton", None) or ()  # keypoint datasets: points joined
+        picture = draw_targets(sample.image, sample.targets, dataset.class_names, skeleton=skeleton)
+        picture.save(out / f"{name}.png")
     print(f"wrote {count} images to {out}")
     return 0
 
