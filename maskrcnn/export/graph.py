@@ -92,13 +92,16 @@ def pool(pooler: MultiScaleRoIPooler, features: list[Tensor], boxes: Tensor) -> 
         canonical_box_size=pooler.canonical_box_size,
         canonical_level=pooler.canonical_level,
     )
-    size = pooler.output_size
-    out = features[0].new_zeros((1, features[0].shape[1], size, size)).expand(_count(rois), -1, -1, -1)
+    pooled, order = [], []
     for level, (feature, scale) in enumerate(zip(features, pooler.scales)):
         index = torch.where(levels == level)[0]
-        pooled = pooler._pool(feature, rois[index], scale).to(out.dtype)
-        out = out.scatter(0, index[:, None, None, None].expand(-1, *pooled.shape[1:]), pooled)
-    return out
+        pooled.append(pooler._pool(feature, rois[index], scale))
+        order.append(index)
+    # rows back into box order with one Gather (a ScatterElements per level into the (R, C, S, S)
+    # result cost onnxruntime ~0.35 s per 800 px image): inverse[order[j]] = j
+    order = torch.cat(order)
+    inverse = torch.zeros_like(order).scatter(0, order, torch.ones_like(order).cumsum(0) - 1)
+    return torch.cat(pooled)[inverse]
 
 
 class InferenceGraph(nn.Module):
