@@ -26,7 +26,7 @@ from maskrcnn.evaluation.coco_eval import (
     write_report,
 )
 from maskrcnn.structures import Detections
-from tests.helpers import REPO_ROOT
+from tests.helpers import REPO_ROOT, ReplayModel
 
 # pycocotools' annToMask triggers a NumPy 2 "copy keyword" DeprecationWarning inside its Cython code.
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
@@ -227,33 +227,19 @@ def test_cli_evaluate_results(val_json: Path, results: list[dict], reference: di
     assert "segm" in proc.stdout and "person" in proc.stdout
 
 
-class OracleModel:
-    """Stands in for a MaskRCNN: 'predicts' each item's ground truth, in dataset order."""
-
-    def __init__(self, dataset) -> None:
-        self.queue = []
-        for i in range(len(dataset)):
-            t, _ = dataset.load_targets(i)
-            scores = torch.linspace(1.0, 0.5, len(t))
-            self.queue.append(Detections(t.boxes, scores, t.labels, t.masks.bool()))
-
-    def to(self, device: str) -> OracleModel:
-        return self
-
-    def eval(self) -> OracleModel:
-        return self
-
-    def padded_size(self, height: int, width: int) -> tuple[int, int]:
-        return height, width
-
-    def predict(self, images: list[torch.Tensor], *, score_thresh=None) -> list[Detections]:
-        out, self.queue = self.queue[: len(images)], self.queue[len(images) :]
-        return out
+def oracle(dataset) -> ReplayModel:
+    """A stand-in model that 'predicts' each item's ground truth, in dataset order."""
+    detections = []
+    for i in range(len(dataset)):
+        t, _ = dataset.load_targets(i)
+        scores = torch.linspace(1.0, 0.5, len(t))
+        detections.append(Detections(t.boxes, scores, t.labels, t.masks.bool()))
+    return ReplayModel(detections)
 
 
 def test_evaluate_model_shapes_oracle_is_perfect() -> None:
     dataset = ShapesDataset(6, seed=3)
-    metrics, records = evaluate_model(OracleModel(dataset), dataset, batch_size=4, progress=False)
+    metrics, records = evaluate_model(oracle(dataset), dataset, batch_size=4, progress=False)
     assert metrics["bbox"]["AP"] == 1.0 and metrics["segm"]["AP"] == 1.0
     assert {r["image_id"] for r in records} == set(range(6)) and {r["category_id"] for r in records} <= {
         1,
@@ -275,7 +261,7 @@ def test_evaluate_model_coco_uses_original_file(val_json: Path, tmp_path: Path, 
     ann_file = tmp_path / "subset.json"
     ann_file.write_text(json.dumps(subset))
     dataset = CocoDataset(ann_file, shared_data / "coco-mini" / "val2017")
-    metrics, records = evaluate_model(OracleModel(dataset), dataset, progress=False)
+    metrics, records = evaluate_model(oracle(dataset), dataset, progress=False)
     assert metrics["segm"]["AP"] == 1.0  # the decoded masks are exactly COCOeval's masks
     assert 0.9 < metrics["bbox"]["AP"] < 1.0  # tight mask boxes differ slightly from the JSON boxes
     assert len(records) == sum(1 for a in subset["annotations"] if not a["iscrowd"])

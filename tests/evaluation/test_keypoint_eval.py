@@ -27,6 +27,7 @@ from maskrcnn.evaluation.coco_eval import (
 )
 from maskrcnn.evaluation.keypoint_eval import parse_sigmas
 from maskrcnn.structures import Detections
+from tests.helpers import ReplayModel
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 
@@ -154,33 +155,18 @@ def test_bad_keypoint_records_name_the_file(kp_json: Path, tmp_path: Path) -> No
         evaluate_coco_results(instances, keypoint_results(kp_json), iou_types=("keypoints",))
 
 
-class KeypointOracle:
-    """Stands in for a keypoint model: 'predicts' each item's ground-truth persons that have labelled
-    keypoints, with keypoint scores 1; carries the torchvision_keypoint config (COCO's sigmas)."""
-
-    def __init__(self, dataset: CocoDataset) -> None:
-        self.config = torchvision_keypoint()
-        self.queue = []
-        for i in range(len(dataset)):
-            t, _ = dataset.load_targets(i)
-            t = t.select((t.keypoints[..., 2] > 0).any(dim=1))
-            kps = t.keypoints.clone()
-            kps[..., 2] = 1.0
-            scores = torch.linspace(1.0, 0.5, len(t))
-            self.queue.append(Detections(t.boxes, scores, t.labels, t.masks.bool(), keypoints=kps))
-
-    def to(self, device: str) -> KeypointOracle:
-        return self
-
-    def eval(self) -> KeypointOracle:
-        return self
-
-    def padded_size(self, height: int, width: int) -> tuple[int, int]:
-        return height, width
-
-    def predict(self, images: list[torch.Tensor], *, score_thresh=None) -> list[Detections]:
-        out, self.queue = self.queue[: len(images)], self.queue[len(images) :]
-        return out
+def keypoint_oracle(dataset: CocoDataset) -> ReplayModel:
+    """A stand-in keypoint model that 'predicts' each item's ground-truth persons that have labelled
+    keypoints, with keypoint scores 1; it carries the torchvision_keypoint config (COCO's sigmas)."""
+    detections = []
+    for i in range(len(dataset)):
+        t, _ = dataset.load_targets(i)
+        t = t.select((t.keypoints[..., 2] > 0).any(dim=1))
+        kps = t.keypoints.clone()
+        kps[..., 2] = 1.0
+        scores = torch.linspace(1.0, 0.5, len(t))
+        detections.append(Detections(t.boxes, scores, t.labels, t.masks.bool(), keypoints=kps))
+    return ReplayModel(detections, config=torchvision_keypoint())
 
 
 def test_evaluate_model_reports_keypoint_ap(kp_json: Path, shared_data: Path, tmp_path: Path) -> None:
@@ -194,7 +180,7 @@ def test_evaluate_model_reports_keypoint_ap(kp_json: Path, shared_data: Path, tm
     ann = tmp_path / "subset.json"
     ann.write_text(json.dumps(subset))
     dataset = CocoDataset(ann, shared_data / "coco-mini" / "val2017")
-    metrics, records = evaluate_model(KeypointOracle(dataset), dataset, progress=False)
+    metrics, records = evaluate_model(keypoint_oracle(dataset), dataset, progress=False)
     assert set(metrics) >= {"bbox", "segm", "keypoints"}
     assert metrics["keypoints"]["AP"] == 1.0
     assert metrics["segm"]["AP"] < 1.0  # the persons without labelled keypoints are missed, and only there
