@@ -8,10 +8,6 @@ from pathlib import Path
 
 from ..config import apply_overrides, resolve
 
-# the keypoint demo's overlays draw predicted keypoints whose score (heatmap logit) is above this:
-# a triangle's fourth keypoint, which it does not have, scores lower (see README)
-DEMO_KEYPOINT_THRESH = 0.0
-
 
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
@@ -112,7 +108,10 @@ def _enlarged(image, instances, factor: int):
 
 
 def _draw_overlays(model, samples: list, out: Path) -> None:
-    """Ground truth | predictions (score >= 0.5; keypoints with their skeleton) of each sample."""
+    """Ground truth | predictions (score >= 0.5; keypoints with their skeleton) of each sample; the
+    ground truth without masks for a model without the mask branch, so both panels show the image."""
+    import dataclasses
+
     import torch
 
     from ..inspect.canvas import grid, titled
@@ -123,14 +122,15 @@ def _draw_overlays(model, samples: list, out: Path) -> None:
     skeleton = model_skeleton(model.config)
     with torch.no_grad():
         detections = model.predict([s.image for s in samples])
+    masks = model.config.model.roi_heads.mask_on
     for s, det in zip(samples, detections):
-        truth = draw_targets(*_enlarged(s.image, s.targets, 3), model.class_names, skeleton=skeleton)
+        targets = s.targets if masks else dataclasses.replace(s.targets, masks=None)
+        truth = draw_targets(*_enlarged(s.image, targets, 3), model.class_names, skeleton=skeleton)
         predicted = draw_detections(
             *_enlarged(s.image, det, 3),
             class_names=model.class_names,
             score_thresh=0.5,
             skeleton=skeleton,
-            keypoint_thresh=DEMO_KEYPOINT_THRESH,
         )
         picture = grid([titled(truth, "ground truth"), titled(predicted, "predicted (score >= 0.5)")], 2)
         picture.save(out / f"{Path(s.file_name).stem}.png")
