@@ -1,0 +1,151 @@
+"""Problems found in a dataset: what `maskrcnn check-data` reports and `maskrcnn train` acts on.
+
+Every loader reads its files the same way for training and for checking; what it finds wrong is
+recorded in a `ProblemLog` instead of being silently skipped:
+
+- *fatal* problems would stop training (a missing or unreadable image, an image whose size differs
+  from its annotation file, an unknown category, duplicate ids, a file that is not what its format
+  says): `check-data` exits 1 and `train` stops before the first step with the report;
+- *fixed* problems are repaired the same way every time, and the report says how (a polygon with
+  fewer than 3 points is dropped, a box partly outside the image is clipped to it, a zero-area box
+  or one entirely outside the image is dropped): `train` applies the fix and counts it in its log
+  and `metrics.jsonl`;
+- *notes* are not problems for training but worth knowing (an image without annotations is kept
+  as a background image).
+
+Each kind is declared once in `KINDS` (its severity, and for fixed ones what is done); a record
+names the file, the image id and the annotation id where they exist (item: the format's own name
+for the thing at fault, e.g. a labelme shape index or a YOLO label line).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Literal
+
+from maskrcnn.errors import UserError
+
+__all__ = ["KINDS", "DataProblemsError", "Kind", "Problem", "ProblemLog"]
+
+Severity = Literal["fatal", "fixed", "note"]
+
+
+@dataclass(frozen=True)
+class Kind:
+    severity: Severity
+    what: str  # what is wrong, e.g. "polygon with fewer than 3 points"
+    action: str = ""  # for fixed problems: what is done, e.g. "polygon dropped"
+
+
+KINDS: dict[str, Kind] = {
+    "missing_image": Kind("fatal", "image file missing"),
+    "unreadable_image": Kind("fatal", "image file cannot be decoded"),
+    "image_size_mismatch": Kind("fatal", "image size differs from the annotation file's width/height"),
+    "unknown_category": Kind("fatal", "annotation of an unknown category"),
+    "duplicate_image_id": Kind("fatal", "image id used twice"),
+    "duplicate_annotation_id": Kind("fatal", "annotation id used twice"),
+    "duplicate_category_id": Kind("fatal", "category id used twice"),
+    "unknown_image": Kind("fatal", "annotation of an image id the file does not list"),
+    "malformed": Kind("fatal", "malformed record (missing key, wrong type, non-finite number)"),
+    "polygon_too_few_points": Kind("fixed", "polygon with fewer than 3 points", "polygon dropped"),
+    "zero_area": Kind("fixed", "zero-area box or mask", "annotation dropped"),
+    "box_outside_image": Kind("fixed", "box partly outside the image", "box clipped to the image"),
+    "box_entirely_outside_image": Kind("fixed", "box entirely outside the image", "annotation dropped"),
+    "image_without_annotations": Kind("note", "image without annotations", "kept as a background image"),
+}
+
+
+@dataclass(frozen=True)
+class Problem:
+    kind: str  # a key of KINDS
+    file: str  # the file at fault (annotation file, image file, label file)
+    image_id: int | str | None = None
+    annotation_id: int | str | None = None  # or the format's own item (shape index, label line)
+    detail: str = ""  # the specifics, e.g. "polygon 1 has 2 points"
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"unknown problem kind {self.kind!r}; declare it in KINDS")
+
+    @property
+    def severity(self) -> Severity:
+        return KINDS[self.kind].severity
+
+    def where(self) -> str:
+        """e.g. "ann.json (image 7, annotation 12)"."""
+        parts = [
+            f"image {self.image_id}" if self.image_id is not None else "",
+            f"annotation {self.annotation_id}" if self.annotation_id is not None else "",
+        ]
+        inside = ", ".join(p for p in parts if p)
+        return f"{self.file} ({inside})" if inside else self.file
+
+    def line(self) -> str:
+        kind = KINDS[self.kind]
+        text = f"{self.where()}: {kind.what}"
+        text += f": {self.detail}" if self.detail else ""
+        return text + (f" -> {kind.action}" if kind.action else "")
+
+
+@dataclass
+class ProblemLog:
+    """The problems of one dataset, in the order they were found."""
+
+    problems: list[Problem] = field(default_factory=list)
+
+    def add(
+        self,
+        kind: str,
+        file: object,
+        *,
+        image_id: int | str | None = None,
+        annotation_id: int | str | None = None,
+        detail: str = "",
+    ) -> None:
+        self.problems.append(Problem(kind, str(file), image_id, annotation_id, detail))
+
+    def extend(self, other: ProblemLog) -> None:
+        self.problems.extend(other.problems)
+
+    def counts(self) -> Counter:
+        """kind -> number of problems of that kind."""
+        return Counter(p.kind for p in self.problems)
+
+    def of(self, severity: Severity) -> list[Problem]:
+        return [p for p in self.problems if p.severity == severity]
+
+    @property
+    def fatal(self) -> bool:
+        return any(p.severity == "fatal" for p in self.problems)
+
+    def summary(self) -> dict[str, int]:
+        """Counts by kind, for logs and metrics.jsonl (e.g. {"polygon_too_few_points": 3})."""
+        return dict(sorted(self.counts().items()))
+
+    def report(self, *, examples: int = 3) -> str:
+        """Human-readable: per kind (fatal first), its count and the first `examples` problems."""
+        if not self.problems:
+            return "no problems found"
+        order = {"fatal": 0, "fixed": 1, "note": 2}
+        lines = []
+        for kind, count in sorted(
+            self.counts().items(), key=lambda kc: (order[KINDS[kc[0]].severity], kc[0])
+        ):
+            spec = KINDS[kind]
+            action = f" ({spec.action})" if spec.action else ""
+            lines.append(f"{spec.severity}: {count} x {spec.what}{action}")
+            for p in [p for p in self.problems if p.kind == kind][:examples]:
+                lines.append(f"    {p.where()}" + (f": {p.detail}" if p.detail else ""))
+        return "\n".join(lines)
+
+
+class DataProblemsError(UserError):
+    """A dataset with fatal problems; `log` holds all of them (the message: the count and the first)."""
+
+    def __init__(self, what: str, log: ProblemLog):
+        self.log = log
+        fatal = log.of("fatal")
+        first = fatal[0].line() if fatal else ""
+        more = f" (and {len(fatal) - 1} more; see the report)" if len(fatal) > 1 else ""
+        super().__init__(f"{what}: {first}{more}")
