@@ -9,7 +9,7 @@ from typing import NoReturn
 import pytest
 import torch
 
-from tests.helpers import SHARED_DATA
+from tests.helpers import SHARED_DATA, TINY
 
 torch.set_num_threads(max(1, torch.get_num_threads()))
 
@@ -32,3 +32,24 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.fail(f"real data not found at {SHARED_DATA} (expected ../shared/data beside the repo)")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def tiny_weights(tmp_path_factory) -> Path:
+    """The small random 2-class model (`TINY`, classes cat and dog, seed 0) saved as a checkpoint:
+    it detects ~5 things per image; shared by the predict, serve and CLI-error tests."""
+    from maskrcnn.config import apply_overrides, get_preset
+    from maskrcnn.engine.checkpoint import save_model
+    from maskrcnn.model import build_model
+
+    torch.manual_seed(0)
+    model = build_model(apply_overrides(get_preset("default"), TINY), class_names=["cat", "dog"])
+    path = tmp_path_factory.mktemp("tiny-weights") / "tiny.pt"
+    save_model(model, path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def keypoints_json(shared_data: Path) -> Path:
+    """coco-mini's val person-keypoint annotations."""
+    return shared_data / "coco-mini" / "annotations" / "person_keypoints_val2017.json"

@@ -19,10 +19,7 @@ from types import SimpleNamespace
 import pytest
 
 from maskrcnn import cli
-from maskrcnn.config import apply_overrides, get_preset
-from maskrcnn.engine.checkpoint import save_model
 from maskrcnn.errors import UserError, UserKeyError, is_user_error
-from maskrcnn.model import build_model
 from tests.helpers import TINY
 
 TRAIN_JSON = "coco-2img/annotations/instances_train2017.json"
@@ -33,7 +30,7 @@ MAIN_FRAME = re.compile(r'File "[^"]*/maskrcnn/')  # a traceback frame of our pa
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory, shared_data) -> SimpleNamespace:
+def files(tmp_path_factory, shared_data, tiny_weights) -> SimpleNamespace:
     """COCO files made from the real coco-2img train set, each with one defect; a tiny checkpoint."""
     folder = tmp_path_factory.mktemp("cli_errors")
     data = json.loads((shared_data / TRAIN_JSON).read_text())
@@ -45,12 +42,10 @@ def files(tmp_path_factory, shared_data) -> SimpleNamespace:
     paths = {"bad_category": bad_category, "missing_image": missing_image}
     for name, content in paths.items():
         (folder / f"{name}.json").write_text(json.dumps(content))
-    model = build_model(apply_overrides(get_preset("default"), TINY), class_names=["cat", "dog"])
-    save_model(model, folder / "tiny.pt")
     images = shared_data / TRAIN_IMAGES
     return SimpleNamespace(
         folder=folder,
-        weights=folder / "tiny.pt",
+        weights=tiny_weights,
         image=next(images.iterdir()),
         bad_category=f"coco:{folder / 'bad_category.json'}:{images}",
         missing_image=f"coco:{folder / 'missing_image.json'}:{images}",

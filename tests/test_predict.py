@@ -15,14 +15,10 @@ from PIL import Image
 
 import maskrcnn
 from maskrcnn import cli
-from maskrcnn.config import apply_overrides, get_preset
-from maskrcnn.engine.checkpoint import save_model
 from maskrcnn.inputs import InputItem
-from maskrcnn.model import build_model
 from maskrcnn.predict import predict_files, run_predictions
 from maskrcnn.visualize import draw_detections, instance_colors
 from tests.conftest import skip_or_fail_in_ci
-from tests.helpers import TINY
 from tests.helpers import drawing_zones as _zones
 
 VAL = "coco-mini/val2017"
@@ -30,13 +26,9 @@ pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:Depreca
 
 
 @pytest.fixture(scope="module")
-def weights(tmp_path_factory) -> Path:
-    """The small random 2-class model of the checkpoint tests (it detects ~5 things per image)."""
-    torch.manual_seed(0)
-    model = build_model(apply_overrides(get_preset("default"), TINY), class_names=["cat", "dog"])
-    path = tmp_path_factory.mktemp("weights") / "tiny.pt"
-    save_model(model, path)
-    return path
+def weights(tiny_weights) -> Path:
+    """The small random 2-class model (conftest's tiny_weights: it detects ~5 things per image)."""
+    return tiny_weights
 
 
 @pytest.fixture(scope="module")

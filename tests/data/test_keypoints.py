@@ -30,13 +30,8 @@ pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:Depreca
 
 
 @pytest.fixture(scope="module")
-def kp_json(shared_data: Path) -> Path:
-    return shared_data / "coco-mini" / "annotations" / "person_keypoints_val2017.json"
-
-
-@pytest.fixture(scope="module")
-def kp_data(kp_json: Path, shared_data: Path) -> CocoDataset:
-    return CocoDataset(kp_json, shared_data / "coco-mini" / "val2017")
+def kp_data(keypoints_json: Path, shared_data: Path) -> CocoDataset:
+    return CocoDataset(keypoints_json, shared_data / "coco-mini" / "val2017")
 
 
 def _hand_sample() -> Sample:
@@ -53,7 +48,7 @@ def _hand_sample() -> Sample:
 # ---------------------------------------------------------------- reading COCO keypoints
 
 
-def test_coco_keypoints_read_from_real_file(kp_data: CocoDataset, kp_json: Path) -> None:
+def test_coco_keypoints_read_from_real_file(kp_data: CocoDataset, keypoints_json: Path) -> None:
     assert kp_data.num_keypoints == 17
     assert tuple(kp_data.keypoint_names) == COCO_PERSON_KEYPOINT_NAMES
     assert kp_data.skeleton[:3] == [(16, 14), (14, 12), (17, 15)] and len(kp_data.skeleton) == 19
@@ -85,8 +80,8 @@ def test_instances_file_has_no_keypoints(shared_data: Path) -> None:
     assert dataset_keypoints(data) == (0, KeypointConfig())
 
 
-def _edited(kp_json: Path, tmp_path: Path, edit) -> Path:
-    data = json.loads(kp_json.read_text())
+def _edited(keypoints_json: Path, tmp_path: Path, edit) -> Path:
+    data = json.loads(keypoints_json.read_text())
     edit(data)
     out = tmp_path / "edited.json"
     out.write_text(json.dumps(data))
@@ -94,14 +89,14 @@ def _edited(kp_json: Path, tmp_path: Path, edit) -> Path:
 
 
 def test_annotation_without_keypoints_gets_unlabelled_rows(
-    kp_json: Path, shared_data: Path, tmp_path
+    keypoints_json: Path, shared_data: Path, tmp_path
 ) -> None:
     def drop(data: dict) -> None:
         for a in data["annotations"]:
             if a["id"] == 200887:
                 del a["keypoints"], a["num_keypoints"]
 
-    data = CocoDataset(_edited(kp_json, tmp_path, drop), shared_data / "coco-mini" / "val2017")
+    data = CocoDataset(_edited(keypoints_json, tmp_path, drop), shared_data / "coco-mini" / "val2017")
     t, _ = data.load_targets(data.image_ids.index(397133))
     assert t.keypoints.shape == (2, 17, 3)
     assert not any(r[0].tolist() == [433.0, 94.0, 2.0] for r in t.keypoints)
@@ -117,11 +112,13 @@ def test_annotation_without_keypoints_gets_unlabelled_rows(
         ("nose", r"keypoints must be a flat list of numbers"),
     ],
 )
-def test_bad_keypoints_name_file_and_annotation(kp_json, shared_data, tmp_path, value, message) -> None:
+def test_bad_keypoints_name_file_and_annotation(
+    keypoints_json, shared_data, tmp_path, value, message
+) -> None:
     def spoil(data: dict) -> None:
         next(a for a in data["annotations"] if a["id"] == 200887)["keypoints"] = value
 
-    path = _edited(kp_json, tmp_path, spoil)
+    path = _edited(keypoints_json, tmp_path, spoil)
     with pytest.raises(UserError, match=rf"edited\.json: annotation 200887 \(image 397133\): {message}"):
         CocoDataset(path, shared_data / "coco-mini" / "val2017")
 

@@ -32,11 +32,6 @@ from tests.helpers import ReplayModel
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 
 
-@pytest.fixture(scope="module")
-def kp_json(shared_data: Path) -> Path:
-    return shared_data / "coco-mini" / "annotations" / "person_keypoints_val2017.json"
-
-
 def keypoint_results(ann_file: Path, seed: int = 5) -> list[dict]:
     """COCO keypoint results made from the ground truth: every person with labelled keypoints,
     15% dropped; keypoints moved by N(0, 4% of the box size), unlabelled ones put at the box centre;
@@ -85,12 +80,12 @@ def _cli_metrics(tmp_path: Path, results: Path, ann: Path, *extra: str) -> tuple
     return rc, json.loads(metrics_file.read_text()) if rc == 0 else {}, out.getvalue()
 
 
-def test_evaluate_results_equals_pycocotools(kp_json: Path, tmp_path: Path) -> None:
+def test_evaluate_results_equals_pycocotools(keypoints_json: Path, tmp_path: Path) -> None:
     results_file = tmp_path / "keypoint_results.json"
-    results_file.write_text(json.dumps(keypoint_results(kp_json)))
-    rc, metrics, printed = _cli_metrics(tmp_path, results_file, kp_json)
+    results_file.write_text(json.dumps(keypoint_results(keypoints_json)))
+    rc, metrics, printed = _cli_metrics(tmp_path, results_file, keypoints_json)
     assert rc == 0 and set(metrics) == {"keypoints", "num_images", "num_detections"}
-    stats = pycocotools_stats(kp_json, results_file)
+    stats = pycocotools_stats(keypoints_json, results_file)
     ours = [metrics["keypoints"][n] for n in KEYPOINT_STAT_NAMES]
     assert ours == [float(v) if v > -1 else None for v in stats]  # exactly
     assert 0.3 < metrics["keypoints"]["AP"] < 0.95  # the jitter and the false detections cost AP
@@ -98,20 +93,24 @@ def test_evaluate_results_equals_pycocotools(kp_json: Path, tmp_path: Path) -> N
     assert "keypoints" in printed.splitlines()[1] and "person" in printed
 
 
-def test_given_sigmas_change_the_numbers_as_in_pycocotools(kp_json: Path, tmp_path: Path) -> None:
+def test_given_sigmas_change_the_numbers_as_in_pycocotools(keypoints_json: Path, tmp_path: Path) -> None:
     results_file = tmp_path / "keypoint_results.json"
-    results_file.write_text(json.dumps(keypoint_results(kp_json, seed=11)))
+    results_file.write_text(json.dumps(keypoint_results(keypoints_json, seed=11)))
     sigmas = [0.05] * 17
-    rc, metrics, _ = _cli_metrics(tmp_path, results_file, kp_json, "--oks-sigmas", ",".join(map(str, sigmas)))
+    rc, metrics, _ = _cli_metrics(
+        tmp_path, results_file, keypoints_json, "--oks-sigmas", ",".join(map(str, sigmas))
+    )
     assert rc == 0
-    stats = pycocotools_stats(kp_json, results_file, sigmas)
+    stats = pycocotools_stats(keypoints_json, results_file, sigmas)
     assert [metrics["keypoints"][n] for n in KEYPOINT_STAT_NAMES] == [float(v) for v in stats]
-    assert metrics["keypoints"]["AP"] != pytest.approx(pycocotools_stats(kp_json, results_file)[0], abs=1e-3)
+    assert metrics["keypoints"]["AP"] != pytest.approx(
+        pycocotools_stats(keypoints_json, results_file)[0], abs=1e-3
+    )
 
 
-def _three_keypoint_gt(kp_json: Path, tmp_path: Path) -> Path:
+def _three_keypoint_gt(keypoints_json: Path, tmp_path: Path) -> Path:
     """The persons with only nose, left_eye and right_eye: a custom set COCO has no sigmas for."""
-    data = json.loads(kp_json.read_text())
+    data = json.loads(keypoints_json.read_text())
     cat = data["categories"][0]
     cat["keypoints"], cat["skeleton"] = cat["keypoints"][:3], [[1, 2], [1, 3]]
     for a in data["annotations"]:
@@ -122,9 +121,9 @@ def _three_keypoint_gt(kp_json: Path, tmp_path: Path) -> Path:
     return path
 
 
-def test_custom_keypoints_need_sigmas(kp_json: Path, tmp_path: Path) -> None:
-    gt = _three_keypoint_gt(kp_json, tmp_path)
-    records = [{**r, "keypoints": r["keypoints"][:9]} for r in keypoint_results(kp_json)]
+def test_custom_keypoints_need_sigmas(keypoints_json: Path, tmp_path: Path) -> None:
+    gt = _three_keypoint_gt(keypoints_json, tmp_path)
+    records = [{**r, "keypoints": r["keypoints"][:9]} for r in keypoint_results(keypoints_json)]
     results_file = tmp_path / "faces_results.json"
     results_file.write_text(json.dumps(records))
     with pytest.raises(
@@ -143,16 +142,16 @@ def test_custom_keypoints_need_sigmas(kp_json: Path, tmp_path: Path) -> None:
     assert [metrics["keypoints"][n] for n in KEYPOINT_STAT_NAMES] == [float(v) for v in stats]
 
 
-def test_bad_keypoint_records_name_the_file(kp_json: Path, tmp_path: Path) -> None:
-    records = keypoint_results(kp_json)
+def test_bad_keypoint_records_name_the_file(keypoints_json: Path, tmp_path: Path) -> None:
+    records = keypoint_results(keypoints_json)
     records[3] = {**records[3], "keypoints": records[3]["keypoints"][:-3]}
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps(records))
     with pytest.raises(UserError, match=r"bad\.json: record 3: keypoints must be 51 numbers"):
-        evaluate_coco_results(kp_json, bad)
-    instances = kp_json.parent / "instances_val2017.json"
+        evaluate_coco_results(keypoints_json, bad)
+    instances = keypoints_json.parent / "instances_val2017.json"
     with pytest.raises(UserError, match=r"instances_val2017\.json: the ground truth has no keypoints"):
-        evaluate_coco_results(instances, keypoint_results(kp_json), iou_types=("keypoints",))
+        evaluate_coco_results(instances, keypoint_results(keypoints_json), iou_types=("keypoints",))
 
 
 def keypoint_oracle(dataset: CocoDataset) -> ReplayModel:
@@ -169,8 +168,8 @@ def keypoint_oracle(dataset: CocoDataset) -> ReplayModel:
     return ReplayModel(detections, config=torchvision_keypoint())
 
 
-def test_evaluate_model_reports_keypoint_ap(kp_json: Path, shared_data: Path, tmp_path: Path) -> None:
-    data = json.loads(kp_json.read_text())
+def test_evaluate_model_reports_keypoint_ap(keypoints_json: Path, shared_data: Path, tmp_path: Path) -> None:
+    data = json.loads(keypoints_json.read_text())
     keep = sorted({a["image_id"] for a in data["annotations"] if a["num_keypoints"] > 0})[:5]
     subset = {
         **data,

@@ -14,13 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import torch
 
-from maskrcnn.config import apply_overrides, get_preset
-from maskrcnn.engine.checkpoint import save_model
-from maskrcnn.model import build_model
 from tests.conftest import skip_or_fail_in_ci
-from tests.helpers import REPO_ROOT, TINY
+from tests.helpers import REPO_ROOT
 
 MAX_UPLOAD_MB = 1
 MAX_PIXELS = 1_000_000  # coco-mini images are at most 640 x 640
@@ -38,12 +34,8 @@ class Server:
 
 
 @pytest.fixture(scope="package")
-def weights(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    model = build_model(apply_overrides(get_preset("default"), TINY), class_names=["cat", "dog"])
-    path = tmp_path_factory.mktemp("serve-weights") / "tiny.pt"
-    save_model(model, path)
-    return path
+def weights(tiny_weights) -> Path:
+    return tiny_weights
 
 
 def _wait_for_url(process: subprocess.Popen, log: Path, deadline: float) -> str:
