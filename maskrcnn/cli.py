@@ -158,11 +158,12 @@ def _cmd_show_data(args: argparse.Namespace) -> int:
 
 
 def _cmd_convert_dataset(args: argparse.Namespace) -> int:
-    from .data.specs import build_dataset, write_coco_json
+    from .data.specs import build_dataset, write_dataset
 
     dataset = build_dataset(args.spec)
-    path = write_coco_json(dataset, args.output)
-    print(f"wrote {path}: {len(dataset)} images, {dataset.num_classes} classes")
+    path = write_dataset(dataset, args.output, to=args.to, split=args.split)
+    what = "" if args.to == "coco" else f" ({args.to} folder)"
+    print(f"wrote {path}{what}: {len(dataset)} images, {dataset.num_classes} classes")
     return 0
 
 
@@ -210,7 +211,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="COCO-evaluate a model on a dataset and write a report")
     p.add_argument("--weights", required=True, help="checkpoint path, URL or name (`maskrcnn weights`)")
-    p.add_argument("--data", required=True, help="dataset spec, e.g. coco:ANN.json:IMAGE_DIR, via:DIR")
+    p.add_argument(
+        "--data",
+        required=True,
+        help="dataset spec, e.g. coco:ANN.json:IMAGE_DIR, via:DIR, labelme:DIR, yolo:DIR:val",
+    )
     p.add_argument("--out", required=True, help="report folder")
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--device", default="cpu")
@@ -229,14 +234,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_evaluate_results)
 
     p = sub.add_parser("show-data", help="draw a dataset's ground truth into PNG files")
-    p.add_argument("spec", help="dataset spec, e.g. shapes:8, via:DIR, masks:DIR, coco:ANN.json:IMAGE_DIR")
+    p.add_argument(
+        "spec",
+        help="dataset spec, e.g. shapes:8, via:DIR, masks:DIR, labelme:DIR, yolo:DIR, coco:ANN.json:IMAGES",
+    )
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--limit", type=int, default=20, help="draw the first N images (default 20)")
     p.set_defaults(func=_cmd_show_data)
 
-    p = sub.add_parser("convert-dataset", help="write a dataset as a COCO instances JSON file")
-    p.add_argument("spec", help="dataset spec, e.g. via:DIR, masks:DIR, shapes:N")
-    p.add_argument("output", help="COCO JSON file to write")
+    p = sub.add_parser(
+        "convert-dataset", help="write a dataset as a COCO instances JSON file, or a labelme or YOLO folder"
+    )
+    p.add_argument(
+        "spec", help="dataset spec, e.g. via:DIR, masks:DIR, labelme:DIR, yolo:DIR[:SPLIT], shapes:N"
+    )
+    p.add_argument("output", help="the COCO JSON file to write, or (--to labelme, yolo) the new folder")
+    p.add_argument(
+        "--to",
+        choices=("coco", "labelme", "yolo"),
+        default="coco",
+        help="output format (default coco); a labelme or YOLO folder must be new or empty",
+    )
+    p.add_argument(
+        "--split", default=None, help="--to yolo: the split to write the images as (default train)"
+    )
     p.set_defaults(func=_cmd_convert_dataset)
 
     from .engine import commands

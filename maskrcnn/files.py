@@ -21,14 +21,18 @@ exactly `uint8 / 255`), deeper ones float32. Every failure is an `ImageReadError
 Writes are atomic (`atomic_write`): the content goes to a temporary file in the target's folder,
 is flushed and fsynced, gets the permissions a plain `open()` would give, and is renamed over the
 target; on any failure the temporary file is removed and an existing target is left as it was.
+A folder of files (a dataset written in another format) is written the same way as a whole
+(`atomic_write_folder`): into a temporary folder beside the target, renamed into place at the end.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Literal, Union
@@ -46,6 +50,7 @@ __all__ = [
     "ImageReadError",
     "atomic_write",
     "atomic_write_json",
+    "atomic_write_folder",
     "atomic_write_text",
     "composite_on_white",
     "decode_pil",
@@ -53,6 +58,7 @@ __all__ = [
     "pixels_to_tensor",
     "pixels_to_uint8",
     "read_image",
+    "read_image_size",
     "read_pixels",
 ]
 
@@ -117,15 +123,11 @@ def decode_pil(im: Image.Image, *, alpha: Literal["drop", "white"] = "white") ->
     return np.asarray(im, dtype=np.uint8).copy()
 
 
-def read_pixels(path: PathLike, *, policy: DecodePolicy) -> np.ndarray:
-    """Decode an image file -> (H, W, 3) RGB, uint8 or float32 in [0, 1], under `policy`.
-
-    Raises ImageReadError (a ValueError) naming the file when it is missing, not an image or corrupt.
-    """
+@contextmanager
+def _image_errors(path: PathLike) -> Iterator[None]:
+    """Turn what Pillow raises on a bad image file into an ImageReadError naming the file."""
     try:
-        with Image.open(path) as im:
-            im.load()  # decode now: truncated data fails here rather than half-way through a convert
-            return decode_pil(ImageOps.exif_transpose(im) if policy.apply_exif else im, alpha=policy.alpha)
+        yield
     except FileNotFoundError:
         raise ImageReadError(f"{path}: file not found") from None
     except IsADirectoryError:
@@ -138,6 +140,23 @@ def read_pixels(path: PathLike, *, policy: DecodePolicy) -> np.ndarray:
         text = str(e) or type(e).__name__
         reason = "truncated image data" if "truncated" in text.lower() else "corrupt image data"
         raise ImageReadError(f"{path}: {reason} ({text})") from None
+
+
+def read_pixels(path: PathLike, *, policy: DecodePolicy) -> np.ndarray:
+    """Decode an image file -> (H, W, 3) RGB, uint8 or float32 in [0, 1], under `policy`.
+
+    Raises ImageReadError (a ValueError) naming the file when it is missing, not an image or corrupt.
+    """
+    with _image_errors(path), Image.open(path) as im:
+        im.load()  # decode now: truncated data fails here rather than half-way through a convert
+        return decode_pil(ImageOps.exif_transpose(im) if policy.apply_exif else im, alpha=policy.alpha)
+
+
+def read_image_size(path: PathLike) -> tuple[int, int]:
+    """(height, width) of an image file as stored (no EXIF rotation), read from its header without
+    decoding the pixels; ImageReadError naming the file as `read_pixels`."""
+    with _image_errors(path), Image.open(path) as im:
+        return im.height, im.width
 
 
 def pixels_to_tensor(pixels: np.ndarray) -> torch.Tensor:
@@ -165,11 +184,15 @@ def read_image(path: PathLike, *, policy: DecodePolicy) -> torch.Tensor:
 # ---- atomic writes -----------------------------------------------------------------------------
 
 
-def default_file_mode() -> int:
-    """0o666 minus the process umask: what open() would give (mkstemp gives 0o600)."""
+def _umask() -> int:
     umask = os.umask(0)
     os.umask(umask)
-    return 0o666 & ~umask
+    return umask
+
+
+def default_file_mode() -> int:
+    """0o666 minus the process umask: what open() would give (mkstemp gives 0o600)."""
+    return 0o666 & ~_umask()
 
 
 def atomic_write(path: PathLike, write: Callable[[IO[bytes]], Any]) -> Path:
@@ -206,3 +229,30 @@ def atomic_write_json(path: PathLike, obj: Any, *, indent: int | None = None) ->
     """`atomic_write` of `obj` as JSON (UTF-8). The JSON is built before the file is touched, so an
     object that cannot be serialised leaves the old file as it was."""
     return atomic_write_text(path, json.dumps(obj, indent=indent))
+
+
+@contextmanager
+def atomic_write_folder(path: PathLike) -> Iterator[Path]:
+    """Create the folder `path` with everything written into the folder this yields, all at once:
+    the content goes to a temporary folder beside `path`, which is renamed to `path` when the block
+    ends without an exception (and removed when it raises), so `path` never holds half a dataset.
+
+    An existing `path` must be an empty folder: anything else is refused with a UserError before
+    anything is written (nothing is ever overwritten).
+    """
+    path = Path(path)
+    if path.exists() and not (path.is_dir() and not any(path.iterdir())):
+        what = "folder is not empty" if path.is_dir() else "is a file"
+        raise UserError(f"{path}: {what}; refusing to overwrite it (choose a new or empty folder)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        yield tmp
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp gives 0o700; this is what mkdir would give
+        try:
+            os.replace(tmp, path)  # replaces an empty folder, refuses a non-empty one
+        except OSError as e:
+            raise UserError(f"{path}: could not move the written folder into place ({e.strerror})") from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

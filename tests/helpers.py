@@ -133,3 +133,76 @@ class ReplayModel:
     def predict(self, images: list[torch.Tensor], *, score_thresh=None) -> list:
         out, self.queue = self.queue[: len(images)], self.queue[len(images) :]
         return out
+
+
+# coco-mini val images without crowd regions (139 and 22892 each have an object of two polygons):
+# the real data of the labelme and YOLO tests, which write these images' annotations in those formats.
+COCO_SUBSET_IDS = (139, 802, 11813, 18575, 22192, 22892)
+
+
+def coco_subset(shared_data: Path, out: Path, image_ids=COCO_SUBSET_IDS) -> tuple[Path, Path]:
+    """A COCO file of these coco-mini val images and their annotations, written to `out` by the test;
+    -> (the file, coco-mini's val image folder)."""
+    ann = json.loads((shared_data / "coco-mini/annotations/instances_val2017.json").read_text())
+    keep = set(image_ids)
+    subset = {
+        "images": [im for im in ann["images"] if im["id"] in keep],
+        "annotations": [a for a in ann["annotations"] if a["image_id"] in keep],
+        "categories": ann["categories"],
+    }
+    out.write_text(json.dumps(subset))
+    return out, shared_data / "coco-mini/val2017"
+
+
+def coco_instances(annotation_file: Path) -> dict[str, list[tuple[str, np.ndarray]]]:
+    """Image file name (without folders) -> (class name, mask) of each non-crowd annotation of a COCO
+    file (polygons, or RLE as `write_coco_json` writes), decoded directly with pycocotools (not
+    through our datasets)."""
+    ann = json.loads(annotation_file.read_text())
+    names = {c["id"]: c["name"] for c in ann["categories"]}
+    images = {im["id"]: im for im in ann["images"]}
+    found: dict[str, list[tuple[str, np.ndarray]]] = {Path(im["file_name"]).name: [] for im in ann["images"]}
+    for a in ann["annotations"]:
+        if a.get("iscrowd"):
+            continue
+        im = images[a["image_id"]]
+        seg = a["segmentation"]
+        if isinstance(seg, dict) and isinstance(seg["counts"], str):  # compressed RLE, as we write it
+            rle = {"size": seg["size"], "counts": seg["counts"].encode("ascii")}
+        else:
+            rles = mask_util.frPyObjects(seg, im["height"], im["width"])
+            rle = mask_util.merge(rles) if isinstance(rles, list) else rles
+        found[Path(im["file_name"]).name].append(
+            (names[a["category_id"]], mask_util.decode(rle).astype(bool))
+        )
+    return found
+
+
+def dataset_instances(dataset) -> dict[str, list[tuple[str, np.ndarray]]]:
+    """Image file name (without folders) -> (class name, mask) of each instance of a dataset."""
+    found = {}
+    for index in range(len(dataset)):
+        targets, _ = dataset.load_targets(index)
+        pairs = [
+            (dataset.class_names[int(label) - 1], mask.numpy().astype(bool))
+            for label, mask in zip(targets.labels.tolist(), targets.masks)
+        ]
+        found[Path(dataset.file_name(index)).name] = pairs
+    return found
+
+
+def assert_same_instances(expected: dict, got: dict, *, min_iou: float = 0.99) -> float:
+    """Same images, and per image the same number of instances, matched one to one (best IoU first)
+    with the same class name and mask IoU >= min_iou; returns the lowest IoU."""
+    assert sorted(got) == sorted(expected)
+    lowest = 1.0
+    for name, want in expected.items():
+        have = list(got[name])
+        assert len(have) == len(want), f"{name}: {len(have)} instances, expected {len(want)}"
+        for label, mask in want:
+            ious = [(m & mask).sum() / max((m | mask).sum(), 1) if lab == label else -1.0 for lab, m in have]
+            best = int(np.argmax(ious))
+            assert ious[best] >= min_iou, f"{name}: {label} instance matched at IoU {ious[best]:.4f}"
+            lowest = min(lowest, float(ious[best]))
+            have.pop(best)
+    return lowest

@@ -6,13 +6,16 @@ function that builds the dataset from the arguments:
     coco:ANNOTATIONS.json:IMAGE_DIR   COCO JSON + image folder   (CocoDataset)
     via:DIR                           VIA polygons               (ViaDataset)
     masks:DIR                         one folder per image       (MaskFolderDataset)
+    labelme:DIR                       labelme JSON files         (LabelmeDataset)
+    yolo:DIR | yolo:DIR:SPLIT         YOLO segmentation labels   (YoloDataset)
     shapes | shapes:N | shapes:N:SEED synthetic shapes, N=200 and SEED=0 by default (ShapesDataset)
 
 A new format is one module with a dataset class satisfying `maskrcnn.data.dataset.InstanceDataset`
 plus one entry in `DATASET_SPECS`.
 
 `write_coco_json` turns any of these datasets into a COCO ground-truth file (for COCO evaluation
-of datasets that are not COCO to begin with).
+of datasets that are not COCO to begin with); `write_dataset` writes one in any of `OUTPUT_FORMATS`
+(COCO JSON, or a labelme or YOLO folder: `maskrcnn convert-dataset --to FORMAT`).
 """
 
 from __future__ import annotations
@@ -28,14 +31,26 @@ from pycocotools import mask as mask_utils
 
 from maskrcnn.data.coco import CocoDataset
 from maskrcnn.data.dataset import InstanceDataset, dataset_keypoints
+from maskrcnn.data.labelme import LabelmeDataset
 from maskrcnn.data.mask_folder import MaskFolderDataset
 from maskrcnn.data.shapes import ShapesDataset
 from maskrcnn.data.via import ViaDataset
+from maskrcnn.data.writing import write_labelme, write_yolo
+from maskrcnn.data.yolo import YoloDataset
 from maskrcnn.errors import UserError
 from maskrcnn.files import atomic_write_json
 from maskrcnn.structures import Targets
 
-__all__ = ["DATASET_KINDS", "DATASET_SPECS", "DatasetSpec", "build_dataset", "spec_usage", "write_coco_json"]
+__all__ = [
+    "DATASET_KINDS",
+    "DATASET_SPECS",
+    "OUTPUT_FORMATS",
+    "DatasetSpec",
+    "build_dataset",
+    "spec_usage",
+    "write_coco_json",
+    "write_dataset",
+]
 
 
 @dataclass(frozen=True)
@@ -81,6 +96,19 @@ def _masks(spec: str, rest: str) -> MaskFolderDataset:
     return MaskFolderDataset(_directory("masks", spec, rest))
 
 
+def _labelme(spec: str, rest: str) -> LabelmeDataset:
+    return LabelmeDataset(_directory("labelme", spec, rest))
+
+
+def _yolo(spec: str, rest: str) -> YoloDataset:
+    folder, sep, split = rest.rpartition(":")
+    if not sep or not folder or Path(rest).expanduser().is_dir():  # yolo:DIR (a DIR may hold ':')
+        return YoloDataset(_directory("yolo", spec, rest))
+    if not split:
+        raise UserError(f"dataset spec {spec!r}: expected yolo:DIR or yolo:DIR:SPLIT")
+    return YoloDataset(_directory("yolo", spec, folder), split=split)
+
+
 def _shapes(spec: str, rest: str) -> ShapesDataset:
     parts = rest.split(":") if rest else []
     if len(parts) > 2:
@@ -97,6 +125,8 @@ DATASET_SPECS: dict[str, DatasetSpec] = {
     "coco": DatasetSpec(("coco:ANNOTATIONS.json:IMAGE_DIR",), _coco),
     "via": DatasetSpec(("via:DIR",), _via),
     "masks": DatasetSpec(("masks:DIR",), _masks),
+    "labelme": DatasetSpec(("labelme:DIR",), _labelme),
+    "yolo": DatasetSpec(("yolo:DIR", "yolo:DIR:SPLIT"), _yolo),
     "shapes": DatasetSpec(("shapes", "shapes:N", "shapes:N:SEED"), _shapes),
 }
 DATASET_KINDS = tuple(DATASET_SPECS)
@@ -187,3 +217,23 @@ def write_coco_json(dataset: InstanceDataset, out_path: Union[str, Path]) -> Pat
         "categories": categories,
     }
     return atomic_write_json(out_path, payload)
+
+
+OUTPUT_FORMATS = ("coco", "labelme", "yolo")
+
+
+def write_dataset(
+    dataset: InstanceDataset, out: Union[str, Path], *, to: str = "coco", split: str | None = None
+) -> Path:
+    """Write `dataset` as `to`: "coco" (`write_coco_json`: the JSON file `out`), "labelme"
+    (`maskrcnn.data.writing.write_labelme`) or "yolo" (`maskrcnn.data.writing.write_yolo`, its images
+    under `split`, "train" by default): a new folder `out`, written whole or not at all."""
+    if to not in OUTPUT_FORMATS:
+        raise UserError(f"unknown output format {to!r}; expected one of {', '.join(OUTPUT_FORMATS)}")
+    if split is not None and to != "yolo":
+        raise UserError(f"a split ({split!r}) is only written by the yolo format, not {to}")
+    if to == "labelme":
+        return write_labelme(dataset, out)
+    if to == "yolo":
+        return write_yolo(dataset, out, split=split or "train")
+    return write_coco_json(dataset, out)
