@@ -432,3 +432,23 @@ def test_random_corruption_is_reported(actions: list) -> None:
             assert "a.json" in text or "b.json" in text or "a.png" in text or "b.png" in text, text
             if ": shape " in text:
                 assert text.split(": shape ")[1].split(":")[0].isdigit(), text
+
+
+def test_check_item(tmp_path: Path) -> None:
+    """`maskrcnn check-data`'s per-item checks: a missing image, one of another size than the JSON
+    says, imageData that is no image, and an instance that covers no pixel."""
+    check = pytest.importorskip("maskrcnn.data.check")
+    triangle = [_shape("cat", [[2, 2], [10, 2], [10, 8]])]
+    _write(tmp_path, "a", triangle, image=False)
+    _write(tmp_path, "b", [_shape("cat", [[2.1, 2.1], [2.4, 2.1], [2.4, 2.4]])])  # covers no pixel centre
+    (tmp_path / "b.png").write_bytes(_png(np.zeros((16, 32, 3), np.uint8)))
+    bad_data = base64.b64encode(b"\x89PNG\r\n not really").decode()
+    _write(tmp_path, "c", triangle, image=False, imageData=bad_data)
+    ds = LabelmeDataset(tmp_path)
+    found = {(p.kind, p.image_id, Path(p.file).name) for p in check.check_items(ds).problems}
+    assert found == {
+        ("missing_image", 0, "a.png"),
+        ("image_size_mismatch", 1, "b.png"),
+        ("zero_area", 1, "b.json"),
+        ("unreadable_image", 2, "c.json"),
+    }

@@ -308,3 +308,17 @@ def test_random_corruption_is_reported(actions: list) -> None:
             ), text
             if ".txt line " in text:
                 assert text.split(".txt line ")[1].split(":")[0].isdigit(), text
+
+
+def test_check_item(tmp_path: Path) -> None:
+    """`maskrcnn check-data`'s per-item checks: a truncated image, and a label line that covers no
+    pixel at the image's size (named by its line number)."""
+    check = pytest.importorskip("maskrcnn.data.check")
+    (tmp_path / "data.yaml").write_text("names: [a]\n")
+    for name in ("a", "b"):
+        _image(tmp_path / f"images/{name}.png")
+    _labels(tmp_path / "images/a.png", "0 0 0 0.5 0 0.5 0.5\n0 0.01 0.01 0.02 0.01 0.02 0.02\n")
+    (tmp_path / "images/b.png").write_bytes((tmp_path / "images/b.png").read_bytes()[:60])
+    ds = YoloDataset(tmp_path)
+    found = {(p.kind, p.image_id, p.annotation_id, Path(p.file).name) for p in check.check_items(ds).problems}
+    assert found == {("zero_area", 0, 2, "a.txt"), ("unreadable_image", 1, None, "b.png")}
