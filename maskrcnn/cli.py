@@ -18,28 +18,44 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _shares_line(shares: list) -> str:
+    """How a torchrun launch shared the work: "2 processes: rank 0 ran 5 inputs on cpu (3.1 s), ..."."""
+    runs = [f"rank {s.rank} ran {len(s.inputs)} inputs on {s.device} ({s.seconds:.1f} s)" for s in shares]
+    return f"{len(shares)} processes: {', '.join(runs)}"
+
+
 def _cmd_predict(args: argparse.Namespace) -> int:
     from . import load
+    from .distributed import cleanup, init_distributed
     from .inputs import collect_inputs
     from .predict import run_predictions
 
     items, problems = collect_inputs(args.inputs, glob=args.glob)
     model = load(args.weights)
-    report = run_predictions(
-        model,
-        items,
-        args.out,
-        batch_size=args.batch_size,
-        device=args.device,
-        score_thresh=args.score_thresh,
-        classes=args.classes,
-        save_masks=args.save_masks,
-        overlays=not args.no_overlays,
-        progress=not args.no_progress,
-    )
+    dist = init_distributed(args.device)  # torchrun: this process predicts its share of the inputs
+    try:
+        report = run_predictions(
+            model,
+            items,
+            args.out,
+            batch_size=args.batch_size,
+            device=args.device,
+            score_thresh=args.score_thresh,
+            classes=args.classes,
+            save_masks=args.save_masks,
+            overlays=not args.no_overlays,
+            progress=not args.no_progress,
+            dist=dist,
+        )
+    finally:
+        cleanup(dist)
+    if not dist.is_main:  # rank 0 reports the whole job
+        return 0
     out = Path(args.out)
     images = f"{report.images} image{'' if report.images == 1 else 's'}"
     print(f"wrote {out / 'predictions.json'}: {len(report.records)} detections on {images}")
+    if report.shares:
+        print(f"wrote {out / 'shards.json'}: {_shares_line(report.shares)}")
     for video, frames, count in report.videos:
         print(f"wrote {video} and {frames}: {count} frames")
     failures = [r if r.startswith(name) else f"{name}: {r}" for name, r in problems + report.failures]
@@ -110,14 +126,33 @@ def _report(metrics: dict, results: list[dict], out: str) -> None:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from . import load
     from .data.specs import build_dataset
+    from .distributed import cleanup, init_distributed
     from .evaluation.coco_eval import evaluate_model
 
     dataset = build_dataset(args.data)
     model = load(args.weights)
-    metrics, results = evaluate_model(
-        model, dataset, batch_size=args.batch_size, device=args.device, progress=not args.no_progress
-    )
-    _report(metrics, results, args.out)
+    dist = init_distributed(args.device)  # torchrun: this process predicts its share of the images
+    shares: list = []
+    try:
+        metrics, results = evaluate_model(
+            model,
+            dataset,
+            batch_size=args.batch_size,
+            device=args.device,
+            progress=not args.no_progress,
+            dist=dist,
+            shares=shares,
+        )
+    finally:
+        cleanup(dist)
+    if dist.is_main:  # the others have nothing to report
+        _report(metrics, results, args.out)
+    if shares:
+        from .files import atomic_write_json
+
+        path = Path(args.out) / "shards.json"
+        atomic_write_json(path, [s.as_dict() for s in shares], indent=1)
+        print(f"wrote {path}: {_shares_line(shares)}")
     return 0
 
 
@@ -260,7 +295,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_cmd_convert_dataset)
 
-    from .engine import commands
+    from .engine import commands, data_check
+
+    p = sub.add_parser(
+        "check-data", help="check a dataset as training reads it: every problem, counted, with examples"
+    )
+    data_check.add_check_data_arguments(p)
+    p.set_defaults(func=data_check.cmd_check_data)
 
     p = sub.add_parser("train", help="train a model (single process, or under torchrun for several)")
     commands.add_train_arguments(p)

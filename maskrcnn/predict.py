@@ -18,8 +18,15 @@ Output layout of `run_predictions(model, items, out)`:
     out/<video>_frames.json            {"video", "fps", "width", "height", "frames": [{"frame",
                                        "time", "detections": [records without image_id/file_name]}]}
 
-<name> is the input's file name (its path below a folder input) without its suffix, made unique.
+<name> is the input's file name (its path below a folder input) without its suffix, made unique
+(in input order: names depend only on the inputs given, never on which of them fail).
 An input that cannot be read is skipped and listed in the report's failures; the rest go on.
+
+Under torchrun (`dist`, see `maskrcnn.distributed`) the batches of images go to the processes in
+turn (batch k to rank k mod WORLD_SIZE) and whole videos likewise; each process writes the
+overlays, masks and videos of its own inputs, rank 0 gathers the records and writes the one
+predictions.json, the same file, byte for byte, as a single process with the same batch size,
+and shards.json: which process ran which inputs, where, for how long.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+from time import perf_counter
 
 import numpy as np
 import pycocotools.mask as mask_util
@@ -36,6 +44,15 @@ import torch
 from PIL import Image
 
 from .data.keypoint_meta import keypoint_skeleton
+from .distributed import (
+    DistInfo,
+    HeldError,
+    JobProgress,
+    Share,
+    gather_in_order,
+    my_positions,
+    process_device,
+)
 from .errors import UserError
 from .files import atomic_write_json
 from .inputs import ImageReadError, InputItem, as_image_tensor, load_image
@@ -143,6 +160,14 @@ class PredictReport:
     images: int = 0  # images predicted
     videos: list[tuple[Path, Path, int]] = field(default_factory=list)  # (video, frames JSON, frames)
     failures: list[tuple[str, str]] = field(default_factory=list)  # (input, reason)
+    shares: list[Share] = field(default_factory=list)  # under torchrun, on rank 0: each process's inputs
+
+    def add(self, part: PredictReport) -> None:
+        """Append the results of a later part of the inputs (a batch, a video)."""
+        self.records += part.records
+        self.images += part.images
+        self.videos += part.videos
+        self.failures += part.failures
 
 
 def _safe(text: str) -> str:
@@ -175,18 +200,29 @@ class _Run:
         self.class_names = predictor.class_names
         self.category_ids = predictor.category_ids
         self.skeleton = model_skeleton(predictor.config)
-        self.used: set[str] = set()
-        self.report = PredictReport()
+        self.names: dict[tuple[str, int], str] = {}  # ("image" | "video", index) -> output name
+        self.report = PredictReport()  # of the part of the inputs being run
+        self.parts: dict[int, PredictReport] = {}  # by position in the inputs' order
+        self.ran: list[str] = []  # the names of the inputs this process ran
 
-    def base(self, name: str) -> str:
-        """Output name for an input: its relative path without suffix, unique within the run."""
-        parts = PurePosixPath(name).with_suffix("").parts
-        stem = "/".join(_path_part(p) for p in parts if p not in ("", ".", ".."))
-        base, n = stem or "input", 2
-        while base in self.used:
-            base, n = f"{stem}_{n}", n + 1
-        self.used.add(base)
-        return base
+    def name_outputs(self, images: list[InputItem], videos: list[InputItem]) -> None:
+        """Give every input that has output files its name (relative path without suffix) in input
+        order, unique within the run, in every process alike."""
+        used: set[str] = set()
+        named = images if self.out is not None and (self.overlays or self.save_masks) else []
+        keyed = [(("image", i), item) for i, item in enumerate(named)]
+        keyed += [(("video", j), item) for j, item in enumerate(videos if self.out is not None else [])]
+        for key, item in keyed:
+            parts = PurePosixPath(item.name).with_suffix("").parts
+            stem = "/".join(_path_part(p) for p in parts if p not in ("", ".", ".."))
+            base, n = stem or "input", 2
+            while base in used:
+                base, n = f"{stem}_{n}", n + 1
+            used.add(base)
+            self.names[key] = base
+
+    def start_part(self, position: int) -> None:
+        self.report = self.parts[position] = PredictReport()
 
     def predict(self, images: list[torch.Tensor]) -> list[Detections]:
         return self.predictor.predict(images, score_thresh=self.score_thresh, classes=self.classes)
@@ -205,21 +241,22 @@ class _Run:
             name = self.class_names[label - 1] if self.class_names else f"class{label}"
             Image.fromarray(masks[k].astype(np.uint8) * 255).save(f"{path}_{k}_{_safe(name)}.png")
 
-    def images(self, items: list[InputItem], batch_size: int) -> None:
-        from tqdm import tqdm
-
-        with tqdm(total=len(items), desc="predict", unit="img", disable=not self.progress) as bar:
-            for start in range(0, len(items), batch_size):
-                loaded: list[tuple[int, InputItem, torch.Tensor]] = []
-                for index, item in enumerate(items[start : start + batch_size], start):
-                    try:
-                        loaded.append((index, item, load_image(item.path)))
-                    except ImageReadError as e:
-                        self.fail(str(item.path), str(e))
-                dets = self.predict([image for _, _, image in loaded]) if loaded else []
-                for (index, item, image), det in zip(loaded, dets):
-                    self.image_outputs(index, item, image, det)
-                bar.update(min(batch_size, len(items) - start))
+    def images(self, items: list[InputItem], batch_size: int, batches: range, bar: JobProgress) -> None:
+        """Run the batches `batches` (numbers of batches of `batch_size` of `items`)."""
+        for k in batches:
+            self.start_part(k)
+            start = k * batch_size
+            self.ran += [item.name for item in items[start : start + batch_size]]
+            loaded: list[tuple[int, InputItem, torch.Tensor]] = []
+            for index, item in enumerate(items[start : start + batch_size], start):
+                try:
+                    loaded.append((index, item, load_image(item.path)))
+                except ImageReadError as e:
+                    self.fail(str(item.path), str(e))
+            dets = self.predict([image for _, _, image in loaded]) if loaded else []
+            for (index, item, image), det in zip(loaded, dets):
+                self.image_outputs(index, item, image, det)
+            bar.update(min(batch_size, len(items) - start))
 
     def image_outputs(self, index: int, item: InputItem, image: torch.Tensor, det: Detections) -> None:
         self.report.records += detections_to_coco(
@@ -228,7 +265,7 @@ class _Run:
         self.report.images += 1
         if self.out is None or not (self.overlays or self.save_masks):
             return
-        base = self.base(item.name)
+        base = self.names["image", index]
         if self.overlays:
             jpeg = item.path.suffix.lower() in (".jpg", ".jpeg", ".jfif")
             path = self.out / "overlays" / f"{base}{'.jpg' if jpeg else '.png'}"
@@ -237,13 +274,14 @@ class _Run:
         if self.save_masks:
             self.write_masks(det, base)
 
-    def video(self, item: InputItem, batch_size: int) -> None:
+    def video(self, index: int, item: InputItem, batch_size: int, *, frame_bar: bool) -> None:
         from tqdm import tqdm
 
         from .video import VideoReader, VideoWriter
 
         assert self.out is not None, "videos need an output folder"
-        base = self.base(item.name)
+        base = self.names["video", index]
+        self.ran.append(item.name)
         video_path, json_path = self.out / f"{base}.mp4", self.out / f"{base}_frames.json"
         video_path.parent.mkdir(parents=True, exist_ok=True)
         result: dict = {"video": item.name, "fps": None, "width": None, "height": None, "frames": []}
@@ -254,7 +292,7 @@ class _Run:
                     total=reader.frame_count or None,
                     desc=item.name,
                     unit="frame",
-                    disable=not self.progress,
+                    disable=not (self.progress and frame_bar),
                     leave=False,
                 )
                 with VideoWriter(video_path, fps=reader.fps) as writer, bar:
@@ -307,15 +345,23 @@ def run_predictions(
     save_masks: bool = False,
     overlays: bool = True,
     progress: bool = True,
+    dist: DistInfo | None = None,
 ) -> PredictReport:
     """Predict on image and video inputs and write the outputs described in the module docstring
     (predictions.json included, when `out` is given). Unreadable inputs are skipped and listed in
     the returned report's failures. `score_thresh` replaces the model's own threshold for this run;
-    `classes` (names or category ids) keeps only those classes. `device` moves the predictor."""
+    `classes` (names or category ids) keeps only those classes. `device` moves the predictor.
+
+    `dist` (`maskrcnn.distributed.init_distributed` under torchrun): this process runs its share
+    (on `cuda:LOCAL_RANK` for a CUDA device) and returns it; rank 0 returns the whole job's report,
+    with `shares`, and writes predictions.json and shards.json. Progress: one bar, on rank 0."""
     if batch_size < 1:
         raise UserError(f"batch size must be >= 1, got {batch_size}")
     if score_thresh is not None and not 0.0 <= score_thresh <= 1.0:
         raise UserError(f"score threshold must be in [0, 1], got {score_thresh}")
+    info = dist or DistInfo()
+    if device is not None:
+        device = process_device(str(device), info)
     predictor = model if isinstance(model, Predictor) else Predictor(model, device=device or "cpu")
     if device is not None:
         predictor.to(device)
@@ -333,10 +379,32 @@ def run_predictions(
         save_masks=save_masks,
         progress=progress,
     )
-    with torch.inference_mode():
-        run.images([i for i in items if i.kind == "image"], batch_size)
-        for item in (i for i in items if i.kind == "video"):
-            run.video(item, batch_size)
+    images = [i for i in items if i.kind == "image"]
+    videos = [i for i in items if i.kind == "video"]
+    run.name_outputs(images, videos)
+    num_batches = -(-len(images) // batch_size)
+    batches, mine = my_positions(num_batches, info), my_positions(len(videos), info)  # this process's
+    share, started = Share(info.rank, str(predictor.device), run.ran, 0.0), perf_counter()
+    bar = JobProgress(total=len(images), desc="predict", unit="img", show=progress, info=info)
+    show_videos = progress and info.enabled and bool(videos)  # one process: a bar of frames per video
+    video_bar = JobProgress(total=len(videos), desc="videos", unit="video", show=show_videos, info=info)
+    with torch.inference_mode(), bar, video_bar:
+        with HeldError(info) as held:  # under torchrun: raised by rank 0 after the gathering
+            run.images(images, batch_size, batches, bar)
+            for j in mine:
+                run.start_part(num_batches + j)  # videos come after the images
+                run.video(j, videos[j], batch_size, frame_bar=not info.enabled)
+                video_bar.update(1)
+        share.seconds = perf_counter() - started
+        gathered = gather_in_order(run.parts, share, info, held=held)
+    report = PredictReport()
+    for part in gathered[0] if gathered else [run.parts[k] for k in sorted(run.parts)]:
+        report.add(part)
+    if gathered is None:  # another process than rank 0: its own share
+        return report
+    report.shares = gathered[1] if info.enabled else []
     if out_dir is not None:
-        atomic_write_json(out_dir / "predictions.json", run.report.records)
-    return run.report
+        atomic_write_json(out_dir / "predictions.json", report.records)
+        if info.enabled:
+            atomic_write_json(out_dir / "shards.json", [s.as_dict() for s in report.shares], indent=1)
+    return report

@@ -32,11 +32,11 @@ from ..data.keypoint_meta import keypoint_flip_map, oks_sigmas, with_dataset_key
 from ..data.loader import build_train_loader
 from ..data.specs import build_dataset
 from ..data.transforms import Compose, HorizontalFlip, LargeScaleJitter
+from ..distributed import DistInfo, all_finite, barrier, cleanup, init_distributed
 from ..errors import UserError
 from ..files import atomic_write_text
 from ..model import build_model
 from .checkpoint import atomic_save, model_state, read_checkpoint
-from .distributed import DistInfo, all_finite, barrier, cleanup, init_distributed
 from .optim import build_optimizer, build_scheduler
 
 

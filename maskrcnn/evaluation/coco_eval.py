@@ -41,6 +41,15 @@ from pycocotools.cocoeval import COCOeval
 from ..data import keypoint_meta
 from ..data.coco import read_json
 from ..data.dataset import dataset_keypoints
+from ..distributed import (
+    DistInfo,
+    HeldError,
+    JobProgress,
+    Share,
+    gather_in_order,
+    my_positions,
+    process_device,
+)
 from ..errors import UserError
 from ..files import atomic_write_json, atomic_write_text
 from .keypoint_eval import check_keypoint_records, keypoint_ground_truth
@@ -254,6 +263,8 @@ def evaluate_model(
     device: str = "cpu",
     progress: bool = True,
     iou_types: Optional[Sequence[str]] = None,
+    dist: Optional[DistInfo] = None,
+    shares: Optional[list[Share]] = None,
 ) -> tuple[dict, list[dict]]:
     """Predict over `dataset` with `model.predict` and COCO-evaluate; returns (metrics, result records).
 
@@ -262,12 +273,18 @@ def evaluate_model(
     for other datasets the file `maskrcnn.data.write_coco_json` writes (in a temporary folder).
     `iou_types` (default): bbox, segm when the model has masks, keypoints when it has the keypoint
     branch and the dataset has keypoints (with the OKS sigmas of the model's config).
+
+    `dist` (`maskrcnn.distributed.init_distributed` under torchrun): the batches go to the processes
+    in turn, each predicts its own (on `cuda:LOCAL_RANK` for a CUDA device), and rank 0 gathers the
+    records in dataset order and evaluates them, the same records and metrics as one process with
+    the same batch size; the other processes return (None, None). `shares`, a list, receives on
+    rank 0 what each process ran (`maskrcnn.distributed.Share`).
     """
+    import time
+
     import torch
-    from tqdm import tqdm
 
     from ..data.dataset import check_dataset
-    from ..predict import detections_to_coco
     from ..predictor import Predictor
 
     if batch_size < 1:
@@ -275,7 +292,6 @@ def evaluate_model(
     dataset = check_dataset(dataset, what="the evaluation dataset")
     sigmas = _keypoint_sigmas(model, dataset)
     category_ids: Optional[list[int]] = list(dataset.category_ids) or None
-    num_labels = len(category_ids) if category_ids else None
     model_names, data_names = getattr(model, "class_names", None), dataset.class_names
     if model_names and data_names and list(model_names) != list(data_names):
         warnings.warn(
@@ -283,24 +299,28 @@ def evaluate_model(
             f"{list(data_names)[:5]}...; labels are mapped by position",
             stacklevel=2,
         )
+    info = dist or DistInfo()
+    device = process_device(str(device), info)
     predictor = model.to(device) if isinstance(model, Predictor) else Predictor(model, device=device)
-    records: list[dict] = []
     n = len(dataset)
-    with torch.no_grad(), tqdm(total=n, desc="evaluate", unit="img", disable=not progress) as bar:
-        for start in range(0, n, batch_size):
-            samples = [dataset[i] for i in range(start, min(n, start + batch_size))]
-            for sample, det in zip(samples, predictor.predict([s.image for s in samples])):
-                labels = det.labels.cpu()
-                if len(labels) and (labels.min() < 1 or (num_labels and labels.max() > num_labels)):
-                    allowed = f"1..{num_labels}" if num_labels else ">= 1"
-                    raise UserError(
-                        f"model predicted labels {labels.min().item()}..{labels.max().item()} on "
-                        f"{sample.file_name}; the dataset's labels are {allowed}"
-                    )
-                records += detections_to_coco(
-                    det, image_id=int(sample.image_id), file_name=sample.file_name, category_ids=category_ids
-                )
-            bar.update(len(samples))
+    parts: dict[int, list[dict]] = {}  # records by batch
+    share, started = Share(info.rank, device, [], 0.0), time.perf_counter()
+    batches = my_positions(-(-n // batch_size), info)  # this process's share
+    with torch.no_grad(), JobProgress(total=n, desc="evaluate", unit="img", show=progress, info=info) as bar:
+        with HeldError(info) as held:  # under torchrun: raised by rank 0 after the gathering
+            for k in batches:
+                parts[k] = []  # the part being run: where a held error stands in the input order
+                samples = [dataset[i] for i in range(k * batch_size, min(n, (k + 1) * batch_size))]
+                share.inputs += [s.file_name for s in samples]
+                parts[k] = _records(predictor, samples, category_ids)
+                bar.update(len(samples))
+        share.seconds = time.perf_counter() - started
+        gathered = gather_in_order(parts, share, info, held=held)
+    if gathered is None:  # not rank 0
+        return None, None  # type: ignore[return-value]
+    records = [record for part in gathered[0] for record in part]
+    if shares is not None and info.enabled:
+        shares.extend(gathered[1])
     with tempfile.TemporaryDirectory(prefix="maskrcnn-eval-") as tmp:
         gt = _ground_truth_of(dataset, Path(tmp))
     if iou_types is None:
@@ -308,6 +328,26 @@ def evaluate_model(
     if records and "segmentation" not in records[0]:  # a model without a mask branch
         iou_types = [t for t in iou_types if _FIELD[t] != "segmentation"] or list(iou_types)
     return evaluate_coco_results(gt, records, iou_types=iou_types, oks_sigmas=sigmas), records
+
+
+def _records(predictor: Any, samples: list, category_ids: Optional[list[int]]) -> list[dict]:
+    """The result records of one batch of dataset samples."""
+    from ..predict import detections_to_coco
+
+    records: list[dict] = []
+    num_labels = len(category_ids) if category_ids else None
+    for sample, det in zip(samples, predictor.predict([s.image for s in samples])):
+        labels = det.labels.cpu()
+        if len(labels) and (labels.min() < 1 or (num_labels and labels.max() > num_labels)):
+            allowed = f"1..{num_labels}" if num_labels else ">= 1"
+            raise UserError(
+                f"model predicted labels {labels.min().item()}..{labels.max().item()} on "
+                f"{sample.file_name}; the dataset's labels are {allowed}"
+            )
+        records += detections_to_coco(
+            det, image_id=int(sample.image_id), file_name=sample.file_name, category_ids=category_ids
+        )
+    return records
 
 
 def _keypoint_sigmas(model: Any, dataset: Any) -> Optional[tuple[float, ...]]:
