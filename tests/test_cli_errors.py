@@ -96,10 +96,17 @@ def _argv(command: str, case: str, files: SimpleNamespace, out: Path) -> tuple[l
     return [*argv, *weights, "--score-thresh", "1.5", str(files.image)], ["--score-thresh", "1.5"]
 
 
-def _check_one_error_line(code: int, stderr: str, culprit: list[str]) -> None:
+def _check_one_error_line(code: int, stderr: str, culprit: list[str], *, report: bool = False) -> None:
+    """One `error:` line naming the culprit; with `report`, after the report of train's data check
+    (maskrcnn.engine.data_check), which starts "the training data: "."""
     assert code == 1, stderr
     assert "Traceback" not in stderr
     lines = stderr.splitlines()
+    if report:
+        assert lines[0].startswith("the training data: ") and not any(
+            x.startswith("error") for x in lines[:-1]
+        )
+        lines = lines[-1:]
     assert len(lines) == 1 and lines[0].startswith("error: "), stderr
     for text in culprit:
         assert text in lines[0]
@@ -116,7 +123,7 @@ COMMANDS = ["train", "evaluate", "predict", "show-data"]
 CASES = ["unknown_category", "missing_image", "missing_annotations", "malformed"]
 # one real process per command (the rest run in this process)
 IN_A_PROCESS = {
-    ("train", "missing_image"),  # the error comes from a DataLoader worker process
+    ("train", "missing_image"),  # found by the data check before training
     ("evaluate", "unknown_category"),
     ("predict", "unknown_category"),
     ("show-data", "missing_annotations"),
@@ -128,12 +135,13 @@ IN_A_PROCESS = {
 def test_user_error_is_one_line_naming_the_culprit(command, case, files, tmp_path, capfd):
     out = tmp_path / "out"
     argv, culprit = _argv(command, case, files, out)
+    report = command == "train" and case in ("unknown_category", "missing_image")  # bad data
     if (command, case) in IN_A_PROCESS:
         result = _run(*argv, cwd=tmp_path)
-        _check_one_error_line(result.returncode, result.stderr, culprit)
+        _check_one_error_line(result.returncode, result.stderr, culprit, report=report)
     else:
         code = cli.main(argv)
-        _check_one_error_line(code, capfd.readouterr().err, culprit)
+        _check_one_error_line(code, capfd.readouterr().err, culprit, report=report)
     assert not (out / "predictions.json").exists() and not (out / "model_final.pt").exists()
 
 
@@ -185,7 +193,8 @@ def test_debug_shows_the_traceback(files, tmp_path):
     assert result.returncode == 1
     assert "Traceback (most recent call last)" in result.stderr and MAIN_FRAME.search(result.stderr)
     last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith("maskrcnn.errors.UserError: ") and f"annotation {BAD_ANNOTATION}" in last
+    assert last.startswith("maskrcnn.data.problems.DataProblemsError: ")  # a UserError
+    assert f"annotation {BAD_ANNOTATION}" in last
 
 
 def test_a_bug_keeps_its_traceback(monkeypatch, tmp_path):
@@ -223,5 +232,5 @@ def test_under_torchrun_each_process_prints_one_line_and_the_launch_exits_1(file
     # torchrun may stop the second process as soon as the first one has exited
     assert 1 <= len(ours) <= 2, result.stderr
     for line in ours:
-        assert f"annotation {BAD_ANNOTATION} has unknown category id 999" in line
+        assert f"annotation {BAD_ANNOTATION}): unknown category id 999" in line
     assert not MAIN_FRAME.search(result.stderr), result.stderr

@@ -9,6 +9,11 @@ Mask pixels > `threshold` (default 127, so anti-aliased edges are split at half 
 to the instance; masks left empty by the threshold are dropped. RGBA images lose their alpha
 channel, grayscale images are replicated to RGB. All instances get the single class `class_name`.
 Items are the image folders in sorted name order; image_id = position.
+
+Checks (`maskrcnn.data.problems`): a folder whose `images/` holds no image or several is recorded
+in `problems` (fatal: the dataset then refuses to serve items) and left out; an image without mask
+files is noted. `check_item` records a missing or unreadable image or mask file, a mask of another
+size than its image (fatal) and a mask left empty by the threshold (dropped).
 """
 
 from __future__ import annotations
@@ -21,8 +26,10 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from maskrcnn.data.check import check_image_file
+from maskrcnn.data.problems import ProblemLog
 from maskrcnn.errors import UserError
-from maskrcnn.files import STORED_PIXELS, read_image
+from maskrcnn.files import STORED_PIXELS, ImageReadError, read_image, read_image_size
 from maskrcnn.ops.boxes import masks_to_boxes
 from maskrcnn.structures import Sample, Targets
 
@@ -32,14 +39,19 @@ _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 
 
 def _read_mask(path: Path, threshold: int) -> np.ndarray:
-    with Image.open(path) as im:
-        if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-            arr = np.asarray(im, dtype=np.int64)
-            scale = 257 if im.mode.startswith("I;16") else 1
-            return (arr > threshold * scale).astype(np.uint8)
-        if im.mode != "L":
-            im = im.convert("L")
-        return (np.asarray(im) > threshold).astype(np.uint8)
+    """The mask file's pixels > `threshold` as (H, W) uint8 0/1; ImageReadError naming the file
+    when it cannot be decoded."""
+    try:
+        with Image.open(path) as im:
+            if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+                arr = np.asarray(im, dtype=np.int64)
+                scale = 257 if im.mode.startswith("I;16") else 1
+                return (arr > threshold * scale).astype(np.uint8)
+            if im.mode != "L":
+                im = im.convert("L")
+            return (np.asarray(im) > threshold).astype(np.uint8)
+    except Exception as e:  # Pillow raises many types for bad data
+        raise ImageReadError(f"{path}: cannot be decoded as a mask ({str(e) or type(e).__name__})") from None
 
 
 class MaskFolderDataset(Dataset):
@@ -54,9 +66,11 @@ class MaskFolderDataset(Dataset):
         self.threshold = int(threshold)
         self.class_names: list[str] = [class_name]
         self.category_ids: list[int] = [1]
+        self.problems = ProblemLog()
         self._images: list[Path] = []
         self._masks: list[list[Path]] = []
-        for folder in sorted(p for p in self.directory.iterdir() if (p / "images").is_dir()):
+        folders = sorted(p for p in self.directory.iterdir() if (p / "images").is_dir())
+        for folder in folders:
             candidates = sorted(
                 p for p in (folder / "images").iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES
             )
@@ -64,15 +78,20 @@ class MaskFolderDataset(Dataset):
             if preferred:
                 candidates = preferred
             if len(candidates) != 1:
-                raise UserError(
-                    f"{folder / 'images'}: expected exactly one image (ideally {folder.name}.png), "
+                kind = "missing_image" if not candidates else "malformed"
+                detail = (
+                    f"expected exactly one image (ideally {folder.name}.png), "
                     f"found {[p.name for p in candidates]}"
                 )
+                self.problems.add(kind, folder / "images", detail=detail)
+                continue
             mask_dir = folder / "masks"
             masks = sorted(mask_dir.glob("*.png")) if mask_dir.is_dir() else []
+            if not masks:
+                self.problems.add("image_without_annotations", candidates[0], image_id=len(self._images))
             self._images.append(candidates[0])
             self._masks.append(masks)
-        if not self._images:
+        if not folders:
             raise UserError(f"{self.directory}: no '<id>/images/' folders found")
         self.image_ids: list[int] = list(range(len(self._images)))
         self._sizes: dict[int, tuple[int, int]] = {}
@@ -96,11 +115,11 @@ class MaskFolderDataset(Dataset):
             path = self._images[index]
             if not path.is_file():
                 raise FileNotFoundError(f"image file not found: {path} (image id {index})")
-            with Image.open(path) as im:
-                self._sizes[index] = (im.height, im.width)
+            self._sizes[index] = read_image_size(path)
         return self._sizes[index]
 
     def load_targets(self, index: int) -> tuple[Targets, torch.Tensor]:
+        self.problems.raise_if_fatal()
         h, w = self.image_size(index)
         masks = []
         for path in self._masks[index]:
@@ -118,7 +137,24 @@ class MaskFolderDataset(Dataset):
         labels = torch.ones(len(masks), dtype=torch.int64)
         return Targets(masks_to_boxes(mask_t), labels, mask_t), torch.zeros((0, 4), dtype=torch.float32)
 
+    def check_item(self, index: int, log: ProblemLog) -> None:
+        """Record item `index`'s image and mask file problems (see the module docstring)."""
+        size = check_image_file(self._images[index], log=log, image_id=index)
+        for path in self._masks[index]:
+            ids = {"image_id": index, "annotation_id": path.name}
+            try:
+                m = _read_mask(path, self.threshold)
+            except ImageReadError as e:
+                log.add("unreadable_image", path, **ids, detail=f"mask: {e}")
+                continue
+            if size is not None and m.shape != size:
+                detail = f"the mask is {m.shape[0]}x{m.shape[1]} but its image is {size[0]}x{size[1]}"
+                log.add("mask_size_mismatch", path, **ids, detail=detail)
+            elif not m.any():
+                log.add("zero_area", path, **ids, detail=f"no pixel above the threshold {self.threshold}")
+
     def __getitem__(self, index: int) -> Sample:
+        self.problems.raise_if_fatal()
         path = self._images[index]
         if not path.is_file():
             raise FileNotFoundError(f"image file not found: {path} (image id {index})")

@@ -47,6 +47,7 @@ KINDS: dict[str, Kind] = {
     "duplicate_annotation_id": Kind("fatal", "annotation id used twice"),
     "duplicate_category_id": Kind("fatal", "category id used twice"),
     "unknown_image": Kind("fatal", "annotation of an image id the file does not list"),
+    "mask_size_mismatch": Kind("fatal", "mask size differs from its image's"),
     "malformed": Kind("fatal", "malformed record (missing key, wrong type, non-finite number)"),
     "polygon_too_few_points": Kind("fixed", "polygon with fewer than 3 points", "polygon dropped"),
     "zero_area": Kind("fixed", "zero-area box or mask", "annotation dropped"),
@@ -82,10 +83,19 @@ class Problem:
         return f"{self.file} ({inside})" if inside else self.file
 
     def line(self) -> str:
+        """One line on its own, e.g. "ann.json (image 7, annotation 12): polygon 1 has 2 points ->
+        polygon dropped" (the detail, or the kind's description when there is none)."""
         kind = KINDS[self.kind]
-        text = f"{self.where()}: {kind.what}"
-        text += f": {self.detail}" if self.detail else ""
+        text = f"{self.where()}: {self.detail or kind.what}"
         return text + (f" -> {kind.action}" if kind.action else "")
+
+    def to_json(self) -> dict:
+        return {
+            "file": self.file,
+            "image_id": self.image_id,
+            "annotation_id": self.annotation_id,
+            "detail": self.detail,
+        }
 
 
 @dataclass
@@ -108,6 +118,9 @@ class ProblemLog:
     def extend(self, other: ProblemLog) -> None:
         self.problems.extend(other.problems)
 
+    def __len__(self) -> int:
+        return len(self.problems)
+
     def counts(self) -> Counter:
         """kind -> number of problems of that kind."""
         return Counter(p.kind for p in self.problems)
@@ -123,29 +136,84 @@ class ProblemLog:
         """Counts by kind, for logs and metrics.jsonl (e.g. {"polygon_too_few_points": 3})."""
         return dict(sorted(self.counts().items()))
 
+    def _by_kind(self) -> list[tuple[str, list[Problem]]]:
+        """(kind, its problems in the order found), fatal kinds first, then fixed, then notes."""
+        groups: dict[str, list[Problem]] = {}
+        for p in self.problems:
+            groups.setdefault(p.kind, []).append(p)
+        return sorted(groups.items(), key=lambda kp: (_ORDER[KINDS[kp[0]].severity], kp[0]))
+
     def report(self, *, examples: int = 3) -> str:
         """Human-readable: per kind (fatal first), its count and the first `examples` problems."""
         if not self.problems:
             return "no problems found"
-        order = {"fatal": 0, "fixed": 1, "note": 2}
         lines = []
-        for kind, count in sorted(
-            self.counts().items(), key=lambda kc: (order[KINDS[kc[0]].severity], kc[0])
-        ):
+        for kind, found in self._by_kind():
             spec = KINDS[kind]
             action = f" ({spec.action})" if spec.action else ""
-            lines.append(f"{spec.severity}: {count} x {spec.what}{action}")
-            for p in [p for p in self.problems if p.kind == kind][:examples]:
+            lines.append(f"{spec.severity}: {len(found)} x {spec.what}{action}")
+            for p in found[:examples]:
                 lines.append(f"    {p.where()}" + (f": {p.detail}" if p.detail else ""))
+            if len(found) > examples:
+                lines.append(f"    ... and {len(found) - examples} more")
         return "\n".join(lines)
+
+    def summary_line(self) -> str:
+        """The problems that did not stop anything, on one line, e.g. "3 x polygon with fewer than
+        3 points (polygon dropped); note: 1 x image without annotations (kept as a background
+        image)"; "" when there are none."""
+        parts = []
+        for kind, found in self._by_kind():
+            spec = KINDS[kind]
+            if spec.severity != "fatal":
+                note = "note: " if spec.severity == "note" else ""
+                parts.append(f"{note}{len(found)} x {spec.what} ({spec.action})")
+        return "; ".join(parts)
+
+    def to_json(self, *, examples: int = 10) -> dict:
+        """For `check-data --json`: whether any is fatal, the counts by kind, and per kind its
+        severity, description, action, count and first `examples` problems."""
+        return {
+            "fatal": self.fatal,
+            "counts": self.summary(),
+            "kinds": {
+                kind: {
+                    "severity": KINDS[kind].severity,
+                    "what": KINDS[kind].what,
+                    "action": KINDS[kind].action,
+                    "count": len(found),
+                    "examples": [p.to_json() for p in found[:examples]],
+                }
+                for kind, found in self._by_kind()
+            },
+        }
+
+    def raise_if_fatal(self, what: str = "the data") -> None:
+        """Raise DataProblemsError when a problem is fatal ("the data has 3 fatal problems: the
+        first; ..."): what datasets do when an item is read from data with a fatal problem."""
+        fatal = len(self.of("fatal"))
+        if fatal:
+            raise DataProblemsError(
+                f"{what} has {'a fatal problem' if fatal == 1 else f'{fatal} fatal problems'}", self
+            )
+
+
+_ORDER = {"fatal": 0, "fixed": 1, "note": 2}
+CHECK_HINT = "`maskrcnn check-data` lists them all"
 
 
 class DataProblemsError(UserError):
-    """A dataset with fatal problems; `log` holds all of them (the message: the count and the first)."""
+    """A dataset with fatal problems; `log` holds all of them. The message names `what` (the
+    dataset), the first fatal problem and how many more there are, then `hint` (where to see them).
 
-    def __init__(self, what: str, log: ProblemLog):
-        self.log = log
-        fatal = log.of("fatal")
-        first = fatal[0].line() if fatal else ""
-        more = f" (and {len(fatal) - 1} more; see the report)" if len(fatal) > 1 else ""
-        super().__init__(f"{what}: {first}{more}")
+    `DataProblemsError(message)` alone (log None) is a plain message, as the DataLoader re-raises
+    a worker's exception from its text."""
+
+    def __init__(self, what: str, log: ProblemLog | None = None, *, hint: str = CHECK_HINT):
+        self.log = log if log is not None else ProblemLog()
+        fatal = self.log.of("fatal")
+        if not fatal:
+            super().__init__(what)
+            return
+        more = f" (and {len(fatal) - 1} more; {hint})" if len(fatal) > 1 else ""
+        super().__init__(f"{what}: {fatal[0].line()}{more}")

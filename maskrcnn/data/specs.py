@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from pycocotools import mask as mask_utils
 
+from maskrcnn.data.check import dataset_problems
 from maskrcnn.data.coco import CocoDataset
 from maskrcnn.data.dataset import InstanceDataset, dataset_keypoints
 from maskrcnn.data.labelme import LabelmeDataset
@@ -138,13 +139,18 @@ def spec_usage() -> str:
     return ", ".join(forms[:-1]) + " or " + forms[-1] if len(forms) > 1 else "".join(forms)
 
 
-def build_dataset(spec: str) -> InstanceDataset:
-    """Build a dataset from a spec string (see the module docstring)."""
+def build_dataset(spec: str, *, checked: bool = True) -> InstanceDataset:
+    """Build a dataset from a spec string (see the module docstring). `checked`: raise
+    `DataProblemsError` (naming the first) when reading its annotation files found a fatal problem;
+    `check-data` and `train` pass False, to report them all (`maskrcnn.data.check`)."""
     kind, _, rest = spec.partition(":")
     entry = DATASET_SPECS.get(kind)
     if entry is None:
         raise UserError(f"unknown dataset kind {kind!r} in spec {spec!r}; expected one of {spec_usage()}")
-    return entry.build(spec, rest)
+    dataset = entry.build(spec, rest)
+    if checked:
+        dataset_problems(dataset).raise_if_fatal()
+    return dataset
 
 
 def _image_entry(dataset: InstanceDataset, index: int) -> tuple[dict, Targets]:

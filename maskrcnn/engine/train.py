@@ -37,6 +37,7 @@ from ..errors import UserError
 from ..files import atomic_write_text
 from ..model import build_model
 from .checkpoint import atomic_save, model_state, read_checkpoint
+from .data_check import check_training_data
 from .optim import build_optimizer, build_scheduler
 
 
@@ -151,8 +152,10 @@ class Trainer:
         self.device = torch.device(device)
         self.out_dir = Path(out_dir)
         self.progress = progress and self.dist.is_main
-        dataset = build_dataset(train_data) if isinstance(train_data, str) else train_data
+        dataset = build_dataset(train_data, checked=False) if isinstance(train_data, str) else train_data
         self.dataset = check_dataset(dataset, what="the training dataset")
+        # data checked, not trusted: fatal problems stop here (report + one error line); fixes are counted
+        self.data_problems = check_training_data(self.dataset, dist=self.dist, progress=self.progress)
         if isinstance(val_data, str) and self.dist.is_main:  # a bad spec fails now, not after training
             val_data = build_dataset(val_data)
         self.val_data = val_data
@@ -288,6 +291,8 @@ class Trainer:
             save_config(cfg, self.out_dir / "config.yaml")
             self.writer.keep_until(self.state.iteration)
             print(self.writer.tensorboard_note, flush=True)
+            if self.data_problems:  # what check_training_data fixed or noted, by kind
+                self.writer.write({"iteration": self.state.iteration, "data_problems": self.data_problems})
         self.ddp_model.train()
         from tqdm import tqdm
 

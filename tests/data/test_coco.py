@@ -158,15 +158,20 @@ def test_image_without_annotations_is_kept(tmp_path: Path) -> None:
 def test_clear_errors(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="nope.json"):
         CocoDataset(tmp_path / "nope.json", tmp_path)
+    # a malformed annotation is recorded as the file is read; reading an item then names it
     bad_poly = [{"id": 99, "image_id": 5, "category_id": 3, "segmentation": [[0, 0, 4, 0, 4]]}]
-    with pytest.raises(ValueError, match=r"annotation 99 .*odd number of coordinates"):
-        CocoDataset(_tiny_coco(tmp_path, bad_poly), tmp_path / "imgs")
+    ds = CocoDataset(_tiny_coco(tmp_path, bad_poly), tmp_path / "imgs")
+    assert [(p.kind, p.image_id, p.annotation_id) for p in ds.problems.problems] == [("malformed", 5, 99)]
+    with pytest.raises(
+        ValueError, match=r"\(image 5, annotation 99\): polygon 0: .*odd number of coordinates"
+    ):
+        ds[0]
     bad_size = [{"id": 42, "image_id": 5, "category_id": 3, "segmentation": {"size": [3, 3], "counts": [9]}}]
-    with pytest.raises(ValueError, match=r"annotation 42 .*does not match the image size"):
-        CocoDataset(_tiny_coco(tmp_path, bad_size), tmp_path / "imgs")
+    with pytest.raises(ValueError, match=r"annotation 42\): RLE size .* does not match the image size"):
+        CocoDataset(_tiny_coco(tmp_path, bad_size), tmp_path / "imgs")[0]
     bad_cat = [{"id": 8, "image_id": 5, "category_id": 4, "segmentation": [[0, 0, 4, 0, 4, 4]]}]
-    with pytest.raises(ValueError, match=r"annotation 8 has unknown category id 4"):
-        CocoDataset(_tiny_coco(tmp_path, bad_cat), tmp_path / "imgs")
+    with pytest.raises(ValueError, match=r"annotation 8\): unknown category id 4"):
+        CocoDataset(_tiny_coco(tmp_path, bad_cat), tmp_path / "imgs").load_targets(0)
     ds = CocoDataset(_tiny_coco(tmp_path, []), tmp_path / "imgs")
     (tmp_path / "imgs" / "a.png").unlink()
     with pytest.raises(FileNotFoundError, match=r"a\.png \(image id 5\)"):

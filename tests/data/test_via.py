@@ -93,6 +93,6 @@ def test_dict_regions_and_errors(tmp_path: Path) -> None:
     point_region = {"shape_attributes": {"name": "point", "cx": 1, "cy": 1}}
     point = {"x": {"filename": "a.png", "regions": [point_region]}}
     with pytest.raises(ValueError, match=r"'a\.png' region 0: unsupported region shape 'point'"):
-        ViaDataset(_make_via(tmp_path, point))
+        ViaDataset(_make_via(tmp_path, point))[0]
     with pytest.raises(FileNotFoundError, match="via_region_data.json"):
         ViaDataset(tmp_path / "missing")
