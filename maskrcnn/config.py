@@ -428,8 +428,13 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
     return apply_overrides(cfg, overrides or [])
 
 
+def config_yaml(cfg: Config) -> str:
+    """The YAML text of a config (what `save_config` writes, `load_config` reads)."""
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
 def save_config(cfg: Config, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    Path(path).write_text(config_yaml(cfg))
 
 
 def resolve(spec: str | None, overrides: list[str] | None = None) -> Config:

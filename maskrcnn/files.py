@@ -60,6 +60,7 @@ __all__ = [
     "read_image",
     "read_image_size",
     "read_pixels",
+    "remove_partial_writes",
 ]
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -217,6 +218,20 @@ def atomic_write(path: PathLike, write: Callable[[IO[bytes]], Any]) -> Path:
             os.unlink(tmp)
         raise
     return path
+
+
+def remove_partial_writes(path: PathLike) -> list[Path]:
+    """Remove the temporary files of `atomic_write(path, ...)` calls whose process was killed before
+    the rename (SIGKILL, power loss: nothing could clean up); returns them. Call it only while no
+    other process writes `path`."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        return []
+    prefix = f".{path.name}."  # atomic_write's mkstemp names: .NAME.RANDOM.tmp
+    stale = sorted(p for p in path.parent.iterdir() if p.name.startswith(prefix) and p.name.endswith(".tmp"))
+    for tmp in stale:
+        tmp.unlink(missing_ok=True)
+    return stale
 
 
 def atomic_write_text(path: PathLike, text: str) -> Path:

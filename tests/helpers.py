@@ -47,6 +47,31 @@ TINY = [
 ]
 
 
+def train_args(out: Path, *extra: str) -> list[str]:
+    """`maskrcnn train` arguments of the tests' tiny runs: TINY_NET on the shapes_demo preset (128 px
+    synthetic shapes, 3 classes) on `shapes:16`, one metrics line per iteration, no progress bar;
+    `extra`: more options and overrides."""
+    return [
+        "train",
+        "--config",
+        "shapes_demo",
+        "--train-data",
+        "shapes:16",
+        "--out",
+        str(out),
+        "--no-progress",
+        *TINY_NET,
+        "train.log_period=1",
+        *extra,
+    ]
+
+
+def single_thread_env() -> dict[str, str]:
+    """This environment with OMP_NUM_THREADS=1: every run of a training subprocess then computes
+    with the same thread count, so CPU results are bitwise reproducible from run to run."""
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+
+
 def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     """`python -m maskrcnn ARGS` in a real process (warnings silenced), its output captured as text."""
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +28,7 @@ from maskrcnn.files import (
     atomic_write_text,
     read_image,
     read_pixels,
+    remove_partial_writes,
 )
 from maskrcnn.inputs import load_image
 from tests.helpers import small_photo
@@ -131,6 +135,29 @@ def test_a_write_that_fails_midway_leaves_the_old_file_and_no_temporary_file(tmp
         atomic_save({"weights": torch.zeros(100_000), "bad": lambda: None}, tmp_path / "model.pt")
     assert torch.equal(torch.load(tmp_path / "model.pt")["weights"], torch.arange(4))
     assert _files(tmp_path) == ["model.pt", "report.json"]
+
+
+def test_the_temporary_file_of_a_write_killed_midway_is_removed_by_remove_partial_writes(tmp_path):
+    path = tmp_path / "checkpoint.pt"
+    atomic_write_text(path, "old")
+    killed_midway = (
+        "import os, signal\n"
+        "from maskrcnn.files import atomic_write\n"
+        "def half(f):\n"
+        "    f.write(b'new, half of it')\n"
+        "    f.flush()\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+        f"atomic_write({str(path)!r}, half)\n"
+    )
+    assert subprocess.run([sys.executable, "-c", killed_midway], timeout=120).returncode == -signal.SIGKILL
+    (left,) = [name for name in _files(tmp_path) if name != "checkpoint.pt"]  # nothing could clean up
+    assert left.startswith(".checkpoint.pt.") and left.endswith(".tmp")
+    assert path.read_text() == "old"  # the old file is whole
+    (tmp_path / ".checkpoint.pt.keep").write_text("not a temporary file")
+    (tmp_path / ".model.pt.x1.tmp").write_text("another file's")
+    assert [p.name for p in remove_partial_writes(path)] == [left]
+    assert _files(tmp_path) == [".checkpoint.pt.keep", ".model.pt.x1.tmp", "checkpoint.pt"]
+    assert remove_partial_writes(tmp_path / "missing" / "checkpoint.pt") == []
 
 
 def test_written_files_get_the_umask_mode_and_missing_folders(tmp_path):

@@ -9,6 +9,20 @@ from pathlib import Path
 from ..config import apply_overrides, resolve
 
 
+class _ResumeAction(argparse.Action):
+    """--resume [auto|always|never]. A bare --resume is `always` (what the former flag did), also
+    when a key=value override follows it, which argparse hands to --resume as its value."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        value = self.const if values is None else values
+        if "=" in value:  # `--resume solver.max_iter=10`: the override goes back to the overrides
+            namespace.overrides_after_resume = [value]
+            value = self.const
+        if value not in ("auto", "always", "never"):
+            parser.error(f"argument --resume: invalid choice {value!r} (choose from auto, always, never)")
+        setattr(namespace, self.dest, value)
+
+
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--config",
@@ -23,7 +37,17 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--val-data", default=None, help="dataset spec evaluated at eval_period and at the end")
     p.add_argument("--out", required=True, help="run directory")
-    p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/checkpoint.pt if it exists")
+    p.add_argument(
+        "--resume",
+        nargs="?",
+        const="always",
+        default="auto",
+        action=_ResumeAction,
+        metavar="{auto,always,never}",
+        help="auto (default): continue from RUN/checkpoint.pt when it is of the same config and "
+        "training data, start at iteration 0 when there is none, stop when it is of another run; "
+        "always (a bare --resume): continue from it whatever its config; never: start at iteration 0",
+    )
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("overrides", nargs="*", help="config overrides key=value, e.g. solver.max_iter=1000")
 
@@ -31,7 +55,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
 def cmd_train(args: argparse.Namespace) -> int:
     from .train import train
 
-    cfg = resolve(args.config, args.overrides)
+    cfg = resolve(args.config, [*getattr(args, "overrides_after_resume", []), *args.overrides])
     result = train(
         cfg,
         train_data=args.train_data,
@@ -41,8 +65,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
     )
     out = Path(args.out)
+    resumed = "" if result["resumed_at"] is None else f" (resumed at iteration {result['resumed_at']})"
     print(
-        f"trained {result['iterations']} iterations; model: {out / 'model_final.pt'}; "
+        f"trained {result['iterations']} iterations{resumed}; model: {out / 'model_final.pt'}; "
         f"training curves: {out / 'training_curves.png'}"
     )
     return 0
@@ -160,7 +185,10 @@ def run_demo(
     train_set = ShapesDataset(train_images, seed=0, keypoints=keypoints)
     # a different seed: images never seen in training
     val_set = ShapesDataset(val_images, seed=1_000_003, keypoints=keypoints)
-    result = train(cfg, train_data=train_set, val_data=val_set, out_dir=out, progress=progress)
+    # a demo run starts over in its folder (`maskrcnn train` would continue a finished run there)
+    result = train(
+        cfg, train_data=train_set, val_data=val_set, out_dir=out, resume="never", progress=progress
+    )
     metrics = result["metrics"]
     model = load_model(out / "model_final.pt")
     overlays = out / "overlays"

@@ -1,10 +1,15 @@
 """Training loop: iteration-based SGD/AdamW with warmup and decay, optional bf16 autocast,
 gradient clipping, non-finite-loss detection, periodic evaluation and atomic checkpoints that
-resume exactly (model, optimizer, scheduler, data position and RNG state).
+resume exactly (model, optimizer, scheduler, and every rank's data position and RNG state: see
+`maskrcnn.engine.resume`, which also says when a run directory's checkpoint is continued).
+
+Several processes (torchrun, on one machine or several): every process holds the whole model
+(DistributedDataParallel averages the gradients), reads its shard of every epoch (by global rank)
+and runs on `cuda:LOCAL_RANK` or the CPU; global rank 0 alone writes the run directory.
 
 Run directory layout:
     config.yaml        the full config used
-    checkpoint.pt      latest training checkpoint (atomic), what --resume reads
+    checkpoint.pt      latest training checkpoint (atomic), what a resumed run continues from
     metrics.jsonl      one JSON object per logged iteration / evaluation
     training_curves.png  losses, learning rate and AP from metrics.jsonl (matplotlib), at the end
     tensorboard/       the same scalars as TensorBoard events, when tensorboard is installed
@@ -14,19 +19,16 @@ Run directory layout:
 
 from __future__ import annotations
 
-import json
-import random
+import socket
 import time
 import warnings
 from contextlib import nullcontext
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
-from ..config import Config, replace, save_config
+from ..config import Config, config_yaml, replace
 from ..data.dataset import check_dataset, dataset_keypoints
 from ..data.keypoint_meta import keypoint_flip_map, oks_sigmas, with_dataset_keypoints
 from ..data.loader import build_train_loader
@@ -34,24 +36,19 @@ from ..data.specs import build_dataset
 from ..data.transforms import Compose, HorizontalFlip, LargeScaleJitter
 from ..distributed import DistInfo, all_finite, barrier, cleanup, init_distributed
 from ..errors import UserError
-from ..files import atomic_write_text
+from ..files import atomic_write_text, remove_partial_writes
 from ..model import build_model
-from .checkpoint import atomic_save, model_state, read_checkpoint
-from .data_check import check_training_data
+from .checkpoint import atomic_save, model_state
+from .elastic import join_restartable_group
+from .metrics_log import MetricsWriter
 from .optim import build_optimizer, build_scheduler
+from .resume import TrainState, agreed_checkpoint, rank_states, restore_rank_state, resume_mode
+
+__all__ = ["MetricsWriter", "NonFiniteLossError", "Trainer", "TrainState", "train", "train_loader"]
 
 
 class NonFiniteLossError(RuntimeError):
     pass
-
-
-@dataclass
-class TrainState:
-    iteration: int = 0  # optimizer steps taken
-    epoch: int = 0
-    batch_in_epoch: int = 0  # batches of `epoch` already consumed
-    nonfinite_total: int = 0
-    nonfinite_in_a_row: int = 0
 
 
 def resolve_device(name: str) -> str:
@@ -79,83 +76,33 @@ def build_transforms(cfg: Config, *, num_keypoints: int = 0):
     return Compose(steps) if steps else None
 
 
-def rng_state() -> dict:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _tensorboard_writer(log_dir: Path):
-    """(a SummaryWriter or None, the one line telling whether the run logs to TensorBoard)."""
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:  # the optional extra is not installed
-        return None, (
-            f"TensorBoard: off (to also log scalars to {log_dir}: pip install 'maskrcnn[tensorboard]')"
-        )
-    try:
-        writer = SummaryWriter(str(log_dir))
-    except Exception as e:  # e.g. an unwritable folder: the JSON log still works
-        return None, f"TensorBoard: off (cannot write to {log_dir}: {e})"
-    return writer, f"TensorBoard: logging scalars to {log_dir} (tensorboard --logdir {log_dir})"
-
-
-class MetricsWriter:
-    """JSON lines (always) and TensorBoard (when installed), on the main process only."""
-
-    def __init__(self, out_dir: Path, enabled: bool):
-        self.enabled = enabled
-        self.path = out_dir / "metrics.jsonl"
-        self.tb, self.tensorboard_note = None, ""
-        if enabled:
-            self.tb, self.tensorboard_note = _tensorboard_writer(out_dir / "tensorboard")
-
-    def keep_until(self, iteration: int) -> None:
-        """Drop records logged after `iteration`: a fresh run (0) starts an empty log; a resumed run
-        drops what was logged after its checkpoint, since those iterations run again."""
-        if not self.enabled or not self.path.is_file():
-            return
-        lines = self.path.read_text().splitlines()
-        kept = [line for line in lines if line.strip() and json.loads(line).get("iteration", 0) <= iteration]
-        atomic_write_text(self.path, "".join(line + "\n" for line in kept))
-
-    def write(self, record: dict) -> None:
-        if not self.enabled:
-            return
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
-        if self.tb is not None:
-            for key, value in record.items():
-                if isinstance(value, (int, float)) and key != "iteration":
-                    self.tb.add_scalar(key, value, record.get("iteration", 0))
-
-    def close(self) -> None:
-        if self.tb is not None:
-            self.tb.close()
+def train_loader(cfg: Config, dataset, *, rank: int, world_size: int):
+    """The training loader of process `rank` of `world_size`: its shard of every epoch, in batches of
+    `solver.ims_per_batch / world_size` images."""
+    return build_train_loader(
+        dataset,
+        batch_size=cfg.solver.ims_per_batch // world_size,
+        transforms=build_transforms(cfg, num_keypoints=dataset_keypoints(dataset)[0]),
+        num_workers=cfg.data.num_workers,
+        seed=cfg.train.seed,
+        shard=(rank, world_size),
+        aspect_ratio_grouping=cfg.data.aspect_ratio_grouping,
+    )
 
 
 class Trainer:
     def __init__(self, cfg: Config, *, train_data, out_dir: str | Path, val_data=None, progress: bool = True):
-        self.dist: DistInfo = init_distributed(resolve_device(cfg.train.device))
         device = resolve_device(cfg.train.device)
+        join_restartable_group(device)  # under torchrun --max-restarts: a store of this attempt
+        self.dist: DistInfo = init_distributed(device)
         if device.startswith("cuda") and self.dist.enabled:
             device = f"cuda:{self.dist.local_rank}"
         self.device = torch.device(device)
         self.out_dir = Path(out_dir)
         self.progress = progress and self.dist.is_main
-        dataset = build_dataset(train_data, checked=False) if isinstance(train_data, str) else train_data
+        self.train_spec = train_data if isinstance(train_data, str) else None  # checked on resume
+        dataset = build_dataset(train_data) if isinstance(train_data, str) else train_data
         self.dataset = check_dataset(dataset, what="the training dataset")
-        # data checked, not trusted: fatal problems stop here (report + one error line); fixes are counted
-        self.data_problems = check_training_data(self.dataset, dist=self.dist, progress=self.progress)
         if isinstance(val_data, str) and self.dist.is_main:  # a bad spec fails now, not after training
             val_data = build_dataset(val_data)
         self.val_data = val_data
@@ -191,23 +138,16 @@ class Trainer:
             self.ddp_model = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
         self.optimizer = build_optimizer(self.model, cfg.solver)
         self.scheduler = build_scheduler(self.optimizer, cfg.solver)
-        self.loader = build_train_loader(
-            self.dataset,
-            batch_size=cfg.solver.ims_per_batch // world,
-            transforms=build_transforms(cfg, num_keypoints=dataset_keypoints(self.dataset)[0]),
-            num_workers=cfg.data.num_workers,
-            seed=cfg.train.seed,
-            shard=(self.dist.rank, world),
-            aspect_ratio_grouping=cfg.data.aspect_ratio_grouping,
-        )
+        self.loader = train_loader(cfg, self.dataset, rank=self.dist.rank, world_size=world)
         if self.loader.batches_per_epoch(0) == 0:
             raise UserError(
                 f"the training data has {len(self.dataset)} images, fewer than one batch of "
                 f"{cfg.solver.ims_per_batch // world} per process"
             )
         self.state = TrainState()
+        self.resumed_at: int | None = None  # the checkpoint's iteration when the run was resumed
         torch.manual_seed(cfg.train.seed + 1000 * self.dist.rank)  # per-rank sampling randomness
-        self.writer = MetricsWriter(self.out_dir, self.dist.is_main)
+        self.writer = MetricsWriter(self.out_dir, False)  # the run's log is opened by train()
 
     # ------------------------------------------------------------------ checkpoints
     @property
@@ -215,6 +155,8 @@ class Trainer:
         return self.out_dir / "checkpoint.pt"
 
     def save_checkpoint(self) -> None:
+        """Write checkpoint.pt (atomically, on rank 0) with every rank's RNG state and data position."""
+        ranks = rank_states(self.state, device=self.device, info=self.dist)
         if self.dist.is_main:
             atomic_save(
                 {
@@ -222,25 +164,46 @@ class Trainer:
                     "optimizer": self.optimizer.state_dict(),
                     "scheduler": self.scheduler.state_dict(),
                     "train_state": vars(self.state).copy(),
-                    "rng": rng_state(),
+                    "rng": ranks[0]["rng"],  # what single-process checkpoints held before `ranks`
+                    "ranks": ranks,
+                    "train_data": self.train_spec,
                 },
                 self.checkpoint_path,
             )
         barrier(self.dist)
 
-    def resume(self) -> bool:
-        """Continue from checkpoint.pt if it exists; returns whether it did."""
-        if not self.checkpoint_path.is_file():
+    def resume(self, mode: str | bool = "always") -> bool:
+        """Continue from checkpoint.pt as `mode` says (`maskrcnn.engine.resume`); returns whether it
+        did. Rank 0 decides and sends the checkpoint to the others; a refusal raises on every rank."""
+        found = agreed_checkpoint(
+            resume_mode(mode), self.checkpoint_path, cfg=self.cfg, train_data=self.train_spec, info=self.dist
+        )
+        if found is None:
             return False
-        ckpt = read_checkpoint(self.checkpoint_path, map_location="cpu")
-        self.model.load_state_dict(ckpt["model"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.scheduler.load_state_dict(ckpt["scheduler"])
-        self.state = TrainState(**ckpt["train_state"])
-        if self.dist.world_size == 1:
-            set_rng_state(ckpt["rng"])
-        else:  # each rank continues its own stream, derived from the saved one
-            torch.manual_seed(self.cfg.train.seed + 1000 * self.dist.rank + self.state.iteration)
+        try:
+            self.model.load_state_dict(found["model"])
+        except RuntimeError as e:  # --resume always with another architecture
+            first = str(e).strip().splitlines()[0]
+            raise UserError(
+                f"{self.checkpoint_path}: its model does not fit this config ({first}); "
+                "use another --out or --resume never"
+            ) from None
+        self.optimizer.load_state_dict(found["optimizer"])
+        self.scheduler.load_state_dict(found["scheduler"])
+        self.state = TrainState(**found["train_state"])
+        note = restore_rank_state(
+            found,
+            self.state,
+            rank=self.dist.rank,
+            world_size=self.dist.world_size,
+            device=self.device,
+            seed=self.cfg.train.seed,
+        )
+        self.resumed_at = self.state.iteration
+        if self.dist.is_main:
+            print(f"resumed from {self.checkpoint_path} at iteration {self.state.iteration}", flush=True)
+            if note:
+                print(f"note: {note}", flush=True)
         return True
 
     # ------------------------------------------------------------------ the loop
@@ -288,11 +251,17 @@ class Trainer:
         cfg = self.cfg
         if self.dist.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
-            save_config(cfg, self.out_dir / "config.yaml")
+            for name in ("checkpoint.pt", "model_final.pt", "metrics.jsonl", "config.yaml"):
+                remove_partial_writes(self.out_dir / name)  # left by a process killed mid-write
+            atomic_write_text(self.out_dir / "config.yaml", config_yaml(cfg))
+            if self.dist.enabled:  # on machines without a shared filesystem: where the run is written
+                host = socket.gethostname()
+                print(
+                    f"{self.dist.world_size} processes; rank 0 on host {host} writes {self.out_dir.resolve()}"
+                )
+            self.writer = MetricsWriter(self.out_dir, True, start_iteration=self.state.iteration)
             self.writer.keep_until(self.state.iteration)
             print(self.writer.tensorboard_note, flush=True)
-            if self.data_problems:  # what check_training_data fixed or noted, by kind
-                self.writer.write({"iteration": self.state.iteration, "data_problems": self.data_problems})
         self.ddp_model.train()
         from tqdm import tqdm
 
@@ -342,7 +311,11 @@ class Trainer:
         finally:
             bar.close()
         self.save_checkpoint()
-        results: dict = {"iterations": self.state.iteration, "nonfinite_steps": self.state.nonfinite_total}
+        results: dict = {
+            "iterations": self.state.iteration,
+            "nonfinite_steps": self.state.nonfinite_total,
+            "resumed_at": self.resumed_at,
+        }
         if self.dist.is_main:
             from .checkpoint import save_model
 
@@ -399,14 +372,16 @@ def train(
     train_data,
     out_dir: str | Path,
     val_data=None,
-    resume: bool = False,
+    resume: str | bool = "auto",
     progress: bool = True,
 ) -> dict:
-    """Train a model; returns {"iterations", "nonfinite_steps", "metrics" (if val_data)}."""
+    """Train a model; returns {"iterations", "nonfinite_steps", "resumed_at" (the checkpoint's
+    iteration, or None for a run from iteration 0), "metrics" (if val_data)}.
+    `resume`: auto | always | never, as `maskrcnn.engine.resume` describes (True: always)."""
+    mode = resume_mode(resume)
     trainer = Trainer(cfg, train_data=train_data, out_dir=out_dir, val_data=val_data, progress=progress)
     try:
-        if resume and trainer.resume() and trainer.progress:
-            print(f"resumed from {trainer.checkpoint_path} at iteration {trainer.state.iteration}")
+        trainer.resume(mode)
         return trainer.train()
     finally:
         trainer.close()

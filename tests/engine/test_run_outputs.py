@@ -82,3 +82,23 @@ def test_without_tensorboard_the_run_says_how_to_enable_it(tmp_path, monkeypatch
     # other processes than the main one write nothing and say nothing
     quiet = MetricsWriter(tmp_path / "rank1", enabled=False)
     assert quiet.tb is None and quiet.tensorboard_note == ""
+
+
+def test_a_resumed_log_keeps_the_lines_up_to_its_checkpoint_and_drops_a_cut_line(tmp_path):
+    lines = [json.dumps({"iteration": i, "loss": 1.0 / i}) for i in (1, 2, 3)]
+    lines.append(json.dumps({"iteration": 3, "eval": "eval_0000003", "bbox/AP": 0.5}))
+    written = "".join(line + "\n" for line in lines) + '{"iteration": 4, "lo'  # killed mid-line
+    (tmp_path / "metrics.jsonl").write_text(written)
+    writer = MetricsWriter(tmp_path, enabled=False)  # what any process may do: nothing
+    writer.keep_until(2)
+    assert (tmp_path / "metrics.jsonl").read_text() == written
+    writer = MetricsWriter(tmp_path, True, start_iteration=3)
+    writer.keep_until(
+        3
+    )  # resumed at iteration 3: the line cut short is dropped, the others kept as they were
+    assert (tmp_path / "metrics.jsonl").read_text() == "".join(line + "\n" for line in lines)
+    writer.keep_until(2)
+    assert (tmp_path / "metrics.jsonl").read_text() == "".join(line + "\n" for line in lines[:2])
+    writer.write({"iteration": 3, "loss": 0.25})
+    writer.close()
+    assert (tmp_path / "metrics.jsonl").read_text().splitlines()[2:] == ['{"iteration": 3, "loss": 0.25}']
