@@ -25,6 +25,10 @@ Optional keypoint metadata (`KeypointMetadata`; a dataset without these members 
   left/right pairs a horizontal flip swaps (`maskrcnn.data.keypoint_meta`);
 - `skeleton`: pairs of 1-based keypoint indices to connect when drawing (COCO's convention).
 `dataset_keypoints(dataset)` reads them with those defaults.
+
+Optional data checks (`maskrcnn check-data`, and `train` before its first step; see
+`maskrcnn.data.check`): `problems`, the `ProblemLog` of what reading the annotation files found,
+and `check_item(i, log)`, which records the item's file problems (missing, unreadable, another size).
 """
 
 from __future__ import annotations
