@@ -43,6 +43,7 @@ __all__ = [
 ]
 
 MAX_SIDE = 1 << 20  # an image side beyond this is not a real image's
+_JSON_NUMBERS = (int, float)  # what json.load gives for numbers (a bool is not one of them)
 
 
 class CocoAnnotation(NamedTuple):
@@ -69,7 +70,7 @@ def _is_int(v: Any) -> bool:
 
 
 def _is_number(v: Any) -> bool:
-    return isinstance(v, Real) and not isinstance(v, bool)
+    return type(v) in _JSON_NUMBERS or (isinstance(v, Real) and not isinstance(v, bool))
 
 
 def finite_number(value: Any) -> float | None:
@@ -84,18 +85,23 @@ def finite_number(value: Any) -> float | None:
     return v if math.isfinite(v) else None
 
 
-def coordinates(values: Any) -> tuple[list[float], str | None]:
-    """A polygon's flat [x0, y0, x1, y1, ...] from a JSON file as floats and None, or ([], what is
-    wrong with it: not a list, not finite numbers, an odd count)."""
+def coordinates(values: Any) -> tuple[np.ndarray, str | None]:
+    """A polygon's flat [x0, y0, x1, y1, ...] from a JSON file as a float64 array and None, or
+    (an empty array, what is wrong with it: not a list, not finite numbers, an odd count)."""
     if not isinstance(values, list):
-        return [], f"a polygon must be a list of coordinates, got {type(values).__name__}"
-    coords = [finite_number(v) for v in values]
-    if None in coords:
-        bad = next(v for v, c in zip(values, coords) if c is None)
-        return [], f"polygon coordinates must be finite numbers, got {bad!r:.40}"
+        return np.zeros(0), f"a polygon must be a list of coordinates, got {type(values).__name__}"
+    coords = None
+    if all(type(v) in _JSON_NUMBERS for v in values):  # the common case, checked in one go
+        try:
+            coords = np.array(values, dtype=np.float64)
+        except OverflowError:  # an integer too large for a float
+            coords = None
+    if coords is None or not np.isfinite(coords).all():
+        bad = next((v for v in values if finite_number(v) is None), None)
+        return np.zeros(0), f"polygon coordinates must be finite numbers, got {bad!r:.40}"
     if len(coords) % 2:
-        return [], f"polygon has an odd number of coordinates ({len(coords)})"
-    return coords, None  # type: ignore[return-value]
+        return np.zeros(0), f"polygon has an odd number of coordinates ({len(coords)})"
+    return coords, None
 
 
 def rle_string_counts(counts: str) -> list[int] | None:
@@ -263,7 +269,7 @@ def _polygons(seg: list, ids: dict, width: int, height: int, where: str, log: Pr
         def report(kind: str, detail: str, j: int = j) -> None:
             log.add(kind, where, **ids, detail=f"polygon {j}: {detail}")
 
-        points = np.asarray(coords, dtype=np.float64).reshape(-1, 2)
+        points = coords.reshape(-1, 2)
         checked = checked_polygon(
             points, width, height, where=f"{where} (annotation {ids['annotation_id']})", report=report
         )

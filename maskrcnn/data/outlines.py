@@ -48,7 +48,10 @@ def polygon_area(points: np.ndarray) -> float:
     if len(points) < 3:
         return 0.0
     x, y = points[:, 0], points[:, 1]
-    return 0.5 * float(np.dot(x, np.roll(y, -1)) - np.dot(np.roll(x, -1), y))
+    # np.roll(v, -1), spelled out: the same numbers, without np.roll's overhead (this runs for every
+    # polygon of a COCO file as it is read)
+    y_next, x_next = np.concatenate((y[1:], y[:1])), np.concatenate((x[1:], x[:1]))
+    return 0.5 * float(np.dot(x, y_next) - np.dot(x_next, y))
 
 
 def clip_polygon(points: np.ndarray, width: float, height: float) -> np.ndarray:

@@ -88,7 +88,7 @@ def _region_polygon(shape: Any) -> tuple[list[float], str, str]:
             if not isinstance(xs, list) or not isinstance(ys, list) or len(xs) != len(ys):
                 return [], "malformed", "'all_points_x' and 'all_points_y' must be lists of the same length"
             coords, problem = coordinates([v for xy in zip(xs, ys) for v in xy])
-            return coords, ("malformed" if problem else ""), problem or ""
+            return coords.tolist(), ("malformed" if problem else ""), problem or ""
         if kind == "rect":
             x, y, w, h = _numbers(shape, ("x", "y", "width", "height"))
             outline = [x, y, x + w, y, x + w, y + h, x, y + h]
