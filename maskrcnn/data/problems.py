@@ -188,14 +188,14 @@ class ProblemLog:
             },
         }
 
-    def raise_if_fatal(self, what: str = "the data") -> None:
+    def raise_if_fatal(self, what: str = "the data", *, hint: str = "") -> None:
         """Raise DataProblemsError when a problem is fatal ("the data has 3 fatal problems: the
-        first; ..."): what datasets do when an item is read from data with a fatal problem."""
+        first (and 2 more; `hint`)"): what datasets do when an item is read from data with a fatal
+        problem, and training before its first step."""
         fatal = len(self.of("fatal"))
         if fatal:
-            raise DataProblemsError(
-                f"{what} has {'a fatal problem' if fatal == 1 else f'{fatal} fatal problems'}", self
-            )
+            counted = f"{what} has {'a fatal problem' if fatal == 1 else f'{fatal} fatal problems'}"
+            raise DataProblemsError(counted, self, hint=hint or CHECK_HINT)
 
 
 _ORDER = {"fatal": 0, "fixed": 1, "note": 2}

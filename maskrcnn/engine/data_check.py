@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 
 from ..data.check import check_dataset_files, check_items, dataset_problems
-from ..data.problems import DataProblemsError, ProblemLog
+from ..data.problems import ProblemLog
 
 __all__ = ["add_check_data_arguments", "check_training_data", "cmd_check_data"]
 
@@ -56,9 +56,7 @@ def check_training_data(dataset, *, dist, progress: bool) -> dict[str, int]:
     if log.fatal:
         if dist.is_main:
             print(f"the training data: {_counts(log)}\n{log.report()}", file=sys.stderr, flush=True)
-        fatal = len(log.of("fatal"))
-        what = f"the training data has {'a fatal problem' if fatal == 1 else f'{fatal} fatal problems'}"
-        raise DataProblemsError(what, log, hint="see the report above")
+        log.raise_if_fatal("the training data", hint="see the report above")
     if log and dist.is_main:
         print(f"data: {log.summary_line()}", flush=True)
     return log.summary()
