@@ -39,6 +39,7 @@ from ..errors import UserError
 from ..files import atomic_write_text, remove_partial_writes
 from ..model import build_model
 from .checkpoint import atomic_save, model_state
+from .data_check import check_training_data
 from .elastic import join_restartable_group
 from .metrics_log import MetricsWriter
 from .optim import build_optimizer, build_scheduler
@@ -101,8 +102,10 @@ class Trainer:
         self.out_dir = Path(out_dir)
         self.progress = progress and self.dist.is_main
         self.train_spec = train_data if isinstance(train_data, str) else None  # checked on resume
-        dataset = build_dataset(train_data) if isinstance(train_data, str) else train_data
+        dataset = build_dataset(train_data, checked=False) if isinstance(train_data, str) else train_data
         self.dataset = check_dataset(dataset, what="the training dataset")
+        # data checked, not trusted: fatal problems stop here (report + one error line); fixes are counted
+        self.data_problems = check_training_data(self.dataset, dist=self.dist, progress=self.progress)
         if isinstance(val_data, str) and self.dist.is_main:  # a bad spec fails now, not after training
             val_data = build_dataset(val_data)
         self.val_data = val_data
@@ -262,6 +265,8 @@ class Trainer:
             self.writer = MetricsWriter(self.out_dir, True, start_iteration=self.state.iteration)
             self.writer.keep_until(self.state.iteration)
             print(self.writer.tensorboard_note, flush=True)
+            if self.data_problems:  # what check_training_data fixed or noted, by kind
+                self.writer.write({"iteration": self.state.iteration, "data_problems": self.data_problems})
         self.ddp_model.train()
         from tqdm import tqdm
 
