@@ -51,7 +51,7 @@ from torch.utils.data import Dataset
 
 from maskrcnn.data.coco import read_json, targets_from_rles
 from maskrcnn.data.outlines import checked_polygon, instance_rle
-from maskrcnn.data.problems import KINDS, ProblemLog
+from maskrcnn.data.problems import ProblemLog
 from maskrcnn.errors import UserError
 from maskrcnn.files import (
     STORED_PIXELS,
@@ -69,8 +69,6 @@ MAX_SIDE = 65_535  # the largest image side read (JPEG's limit)
 _SKIPPED_NAMES = ("__ignore__", "_background_")
 _NOT_REGIONS = ("point", "points", "line", "linestrip")
 _POLYGONS = ("polygon", "oriented_rectangle")
-# Recorded for skipped point/line shapes once problems.py declares it (see the report of issue 12).
-_NOT_A_REGION = "shape_not_a_region"
 
 
 @dataclass
@@ -277,8 +275,7 @@ class LabelmeDataset(Dataset):
 
         pts = _points(shape, where)
         if kind in _NOT_REGIONS:
-            if _NOT_A_REGION in KINDS:
-                report(_NOT_A_REGION, "not a region, skipped")
+            report("shape_not_a_region", "skipped")
             return None
         self._labels.add(label)
         if kind == "mask":

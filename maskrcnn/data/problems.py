@@ -54,6 +54,7 @@ KINDS: dict[str, Kind] = {
     "box_outside_image": Kind("fixed", "box partly outside the image", "box clipped to the image"),
     "box_entirely_outside_image": Kind("fixed", "box entirely outside the image", "annotation dropped"),
     "image_without_annotations": Kind("note", "image without annotations", "kept as a background image"),
+    "shape_not_a_region": Kind("note", "point or line shape (not a region)", "skipped"),
 }
 
 
