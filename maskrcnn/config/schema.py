@@ -1,0 +1,186 @@
+"""The settings of a model and its training: frozen dataclasses, one per part (input, backbone,
+anchors, RPN, RoI heads, keypoints; solver, data, train), nested in `Config`. Their defaults are the
+2017 paper's model (ResNet-50-FPN); the presets (`maskrcnn.config.presets`) change some of them.
+
+A Config is never changed in place: `replace(cfg, **changes)` gives a new one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = [
+    "AnchorConfig",
+    "BackboneConfig",
+    "Config",
+    "DataConfig",
+    "InputConfig",
+    "KeypointConfig",
+    "ModelConfig",
+    "RPNConfig",
+    "RoIHeadsConfig",
+    "SolverConfig",
+    "TrainConfig",
+    "replace",
+]
+
+
+@dataclass(frozen=True)
+class InputConfig:
+    min_size: tuple[int, ...] = (800,)  # shorter side; several values = random choice while training
+    max_size: int = 1333  # cap on the longer side
+    size_divisible: int = 32
+    pixel_mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    pixel_std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class BackboneConfig:
+    depth: int = 50  # 18, 34, 50 or 101
+    norm: str = "frozen_bn"  # frozen_bn | bn | gn
+    frozen_stages: int = 1  # 0: nothing frozen; 1: stem; 2: stem + res2; ... 5: everything
+    fpn_channels: int = 256
+    fpn_norm: str = "none"  # none | bn | gn
+    width: int = 64  # channels of the stem (scales every stage)
+    # ImageNet weights `maskrcnn train` starts the ResNet from: a name (resnet50_imagenet, ...: see
+    # `maskrcnn weights`), a path or a URL; "" = random initialisation. build_model does not read it.
+    weights: str = ""
+    frozen_bn_eps: float = 1e-5  # torchvision's published COCO checkpoints were trained with 0.0
+
+
+@dataclass(frozen=True)
+class AnchorConfig:
+    sizes: tuple[int, ...] = (32, 64, 128, 256, 512)  # one size per level P2..P6
+    aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)  # height / width
+    # torchvision's rule: stride = padded image size // feature size (not 64 on P6 for odd multiples of 32)
+    image_size_strides: bool = False
+
+
+@dataclass(frozen=True)
+class RPNConfig:
+    num_convs: int = 1
+    fg_iou_thresh: float = 0.7
+    bg_iou_thresh: float = 0.3
+    batch_size_per_image: int = 256
+    positive_fraction: float = 0.5
+    pre_nms_topk_train: int = 2000  # per level and image
+    pre_nms_topk_test: int = 1000
+    post_nms_topk_train: int = 2000  # per image
+    post_nms_topk_test: int = 1000
+    nms_thresh: float = 0.7
+    min_size: float = 1e-3
+    score_thresh: float = 0.0
+    box_loss: str = "smooth_l1"  # smooth_l1 | l1
+    smooth_l1_beta: float = 1.0 / 9
+
+
+@dataclass(frozen=True)
+class RoIHeadsConfig:
+    pooler: str = "roi_align"  # roi_align | roi_pool
+    aligned: bool = False
+    sampling_ratio: int = 2  # 0 = adaptive
+    roi_align_impl: str = "auto"  # auto: sparse on CPU fp32, else torchvision | torchvision | sparse
+    canonical_box_size: int = 224
+    canonical_level: int = 4
+    box_head: str = "fc"  # fc: 2 FC (paper) | conv: 4 conv + 1 FC (torchvision v2)
+    box_head_norm: str = "none"  # none | bn | gn (conv head only)
+    fc_dim: int = 1024
+    box_conv_dim: int = 256  # conv box head only
+    fg_iou_thresh: float = 0.5
+    bg_iou_thresh: float = 0.5
+    batch_size_per_image: int = 512
+    positive_fraction: float = 0.25
+    box_reg_weights: tuple[float, float, float, float] = (10.0, 10.0, 5.0, 5.0)
+    box_loss: str = "smooth_l1"  # smooth_l1 | l1
+    smooth_l1_beta: float = 1.0 / 9
+    score_thresh: float = 0.05
+    nms_thresh: float = 0.5
+    detections_per_image: int = 100
+    mask_on: bool = True  # the mask branch (False: Faster R-CNN, boxes only)
+    mask_head_norm: str = "none"
+    mask_head_dim: int = 256
+    mask_head_convs: int = 4
+    mask_pool_size: int = 14  # mask logits are 2x this (28)
+    class_agnostic_mask: bool = False
+    mask_loss: str = "sigmoid"  # sigmoid (paper) | softmax (the paper's ablation)
+    mask_threshold: float = 0.5
+    keypoint_on: bool = False  # the keypoint branch (Mask R-CNN §5, human pose)
+    num_keypoints: int = 17
+    keypoint_pool_size: int = 14  # heatmaps are 4x this (56)
+    keypoint_head_dim: int = 512
+    keypoint_head_convs: int = 8
+
+
+@dataclass(frozen=True)
+class KeypointConfig:
+    """What the keypoints of a model with the keypoint branch are (its metadata, like class names).
+    Empty fields take COCO's person keypoints when roi_heads.num_keypoints is 17."""
+
+    names: tuple[str, ...] = ()  # J names, e.g. nose, left_eye, ...
+    skeleton: tuple[tuple[int, int], ...] = ()  # pairs of 1-based keypoint indices (COCO's convention)
+    oks_sigmas: tuple[float, ...] = ()  # per-keypoint OKS sigmas of COCO keypoint AP
+    flip_map: tuple[tuple[int, int], ...] = ()  # 0-based pairs a horizontal flip swaps; empty: left_*/right_*
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    num_classes: int = 90  # foreground classes K (COCO with torchvision's 91-slot label space: 90)
+    input: InputConfig = field(default_factory=InputConfig)
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    anchors: AnchorConfig = field(default_factory=AnchorConfig)
+    rpn: RPNConfig = field(default_factory=RPNConfig)
+    roi_heads: RoIHeadsConfig = field(default_factory=RoIHeadsConfig)
+    keypoints: KeypointConfig = field(default_factory=KeypointConfig)
+
+
+@dataclass(frozen=True)
+class SolverConfig:
+    optimizer: str = "sgd"  # sgd | adamw
+    base_lr: float = 0.02
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    weight_decay_norm: float = 0.0
+    no_decay_on_norm_and_bias: bool = False
+    ims_per_batch: int = 16
+    max_iter: int = 90000
+    warmup_iters: int = 1000
+    warmup_factor: float = 0.001
+    schedule: str = "multistep"  # multistep | cosine
+    steps: tuple[int, ...] = (60000, 80000)
+    gamma: float = 0.1
+    clip_grad_norm: float = 0.0  # 0 = off
+    amp: bool = False  # bf16 autocast on GPU
+    max_nonfinite_steps: int = 5
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    hflip_prob: float = 0.5
+    lsj: bool = False  # large-scale jitter
+    lsj_size: int = 1024
+    lsj_scale: tuple[float, float] = (0.1, 2.0)
+    num_workers: int = 2
+    aspect_ratio_grouping: bool = True
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    seed: int = 0
+    checkpoint_period: int = 5000
+    eval_period: int = 0  # 0 = only at the end
+    log_period: int = 20
+    device: str = "auto"
+
+
+@dataclass(frozen=True)
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    solver: SolverConfig = field(default_factory=SolverConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def replace(cfg: Any, **changes: Any) -> Any:
+    return dataclasses.replace(cfg, **changes)
