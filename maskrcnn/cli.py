@@ -114,7 +114,7 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
 
 
 def _report(metrics: dict, results: list[dict], out: str) -> None:
-    from .evaluation.coco_eval import format_per_class, format_table, write_report
+    from .evaluation.report import format_per_class, format_table, write_report
 
     paths = write_report(metrics, results, out)
     print(format_table(metrics))

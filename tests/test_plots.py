@@ -10,7 +10,8 @@ import pytest
 from PIL import Image
 
 from maskrcnn.errors import UserError
-from maskrcnn.evaluation.coco_eval import evaluate_coco_results, write_report
+from maskrcnn.evaluation.coco_eval import evaluate_coco_results
+from maskrcnn.evaluation.report import write_report
 from maskrcnn.plots import (
     pr_curves_figure,
     read_metrics_log,

@@ -174,7 +174,7 @@ def run_demo(
     `keypoints`: the keypoint demo (preset shapes_keypoints, the shapes' corners as keypoints: see
     `maskrcnn.data.shapes`), evaluated with box and keypoint AP instead of box and mask AP."""
     from ..data.shapes import ShapesDataset
-    from ..evaluation.coco_eval import format_table
+    from ..evaluation.report import format_table
     from ..files import atomic_write_json
     from .checkpoint import load_model
     from .train import train

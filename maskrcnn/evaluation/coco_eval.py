@@ -1,4 +1,4 @@
-"""COCO evaluation (pycocotools' COCOeval) of result records, of a model on a dataset, and reports.
+"""COCO evaluation (pycocotools' COCOeval) of result records and of a model on a dataset.
 
 `evaluate_coco_results` runs COCOeval for each IoU type as pycocotools does (loadRes, evaluate,
 accumulate, summarize) and returns, per IoU type:
@@ -20,6 +20,9 @@ types it gets only the records' "keypoints", so a detection's area is that of it
 (pycocotools' loadRes rule, as in torchvision's evaluator and COCO's keypoint results format). Its
 stats are pycocotools' 10 (KEYPOINT_STAT_NAMES: no small objects, at most 20 detections per image);
 "per_class" and "pr" are taken at that detection limit.
+
+The metrics' names and their reports (`format_table`, `format_per_class`, `write_report`) are in
+`maskrcnn.evaluation.report`; this module re-exports them.
 """
 
 from __future__ import annotations
@@ -51,8 +54,15 @@ from ..distributed import (
     process_device,
 )
 from ..errors import UserError
-from ..files import atomic_write_json, atomic_write_text
 from .keypoint_eval import check_keypoint_records, keypoint_ground_truth
+from .report import (
+    IOU_TYPES,
+    KEYPOINT_STAT_NAMES,
+    STAT_NAMES,
+    format_per_class,
+    format_table,
+    write_report,
+)
 
 __all__ = [
     "IOU_TYPES",
@@ -68,10 +78,6 @@ __all__ = [
     "write_report",
 ]
 
-IOU_TYPES = ("bbox", "segm", "keypoints")
-STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
-KEYPOINT_STAT_NAMES = ("AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl")
-TABLE_COLUMNS = STAT_NAMES[:6]
 PR_IOUS = (0.5, 0.75)
 _FIELD = {"bbox": "bbox", "segm": "segmentation", "keypoints": "keypoints"}
 
@@ -332,7 +338,7 @@ def evaluate_model(
 
 def _records(predictor: Any, samples: list, category_ids: Optional[list[int]]) -> list[dict]:
     """The result records of one batch of dataset samples."""
-    from ..predict import detections_to_coco
+    from ..predict_records import detections_to_coco
 
     records: list[dict] = []
     num_labels = len(category_ids) if category_ids else None
@@ -363,50 +369,3 @@ def _keypoint_sigmas(model: Any, dataset: Any) -> Optional[tuple[float, ...]]:
     if num_data != num_model:
         raise UserError(f"the model predicts {num_model} keypoints, the evaluation dataset has {num_data}")
     return keypoint_meta.oks_sigmas(cfg.model.keypoints, num_keypoints=num_model)
-
-
-def _fmt(value: Optional[float]) -> str:
-    return "-" if value is None else f"{100.0 * value:.2f}"
-
-
-def _table(rows: list[list[str]]) -> str:
-    """Aligned text table: first column left-aligned, the others right-aligned."""
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join(
-        "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip()
-        for r in rows
-    )
-
-
-def format_table(metrics: dict) -> str:
-    """AP table in percent: one row per IoU type, columns AP AP50 AP75 APs APm APl."""
-    rows = [["IoU type", *TABLE_COLUMNS]]
-    rows += [[t, *(_fmt(metrics[t].get(c)) for c in TABLE_COLUMNS)] for t in IOU_TYPES if t in metrics]
-    return _table(rows)
-
-
-def format_per_class(metrics: dict) -> str:
-    """Per-category AP table in percent (AP at IoU .5:.95): one row per category, a column per IoU type."""
-    iou_types = [t for t in IOU_TYPES if t in metrics]
-    names: dict[str, None] = {}
-    for t in iou_types:
-        names.update(dict.fromkeys(metrics[t].get("per_class", {})))
-    rows = [["category", *(f"{t} AP" for t in iou_types)]]
-    rows += [[n, *(_fmt(metrics[t]["per_class"].get(n)) for t in iou_types)] for n in names]
-    return _table(rows)
-
-
-def write_report(metrics: dict, results: Sequence[dict], out_dir: Union[str, Path]) -> dict[str, Path]:
-    """Write metrics.json, detections.json, per_class_ap.txt and pr_curve.png into `out_dir`."""
-    from ..plots import pr_curves_figure, save_png
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    names = ("metrics.json", "detections.json", "per_class_ap.txt", "pr_curve.png")
-    paths = {name: out / name for name in names}
-    for name, obj in (("metrics.json", metrics), ("detections.json", list(results))):
-        atomic_write_json(paths[name], obj)
-    text = format_table(metrics) + "\n\nper-class AP (IoU .5:.95, %)\n" + format_per_class(metrics) + "\n"
-    atomic_write_text(paths["per_class_ap.txt"], text)
-    save_png(pr_curves_figure(metrics), paths["pr_curve.png"])  # atomic
-    return paths

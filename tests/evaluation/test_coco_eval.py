@@ -17,14 +17,8 @@ from pycocotools.cocoeval import COCOeval
 
 from maskrcnn.cli import main as cli_main
 from maskrcnn.data import CocoDataset, ShapesDataset
-from maskrcnn.evaluation.coco_eval import (
-    STAT_NAMES,
-    evaluate_coco_results,
-    evaluate_model,
-    format_per_class,
-    format_table,
-    write_report,
-)
+from maskrcnn.evaluation.coco_eval import evaluate_coco_results, evaluate_model
+from maskrcnn.evaluation.report import STAT_NAMES, format_per_class, format_table, write_report
 from maskrcnn.structures import Detections
 from tests.helpers import REPO_ROOT, ReplayModel
 

@@ -18,14 +18,9 @@ from maskrcnn.cli import main as cli_main
 from maskrcnn.config import torchvision_keypoint
 from maskrcnn.data import CocoDataset
 from maskrcnn.errors import UserError
-from maskrcnn.evaluation.coco_eval import (
-    KEYPOINT_STAT_NAMES,
-    evaluate_coco_results,
-    evaluate_model,
-    format_per_class,
-    format_table,
-)
+from maskrcnn.evaluation.coco_eval import evaluate_coco_results, evaluate_model
 from maskrcnn.evaluation.keypoint_eval import parse_sigmas
+from maskrcnn.evaluation.report import KEYPOINT_STAT_NAMES, format_per_class, format_table
 from maskrcnn.structures import Detections
 from tests.helpers import ReplayModel
 
