@@ -25,7 +25,8 @@ from maskrcnn.data.shapes import KEYPOINT_NAMES, ShapesDataset, corner_angle, co
 from maskrcnn.inspect import inspect_model, write_inspection
 from maskrcnn.inspect.keypoint_pictures import heatmap_probabilities
 from maskrcnn.model.keypoint_branch import decode_keypoints
-from maskrcnn.predict import detection_records, model_skeleton
+from maskrcnn.predict import model_skeleton
+from maskrcnn.predict_records import detection_records
 from maskrcnn.structures import Detections, Targets
 from maskrcnn.visualize import (
     KEYPOINT_RADIUS,

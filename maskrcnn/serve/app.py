@@ -30,7 +30,7 @@ from starlette.concurrency import run_in_threadpool
 
 from ..config import PRESETS, to_dict
 from ..errors import UserError
-from ..predict import detection_records
+from ..predict_records import detection_records
 from .batching import MicroBatcher
 from .uploads import MIB, BodyLimit, UploadError, decode_upload
 
@@ -95,7 +95,7 @@ def _options(values: dict[str, Any], predictor: Any) -> tuple[float | None, list
 
 
 def _labelled_records(det: Any, predictor: Any) -> list[dict[str, Any]]:
-    """COCO result records (`maskrcnn.predict.detection_records`) with each class name as `label`."""
+    """COCO result records (`maskrcnn.predict_records.detection_records`) with each class name as `label`."""
     records = detection_records(det, category_ids=predictor.category_ids)
     names = predictor.class_names
     for record, label in zip(records, det.labels.tolist()):

@@ -13,7 +13,7 @@ from torch import nn
 from maskrcnn.config import apply_overrides, get_preset
 from maskrcnn.model import build_model
 from maskrcnn.model.roi_heads import RoIHeads
-from maskrcnn.predict import detection_records
+from maskrcnn.predict_records import detection_records
 from maskrcnn.predictor import Predictor
 from maskrcnn.structures import Detections, Targets
 from tests.helpers import TINY, coco2_train

@@ -15,7 +15,7 @@ import pytest
 import maskrcnn
 from maskrcnn import cli
 from maskrcnn.config import apply_overrides, get_preset, to_dict
-from maskrcnn.predict import detection_records
+from maskrcnn.predict_records import detection_records
 from maskrcnn.serve.app import preset_of
 
 from .conftest import MAX_PIXELS, MAX_UPLOAD_MB
