@@ -27,6 +27,7 @@ A folder of files (a dataset written in another format) is written the same way 
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -48,6 +49,7 @@ __all__ = [
     "STORED_PIXELS",
     "DecodePolicy",
     "ImageReadError",
+    "NamedBytes",
     "atomic_write",
     "atomic_write_json",
     "atomic_write_folder",
@@ -87,6 +89,19 @@ class DecodePolicy:
 
 STORED_PIXELS = DecodePolicy(apply_exif=False, alpha="drop")
 AS_DISPLAYED = DecodePolicy(apply_exif=True, alpha="white")
+
+
+class NamedBytes(io.BytesIO):
+    """Image bytes in memory (an upload, an image stored in a JSON file) that read as a file for
+    Pillow and show as `name` in the decoder's messages: `read_pixels(NamedBytes(data, name), ...)`
+    raises an ImageReadError naming `name`."""
+
+    def __init__(self, data: bytes, name: str):
+        super().__init__(data)
+        self.display_name = name
+
+    def __str__(self) -> str:
+        return self.display_name
 
 
 # ---- decoding ----------------------------------------------------------------------------------

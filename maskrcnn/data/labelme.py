@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import io
 import math
 import os
 from dataclasses import dataclass, field
@@ -56,6 +55,7 @@ from maskrcnn.errors import UserError
 from maskrcnn.files import (
     STORED_PIXELS,
     ImageReadError,
+    NamedBytes,
     pixels_to_tensor,
     read_image,
     read_pixels,
@@ -87,17 +87,6 @@ class _Item:
     height: int
     width: int
     instances: list[_Instance]
-
-
-class _NamedBytes(io.BytesIO):
-    """Image bytes that read as a file for Pillow and show as `name` in the decoder's messages."""
-
-    def __init__(self, data: bytes, name: str):
-        super().__init__(data)
-        self.display_name = name
-
-    def __str__(self) -> str:
-        return self.display_name
 
 
 def _image_side(value: Any, where: str, key: str) -> int:
@@ -155,7 +144,7 @@ def _mask_patch(shape: dict, pts: np.ndarray, height: int, width: int, where: st
     except (binascii.Error, ValueError) as e:
         raise UserError(f"{where}: 'mask' is not a base64 PNG image ({e})") from None
     try:
-        patch = read_pixels(_NamedBytes(data, f"{where}: 'mask'"), policy=STORED_PIXELS).any(axis=2)
+        patch = read_pixels(NamedBytes(data, f"{where}: 'mask'"), policy=STORED_PIXELS).any(axis=2)
     except ImageReadError as e:
         raise UserError(str(e)) from None
     if patch.shape != (y2 - y1 + 1, x2 - x1 + 1):
@@ -365,7 +354,7 @@ class LabelmeDataset(Dataset):
         except (binascii.Error, ValueError) as e:
             raise UserError(f"{name}: not base64 ({e})") from None
         try:
-            return pixels_to_tensor(read_pixels(_NamedBytes(raw, name), policy=STORED_PIXELS))
+            return pixels_to_tensor(read_pixels(NamedBytes(raw, name), policy=STORED_PIXELS))
         except ImageReadError as e:
             raise UserError(f"{e} (image id {index})") from None
 

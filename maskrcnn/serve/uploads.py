@@ -20,7 +20,7 @@ from typing import Any, Callable
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from ..files import AS_DISPLAYED, ImageReadError, pixels_to_tensor, read_pixels
+from ..files import AS_DISPLAYED, ImageReadError, NamedBytes, pixels_to_tensor, read_pixels
 
 __all__ = ["BodyLimit", "UploadError", "decode_upload"]
 
@@ -38,17 +38,6 @@ class UploadError(Exception):
 
 def _size_text(n: float) -> str:
     return f"{n / MIB:.3g} MB"
-
-
-class _NamedBytes(io.BytesIO):
-    """Upload bytes that read as a file for Pillow and show as `name` in the decoder's messages."""
-
-    def __init__(self, data: bytes, name: str):
-        super().__init__(data)
-        self.display_name = name
-
-    def __str__(self) -> str:
-        return self.display_name
 
 
 def decode_upload(data: bytes, *, max_pixels: int, name: str = "upload") -> torch.Tensor:
@@ -70,7 +59,7 @@ def decode_upload(data: bytes, *, max_pixels: int, name: str = "upload") -> torc
             f"{name}: image is {width}x{height} = {width * height} pixels, over the limit of {max_pixels}",
         )
     try:
-        return pixels_to_tensor(read_pixels(_NamedBytes(data, name), policy=AS_DISPLAYED))
+        return pixels_to_tensor(read_pixels(NamedBytes(data, name), policy=AS_DISPLAYED))
     except ImageReadError as e:
         raise UploadError(415, str(e)) from None
 
