@@ -7,12 +7,14 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 import pycocotools.mask as mask_util
 import torch
 
+from maskrcnn.errors import UserError
 from maskrcnn.inputs import load_image
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -231,3 +233,36 @@ def assert_same_instances(expected: dict, got: dict, *, min_iou: float = 0.99) -
             lowest = min(lowest, float(ious[best]))
             have.pop(best)
     return lowest
+
+
+# ---- corrupted datasets: what may come out of reading them ------------------------------------
+
+DOCUMENTED_ERRORS = (UserError, FileNotFoundError)  # what bad data may raise: a clear, named error
+
+
+def assert_documented_error(
+    error: BaseException, *, names: Sequence[str], numbered: str | None = None
+) -> None:
+    """`error` is one of DOCUMENTED_ERRORS and its message names one of `names` (the dataset's
+    files); `numbered`: a text (": shape ", ".txt line ") that, where the message holds it, is
+    followed by a number (the item at fault)."""
+    text = str(error)
+    assert isinstance(error, DOCUMENTED_ERRORS), f"{type(error).__name__}: {text}"
+    assert any(name in text for name in names), f"the error names no file: {text}"
+    if numbered is not None and numbered in text:
+        assert text.split(numbered)[1].split(":")[0].isdigit(), f"no number after {numbered!r}: {text}"
+
+
+def read_every_item(build: Callable, *, names: Sequence[str], numbered: str | None = None) -> None:
+    """Build a dataset (`build()`) and read every item (its size, its targets, the sample, whose
+    masks must have the image's size): either all of it works or it stops at a documented error
+    (`assert_documented_error` with `names` and `numbered`)."""
+    try:
+        dataset = build()
+        for index in range(len(dataset)):
+            dataset.image_size(index)
+            dataset.load_targets(index)
+            sample = dataset[index]
+            assert sample.targets.masks.shape[1:] == sample.image.shape[1:]
+    except DOCUMENTED_ERRORS as e:
+        assert_documented_error(e, names=names, numbered=numbered)

@@ -26,14 +26,13 @@ from maskrcnn import cli
 from maskrcnn.data import CocoDataset, MaskFolderDataset, ViaDataset
 from maskrcnn.data.check import check_dataset_files
 from maskrcnn.data.problems import ProblemLog
-from maskrcnn.errors import UserError
+from tests.helpers import DOCUMENTED_ERRORS, assert_documented_error
 
 SETTINGS = settings(
     max_examples=40,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
-DOCUMENTED = (UserError, FileNotFoundError)
 SIZES = {"a.png": (32, 32), "b.jpg": (24, 32), "c.png": (32, 20)}  # file -> (height, width)
 
 
@@ -46,23 +45,18 @@ def _write_image(path: Path, height: int, width: int, seed: int = 0) -> None:
 def _exercise(build: Callable, names: list[str], spec: str) -> ProblemLog | None:
     """Build the dataset, read every item, check it, run `check-data` on it: each step works or
     raises a documented error whose message names one of `names` (the dataset's files)."""
-
-    def documented(error: BaseException) -> None:
-        assert isinstance(error, DOCUMENTED), f"{type(error).__name__}: {error}"
-        assert any(name in str(error) for name in names), f"the error names no file: {error}"
-
     try:
         dataset = build()
-    except DOCUMENTED as e:
-        documented(e)
+    except DOCUMENTED_ERRORS as e:
+        assert_documented_error(e, names=names)
         assert cli.main(["check-data", spec, "--no-progress"]) == 1
         return None
     for index in range(len(dataset)):
         for read in (dataset.load_targets, dataset.__getitem__):
             try:
                 read(index)
-            except DOCUMENTED as e:
-                documented(e)
+            except DOCUMENTED_ERRORS as e:
+                assert_documented_error(e, names=names)
     log = check_dataset_files(dataset)
     assert cli.main(["check-data", spec, "--no-progress"]) == (1 if log.fatal else 0)
     return log
