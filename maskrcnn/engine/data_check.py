@@ -20,9 +20,10 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from ..data.check import check_dataset_files, check_items, dataset_problems
-from ..data.problems import ProblemLog
+if TYPE_CHECKING:  # the data package (and torch) load when a check runs, not with the parser
+    from ..data.problems import ProblemLog
 
 __all__ = ["add_check_data_arguments", "check_training_data", "cmd_check_data"]
 
@@ -40,6 +41,8 @@ def check_training_data(dataset, *, dist, progress: bool) -> dict[str, int]:
     """Check the training data (see the module docstring); returns the counts of the problems that
     were fixed or noted, by kind ({} for clean data). Raises DataProblemsError on fatal ones.
     `dist`: this process's place in the launch (`rank`, `world_size`, `enabled`, `is_main`)."""
+    from ..data.check import check_items, dataset_problems
+
     n, world = len(dataset), dist.world_size
     share = range(dist.rank * n // world, (dist.rank + 1) * n // world)
     log = dataset_problems(dataset)  # found reading the annotation files: the same in every process
@@ -71,6 +74,7 @@ def add_check_data_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_check_data(args: argparse.Namespace) -> int:
+    from ..data.check import check_dataset_files
     from ..data.specs import build_dataset
     from ..errors import UserError
     from ..files import atomic_write_json
