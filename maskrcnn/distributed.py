@@ -12,6 +12,18 @@ to rank k mod WORLD_SIZE (`my_positions`), so every batch a process runs is one 
 process would run, with the same images and so the same detections. Each process sends its
 results to rank 0 (`gather_in_order`), which puts them back into input order and writes the one
 results file. `JobProgress` shows one bar, on rank 0, counting the whole job's finished inputs.
+
+Restarts (`torchrun --max-restarts K`): when one worker dies, torchrun stops the others and starts
+them all again (training continues from the run's last checkpoint). The restarted workers would
+meet through the launcher's TCPStore (TORCHELASTIC_USE_AGENT_STORE), which lives as long as the
+launcher and still holds the keys the previous workers wrote, under the same names the new ones
+use: a restarted worker can read a dead peer's address there and try to connect to it instead of
+its new peer (PyTorch issue 135712 reports the same race under NCCL;
+`TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1` in torchrun's environment avoids it too). So when torchrun
+may restart the workers, `init_distributed` has rank 0 open a store of its own for this attempt on
+a free port and publish the port and a random token in the launcher's store; the other ranks retry
+until they reach a live store that holds that token. torchrun stops every worker of an attempt
+before it starts the next ones, so a live store holding the published token is this attempt's.
 """
 
 from __future__ import annotations
@@ -20,7 +32,10 @@ import itertools
 import os
 import socket
 import threading
+import time
+import uuid
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import torch
@@ -40,6 +55,7 @@ __all__ = [
     "init_distributed",
     "my_positions",
     "process_device",
+    "restartable",
 ]
 
 
@@ -60,7 +76,8 @@ class DistInfo:
 
 def init_distributed(device: str) -> DistInfo:
     """Join the processes of a torchrun launch (NCCL for a CUDA device, else gloo); one process
-    when WORLD_SIZE is unset or 1."""
+    when WORLD_SIZE is unset or 1. Workers that torchrun may start again meet through a store of
+    their own attempt (see the module docstring)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return DistInfo()
@@ -71,8 +88,58 @@ def init_distributed(device: str) -> DistInfo:
         backend = "nccl" if device.startswith("cuda") else "gloo"
         if backend == "nccl":
             torch.cuda.set_device(info.local_rank)
-        dist.init_process_group(backend=backend)
+        if restartable():
+            store = _attempt_store(info.rank, world)
+            dist.init_process_group(backend=backend, store=store, rank=info.rank, world_size=world)
+        else:
+            dist.init_process_group(backend=backend)
     return info
+
+
+# ---- workers that torchrun may start again: a store of this attempt ----------------------------
+
+_ATTEMPT_KEY = "maskrcnn/attempt_store"  # in the launcher's store: "PORT TOKEN" of rank 0's store
+_STORE_TIMEOUT = timedelta(minutes=10)
+
+
+def restartable() -> bool:
+    """Whether this process is a torchrun worker that torchrun may start again."""
+    return (
+        os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+        and int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0")) > 0
+        and int(os.environ.get("WORLD_SIZE", "1")) > 1
+    )
+
+
+def _attempt_store(rank: int, world_size: int) -> dist.Store:
+    """Rank 0: a new store, published in the launcher's; the others: the published store once it
+    answers with its token (module docstring)."""
+    host, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
+    launcher = dist.TCPStore(host, port, world_size, is_master=False, timeout=_STORE_TIMEOUT)
+    if rank == 0:
+        store = dist.TCPStore(
+            host, 0, world_size, is_master=True, timeout=_STORE_TIMEOUT, wait_for_workers=False
+        )
+        token = uuid.uuid4().hex
+        store.set("token", token)
+        launcher.set(_ATTEMPT_KEY, f"{store.port} {token}")
+        return store
+    deadline = time.monotonic() + _STORE_TIMEOUT.total_seconds()
+    while True:
+        published, token = launcher.get(_ATTEMPT_KEY).decode().split()  # waits until rank 0 publishes
+        try:
+            store = dist.TCPStore(
+                host, int(published), world_size, is_master=False, timeout=timedelta(seconds=5)
+            )
+            if store.get("token").decode() == token:
+                return store
+        except RuntimeError:  # a store of a previous attempt: its rank 0 is gone
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(
+                f"rank {rank}: rank 0's store of this attempt did not answer in {_STORE_TIMEOUT}"
+            )
+        time.sleep(0.2)
 
 
 def process_device(device: str, info: DistInfo) -> str:

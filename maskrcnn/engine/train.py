@@ -40,7 +40,6 @@ from ..files import atomic_write_text, remove_partial_writes
 from ..model import build_model
 from .checkpoint import atomic_save, model_state
 from .data_check import check_training_data
-from .elastic import join_restartable_group
 from .metrics_log import MetricsWriter
 from .optim import build_optimizer, build_scheduler
 from .resume import TrainState, agreed_checkpoint, rank_states, restore_rank_state, resume_mode
@@ -94,7 +93,6 @@ def train_loader(cfg: Config, dataset, *, rank: int, world_size: int):
 class Trainer:
     def __init__(self, cfg: Config, *, train_data, out_dir: str | Path, val_data=None, progress: bool = True):
         device = resolve_device(cfg.train.device)
-        join_restartable_group(device)  # under torchrun --max-restarts: a store of this attempt
         self.dist: DistInfo = init_distributed(device)
         if device.startswith("cuda") and self.dist.enabled:
             device = f"cuda:{self.dist.local_rank}"
@@ -265,8 +263,10 @@ class Trainer:
             self.writer = MetricsWriter(self.out_dir, True, start_iteration=self.state.iteration)
             self.writer.keep_until(self.state.iteration)
             print(self.writer.tensorboard_note, flush=True)
-            if self.data_problems:  # what check_training_data fixed or noted, by kind
-                self.writer.write({"iteration": self.state.iteration, "data_problems": self.data_problems})
+            # what check_training_data fixed or noted, by kind: a record of iteration 0 (a resumed
+            # run's log holds it already)
+            if self.data_problems and self.state.iteration == 0:
+                self.writer.write({"iteration": 0, "data_problems": self.data_problems})
         self.ddp_model.train()
         from tqdm import tqdm
 
@@ -342,7 +342,8 @@ class Trainer:
         """Evaluate on the validation data (main process only; the others wait)."""
         metrics = None
         if self.dist.is_main and self.val_data is not None:
-            from ..evaluation.coco_eval import evaluate_model, format_table, write_report
+            from ..evaluation.coco_eval import evaluate_model
+            from ..evaluation.report import format_table, write_report
 
             dataset = build_dataset(self.val_data) if isinstance(self.val_data, str) else self.val_data
             metrics, results = evaluate_model(
