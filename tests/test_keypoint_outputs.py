@@ -123,7 +123,8 @@ def test_ground_truth_draws_only_labelled_keypoints(photo: np.ndarray) -> None:
 @pytest.fixture(scope="module")
 def keypoint_weights(tmp_path_factory) -> Path:
     """torchvision's keypointrcnn_resnet50_fpn (seeded, decisive) converted with `maskrcnn convert`,
-    its checkpoint's inputs then made smaller (shorter side 320) to keep the test fast on the CPU."""
+    its checkpoint's inputs then made smaller (shorter side 320) and its detections fewer (25 per
+    image: the keypoint head runs on each) to keep the test fast on the CPU."""
     folder = tmp_path_factory.mktemp("keypoint_model")
     torch.save(torchvision_model("keypoint").state_dict(), folder / "tv.pth")
     assert (
@@ -132,6 +133,7 @@ def keypoint_weights(tmp_path_factory) -> Path:
     )
     ckpt = torch.load(folder / "kp.pt", weights_only=False)
     ckpt["config"]["model"]["input"].update(min_size=[320], max_size=544)
+    ckpt["config"]["model"]["roi_heads"]["detections_per_image"] = 25
     torch.save(ckpt, folder / "kp.pt")
     return folder / "kp.pt"
 

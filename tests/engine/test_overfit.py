@@ -9,8 +9,8 @@ from maskrcnn.config import resolve
 from maskrcnn.engine.train import train
 
 OVERFIT = [
-    "model.input.min_size=[360]",  # the image's own size (640x360): small enough for the CPU
-    "model.input.max_size=640",
+    "model.input.min_size=[288]",  # 0.8 of the image's own size (640x360): quick on the CPU (at 256
+    "model.input.max_size=512",  # the large person's mask AP stays below 0.9 in 300 iterations)
     "model.backbone.norm=gn",  # batch 1: group norm, so training and evaluation normalise alike
     "model.anchors.sizes=[32,64,128,256,512]",
     "solver.ims_per_batch=1",

@@ -9,19 +9,20 @@ import signal
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
 
 import pytest
 import torch
 from torch import nn
 
 import maskrcnn
-from maskrcnn.cli import build_parser
+from maskrcnn.cli import build_parser, main
 from maskrcnn.config import SolverConfig, resolve
 from maskrcnn.data.shapes import ShapesDataset
 from maskrcnn.engine.checkpoint import read_checkpoint
 from maskrcnn.engine.optim import lr_factor
 from maskrcnn.engine.train import Trainer, train_loader
-from tests.helpers import TINY_NET, run, single_thread_env, train_args
+from tests.helpers import TINY_NET, single_thread_env, train_args
 
 
 def train_cmd(out, *extra):
@@ -99,7 +100,12 @@ def test_resume_after_sigkill_gives_identical_weights(tmp_path):
     assert not list(interrupted.glob(".*.tmp"))  # no temporary file of an interrupted write is left
 
 
-def test_resume_modes_continue_the_same_run_and_refuse_another(tmp_path):
+def test_resume_modes_continue_the_same_run_and_refuse_another(tmp_path, capsys):
+    def run(*argv: str) -> SimpleNamespace:  # the command line in this process (4 short runs)
+        code = main(list(argv))
+        out, err = capsys.readouterr()
+        return SimpleNamespace(returncode=code, stdout=out, stderr=err)
+
     out = tmp_path / "run"
     one = ["solver.max_iter=1", "solver.ims_per_batch=2", "data.num_workers=0"]
     assert run(*train_args(out, *one)).returncode == 0
