@@ -202,5 +202,6 @@ def run_demo(
         "training_curves": str(out / "training_curves.png"),  # drawn by train() at its end
     }
     atomic_write_json(out / "demo_summary.json", summary)
-    print(format_table(metrics))
+    if not progress:  # with progress, the trainer's evaluation has printed the table already
+        print(format_table(metrics))
     return summary
