@@ -104,6 +104,12 @@ class ProblemLog:
     """The problems of one dataset, in the order they were found."""
 
     problems: list[Problem] = field(default_factory=list)
+    # how many are fatal, kept up to date by add/extend: datasets ask `raise_if_fatal` on every
+    # item they serve, which must not scan a log of (say) thousands of fixed problems each time
+    _fatal_count: int = field(default=0, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self._fatal_count = sum(p.severity == "fatal" for p in self.problems)
 
     def add(
         self,
@@ -114,10 +120,13 @@ class ProblemLog:
         annotation_id: int | str | None = None,
         detail: str = "",
     ) -> None:
-        self.problems.append(Problem(kind, str(file), image_id, annotation_id, detail))
+        problem = Problem(kind, str(file), image_id, annotation_id, detail)
+        self.problems.append(problem)
+        self._fatal_count += problem.severity == "fatal"
 
     def extend(self, other: ProblemLog) -> None:
         self.problems.extend(other.problems)
+        self._fatal_count += other._fatal_count
 
     def __len__(self) -> int:
         return len(self.problems)
@@ -131,7 +140,7 @@ class ProblemLog:
 
     @property
     def fatal(self) -> bool:
-        return any(p.severity == "fatal" for p in self.problems)
+        return self._fatal_count > 0
 
     def summary(self) -> dict[str, int]:
         """Counts by kind, for logs and metrics.jsonl (e.g. {"polygon_too_few_points": 3})."""
@@ -193,7 +202,7 @@ class ProblemLog:
         """Raise DataProblemsError when a problem is fatal ("the data has 3 fatal problems: the
         first (and 2 more; `hint`)"): what datasets do when an item is read from data with a fatal
         problem, and training before its first step."""
-        fatal = len(self.of("fatal"))
+        fatal = self._fatal_count
         if fatal:
             counted = f"{what} has {'a fatal problem' if fatal == 1 else f'{fatal} fatal problems'}"
             raise DataProblemsError(counted, self, hint=hint or CHECK_HINT)
