@@ -172,6 +172,14 @@ class TrainConfig:
     eval_period: int = 0  # 0 = only at the end
     log_period: int = 20
     device: str = "auto"
+    # fine-tuning (`maskrcnn.engine.init`): the weights a run starts from, a weights name (`maskrcnn
+    # weights`), a path or URL of our checkpoint, a torchvision state dict; "" = random / ImageNet
+    init: str = ""
+    init_strict: bool = True  # an architecture mismatch is an error; false: load what fits, report the rest
+    # data class -> class of `init` where the names differ: "data=source,..." or a file of data=source lines
+    init_class_map: str = ""
+    # parts that do not train (`maskrcnn.engine.freeze`): none | backbone | backbone+fpn | backbone+fpn+rpn
+    freeze: str = "none"
 
 
 @dataclass(frozen=True)

@@ -113,18 +113,37 @@ def load_torchvision_state(path: str) -> dict[str, Tensor]:
     return state
 
 
+def is_torchvision_state(obj) -> bool:
+    """Whether `obj` is a torchvision Mask R-CNN / Keypoint R-CNN state dict (its box predictor's key)."""
+    return isinstance(obj, dict) and "roi_heads.box_predictor.cls_score.weight" in obj
+
+
+def detect_version(state: dict[str, Tensor]) -> str:
+    """v1, v2 or keypoint: which torchvision builder made the model of this state dict."""
+    if "roi_heads.keypoint_predictor.kps_score_lowres.weight" in state:
+        return "keypoint"
+    if "roi_heads.box_head.0.0.weight" in state or "rpn.head.conv.1.0.weight" in state:
+        return "v2"  # the conv box head and the 2-conv RPN head
+    return "v1"
+
+
+def default_class_names(num_classes: int, version: str) -> list[str]:
+    """The class names of a torchvision model: COCO's (91-slot label space) for 90 classes, person
+    for a one-class keypoint model, else class_1..class_K."""
+    if num_classes == 90:
+        return list(TORCHVISION_COCO_NAMES[1:])
+    if version == "keypoint" and num_classes == 1:
+        return ["person"]
+    return [f"class_{i}" for i in range(1, num_classes + 1)]
+
+
 def from_torchvision(state: dict[str, Tensor], version: str, class_names: list[str] | None = None):
     """Build our model holding the weights of a torchvision Mask R-CNN state dict."""
     from ..model import build_model
 
     cfg = config_for(state, version)
-    k = cfg.model.num_classes
-    if class_names is None and k == 90:
-        class_names = list(TORCHVISION_COCO_NAMES[1:])
-    elif class_names is None and version == "keypoint" and k == 1:
-        class_names = ["person"]
-    elif class_names is None:
-        class_names = [f"class_{i}" for i in range(1, k + 1)]
+    if class_names is None:
+        class_names = default_class_names(cfg.model.num_classes, version)
     model = build_model(cfg, class_names=class_names)
     model.load_state_dict(convert_state_dict(state), strict=True)
     return model

@@ -86,6 +86,11 @@ def model_from_checkpoint(ckpt: dict):
     return model.eval()
 
 
+def upgraded_state(ckpt: dict) -> dict:
+    """A checkpoint's state dict in the current module layout (whatever its version)."""
+    return _upgrade_state(ckpt["model"], ckpt.get("version", 1))
+
+
 def _upgrade_state(state: dict, version: int) -> dict:
     """A checkpoint's state dict in the current module layout."""
     if version >= 2:

@@ -6,7 +6,7 @@ import argparse
 import time
 from pathlib import Path
 
-from ..config import apply_overrides, resolve
+from ..config import apply_overrides, replace, resolve
 
 
 class _ResumeAction(argparse.Action):
@@ -48,6 +48,14 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
         "training data, start at iteration 0 when there is none, stop when it is of another run; "
         "always (a bare --resume): continue from it whatever its config; never: start at iteration 0",
     )
+    p.add_argument(
+        "--init",
+        default=None,
+        metavar="W",
+        help="start from these weights (config key train.init): a name of `maskrcnn weights`, a path or "
+        "URL of a checkpoint or a torchvision state dict; the class-specific layers are remapped by "
+        "class name, the rest must fit (train.init_strict, train.init_class_map, train.freeze)",
+    )
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("overrides", nargs="*", help="config overrides key=value, e.g. solver.max_iter=1000")
 
@@ -56,6 +64,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .train import train
 
     cfg = resolve(args.config, [*getattr(args, "overrides_after_resume", []), *args.overrides])
+    if args.init is not None:  # the option wins over the config's train.init
+        cfg = replace(cfg, train=replace(cfg.train, init=args.init))
     result = train(
         cfg,
         train_data=args.train_data,

@@ -14,6 +14,7 @@ Run directory layout:
     training_curves.png  losses, learning rate and AP from metrics.jsonl (matplotlib), at the end
     tensorboard/       the same scalars as TensorBoard events, when tensorboard is installed
     model_final.pt     the trained model, loadable with `maskrcnn.load`
+    init_report.json   with train.init (`--init W`): what became of every tensor (`maskrcnn.engine.init`)
     eval/              the final evaluation report (when validation data is given)
 """
 
@@ -40,6 +41,8 @@ from ..files import atomic_write_text, remove_partial_writes
 from ..model import build_model
 from .checkpoint import atomic_save, model_state
 from .data_check import check_training_data
+from .freeze import freeze, set_train_mode
+from .init import initialize
 from .metrics_log import MetricsWriter
 from .optim import build_optimizer, build_scheduler
 from .resume import TrainState, agreed_checkpoint, rank_states, restore_rank_state, resume_mode
@@ -130,6 +133,7 @@ class Trainer:
             load_backbone(model, cfg.model.backbone.weights, progress=self.progress)
             if self.dist.is_main:
                 barrier(self.dist)
+        self.frozen = freeze(model, cfg.train.freeze)  # before the optimizer, which leaves them out
         self.model = model.to(self.device)
         self.ddp_model: nn.Module = self.model
         if self.dist.enabled:
@@ -252,7 +256,8 @@ class Trainer:
         cfg = self.cfg
         if self.dist.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
-            for name in ("checkpoint.pt", "model_final.pt", "metrics.jsonl", "config.yaml"):
+            written = ("checkpoint.pt", "model_final.pt", "metrics.jsonl", "config.yaml", "init_report.json")
+            for name in written:
                 remove_partial_writes(self.out_dir / name)  # left by a process killed mid-write
             atomic_write_text(self.out_dir / "config.yaml", config_yaml(cfg))
             if self.dist.enabled:  # on machines without a shared filesystem: where the run is written
@@ -267,7 +272,7 @@ class Trainer:
             # run's log holds it already)
             if self.data_problems and self.state.iteration == 0:
                 self.writer.write({"iteration": 0, "data_problems": self.data_problems})
-        self.ddp_model.train()
+        set_train_mode(self.ddp_model, cfg.train.freeze)
         from tqdm import tqdm
 
         bar = tqdm(
@@ -312,7 +317,7 @@ class Trainer:
                     self.save_checkpoint()
                 if cfg.train.eval_period and it % cfg.train.eval_period == 0 and it < cfg.solver.max_iter:
                     self.evaluate(f"eval_{it:07d}")
-                    self.ddp_model.train()
+                    set_train_mode(self.ddp_model, cfg.train.freeze)
         finally:
             bar.close()
         self.save_checkpoint()
@@ -368,6 +373,10 @@ class Trainer:
         barrier(self.dist)
         return metrics
 
+    def initialize(self) -> dict | None:
+        """Start from the weights of `train.init` (`maskrcnn.engine.init`); the report, or None."""
+        return initialize(self.model, self.cfg, out_dir=self.out_dir, info=self.dist, progress=self.progress)
+
     def close(self) -> None:
         cleanup(self.dist)
 
@@ -383,11 +392,14 @@ def train(
 ) -> dict:
     """Train a model; returns {"iterations", "nonfinite_steps", "resumed_at" (the checkpoint's
     iteration, or None for a run from iteration 0), "metrics" (if val_data)}.
-    `resume`: auto | always | never, as `maskrcnn.engine.resume` describes (True: always)."""
+    `resume`: auto | always | never, as `maskrcnn.engine.resume` describes (True: always). A run that
+    does not resume starts from `train.init` when it is set (`maskrcnn.engine.init`); one that resumes
+    ignores it (its checkpoint holds the weights). `solver.max_iter=0` writes the initial model."""
     mode = resume_mode(resume)
     trainer = Trainer(cfg, train_data=train_data, out_dir=out_dir, val_data=val_data, progress=progress)
     try:
-        trainer.resume(mode)
+        if not trainer.resume(mode):  # a run continued from its checkpoint is past its init
+            trainer.initialize()
         return trainer.train()
     finally:
         trainer.close()
