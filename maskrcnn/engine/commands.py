@@ -76,10 +76,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     )
     out = Path(args.out)
     resumed = "" if result["resumed_at"] is None else f" (resumed at iteration {result['resumed_at']})"
-    print(
-        f"trained {result['iterations']} iterations{resumed}; model: {out / 'model_final.pt'}; "
-        f"training curves: {out / 'training_curves.png'}"
-    )
+    curves = out / "training_curves.png"  # not drawn without a logged iteration (solver.max_iter=0)
+    shown = f"; training curves: {curves}" if curves.is_file() else ""
+    print(f"trained {result['iterations']} iterations{resumed}; model: {out / 'model_final.pt'}{shown}")
     return 0
 
 
