@@ -1,5 +1,6 @@
 """configs/: every YAML file loads, builds a model, and documents a `maskrcnn train` command whose
-../shared/data specs exist; the small-data configs run one real training step on their own data."""
+../shared/data specs exist; the small-data configs run one real training step on their own data; the
+fine-tuning recipe starts from the COCO weights by name (served by a local mirror)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,11 @@ from tests.helpers import REPO_ROOT, SHARED_DATA
 
 CONFIGS = REPO_ROOT / "configs"
 FILES = sorted(p.name for p in CONFIGS.glob("*.yaml"))
-SMALL_DATA = {"balloon.yaml": ["object"], "nuclei.yaml": ["object"]}  # class names of their ../shared/data
+SMALL_DATA = {
+    "balloon.yaml": ["object"],
+    "balloon_finetune.yaml": ["object"],
+    "nuclei.yaml": ["object"],
+}  # class names of their ../shared/data
 FAST = [  # one step on the CPU in seconds: small inputs, one image, no worker processes
     "model.input.min_size=[160]",
     "model.input.max_size=192",
@@ -49,7 +54,13 @@ def documented_specs(name: str) -> dict[str, str]:
 
 
 def test_the_expected_configs_are_there():
-    assert FILES == ["balloon.yaml", "coco_lsj.yaml", "coco_r50_fpn_1x.yaml", "nuclei.yaml"]
+    assert FILES == [
+        "balloon.yaml",
+        "balloon_finetune.yaml",
+        "coco_lsj.yaml",
+        "coco_r50_fpn_1x.yaml",
+        "nuclei.yaml",
+    ]
 
 
 @pytest.mark.parametrize("name", FILES)
@@ -106,10 +117,57 @@ def test_small_data_config_trains_one_step_on_its_data(name, shared_data, tmp_pa
     assert losses is not None and set(losses) >= {"loss_mask", "loss_rpn_cls"}
     assert all(math.isfinite(v) and v > 0 for v in losses.values()), losses
     changed = [k for k, v in trainer.model.named_parameters() if not torch.equal(v, before[k])]
-    assert "backbone.body.conv1.weight" in changed  # nothing frozen: the stem learns too
+    if cfg.model.backbone.frozen_stages == 0:
+        assert "backbone.body.conv1.weight" in changed  # nothing frozen: the stem learns too
+    else:  # the fine-tuning recipe: stem and res2 frozen (frozen BN: no norm parameters at all)
+        assert not any(k.startswith(("backbone.body.conv1", "backbone.body.layer1.")) for k in changed)
+        assert "backbone.body.layer2.0.conv1.weight" in changed
     assert any(k.startswith("backbone.fpn") for k in changed) and any("mask" in k for k in changed)
 
 
 def test_readme_mentions_configs():
     readme = (REPO_ROOT / "README.md").read_text()
     assert "configs/" in readme and all(f"configs/{name}" in readme for name in FILES)
+
+
+def test_balloon_finetune_starts_from_the_coco_weights_by_name(shared_data, tmp_path, monkeypatch):
+    """The recipe's architecture is the COCO checkpoint's: every tensor loads (strict), the class
+    layers are remapped (COCO has no balloon: background carried, the balloon rows fresh)."""
+    import hashlib
+
+    from torchvision.models.detection import maskrcnn_resnet50_fpn
+
+    from maskrcnn import weights
+
+    entry = weights.REGISTRY["maskrcnn_resnet50_fpn_coco"]
+    torch.manual_seed(0)
+    tv = maskrcnn_resnet50_fpn(weights=None, weights_backbone=None).state_dict()
+    # the published file's layout: frozen BatchNorms, which have no step counters
+    tv = {k: v for k, v in tv.items() if not k.endswith("num_batches_tracked")}
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    torch.save(tv, mirror / entry.file_name)
+    digest = hashlib.sha256((mirror / entry.file_name).read_bytes()).hexdigest()
+    (mirror / "SHA256SUMS").write_text(f"{digest}  {entry.file_name}\n")
+    monkeypatch.setenv("MASKRCNN_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv(weights.MIRROR_ENV, str(mirror))
+    cfg = apply_overrides(load_config(CONFIGS / "balloon_finetune.yaml"), FAST)
+    assert cfg.train.init == "maskrcnn_resnet50_fpn_coco"
+    spec = documented_specs("balloon_finetune.yaml")["--train-data"].replace(
+        "../shared/data", str(SHARED_DATA)
+    )
+    trainer = Trainer(cfg, train_data=spec, out_dir=tmp_path / "run", progress=False)
+    try:
+        report = trainer.initialize()
+        state = trainer.model.state_dict()
+    finally:
+        trainer.close()
+    counts = report["counts"]
+    assert (counts["remapped"], counts["classes_carried"], counts["new"], counts["skipped"]) == (6, 0, 0, 0)
+    assert counts["loaded"] == len(state) - 6 and counts["unused"] == 0 and report["config_differences"] == []
+    assert torch.equal(
+        state["backbone.body.layer3.5.conv2.weight"], tv["backbone.body.layer3.5.conv2.weight"]
+    )
+    score = "roi_heads.box.predictor.cls_score.weight"
+    assert torch.equal(state[score][0], tv["roi_heads.box_predictor.cls_score.weight"][0])  # background
+    assert (tmp_path / "run/init_report.json").is_file()
