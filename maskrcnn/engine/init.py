@@ -255,10 +255,10 @@ def plan_init(
 
 
 def _config_notes(source: Config, target: Config) -> list[str]:
-    """The input and backbone settings that differ between W's config and this run's and change what
-    the weights mean (pixel mean and scale, frozen BN eps, ...), as `key: W -> here`."""
+    """The input, backbone and anchor settings that differ between W's config and this run's and
+    change what the weights mean (pixel mean and scale, frozen BN eps, anchor sizes, ...)."""
     notes = []
-    for part in ("input", "backbone"):
+    for part in ("input", "backbone", "anchors"):
         theirs, ours = to_dict(getattr(source.model, part)), to_dict(getattr(target.model, part))
         for key in sorted(ours):
             if key not in FREE_KEYS and theirs.get(key) != ours[key]:

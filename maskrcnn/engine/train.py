@@ -134,6 +134,10 @@ class Trainer:
             if self.dist.is_main:
                 barrier(self.dist)
         self.frozen = freeze(model, cfg.train.freeze)  # before the optimizer, which leaves them out
+        if self.frozen and self.dist.is_main:
+            frozen = set(self.frozen)
+            values = sum(p.numel() for name, p in model.named_parameters() if name in frozen)
+            print(f"freeze: {cfg.train.freeze}: {len(self.frozen)} parameters ({values:,} values) frozen")
         self.model = model.to(self.device)
         self.ddp_model: nn.Module = self.model
         if self.dist.enabled:
