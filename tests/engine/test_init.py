@@ -327,3 +327,29 @@ def test_rank_0_initialises_every_rank(tmp_path):
     assert torch.equal(rank0["backbone.body.conv1.weight"], src["backbone.body.conv1.weight"])
     score = "roi_heads.box.predictor.cls_score.weight"
     assert torch.equal(rank0[score][1], src[score][2]) and torch.equal(rank0[score][2], src[score][1])
+
+
+def test_keypoint_predictor_channels_follow_the_keypoint_names(tmp_path):
+    """Keypoint R-CNN: the J heatmap channels (axis 1 of the transposed conv) are matched by keypoint
+    name, as the classes are; a keypoint W lacks starts fresh."""
+    extra = [*TINY_NET, "model.roi_heads.keypoint_head_dim=16", "model.roi_heads.keypoint_head_convs=2"]
+    source_cfg = apply_overrides(get_preset("shapes_keypoints"), [*extra, "model.keypoints.names=[a,b,c,d]"])
+    torch.manual_seed(1)
+    source = build_model(source_cfg, class_names=["square", "circle", "triangle"])
+    save_model(source, tmp_path / "kp.pt")
+    target_cfg = apply_overrides(get_preset("shapes_keypoints"), [*extra, "model.keypoints.names=[D,c,e,a]"])
+    torch.manual_seed(2)
+    target = build_model(target_cfg, class_names=["square", "circle", "triangle"])
+    fresh = {k: v.clone() for k, v in target.state_dict().items()}
+    report = init_model(target, str(tmp_path / "kp.pt"))
+    weight, bias = (f"roi_heads.keypoint.head.predictor.{k}" for k in ("weight", "bias"))
+    assert report["tensors"][weight] == {
+        "fate": "remapped",
+        "shape": list(fresh[weight].shape),
+        "carried": ["D", "c", "a"],
+        "fresh": ["e"],
+    }
+    got, src = target.state_dict(), source.state_dict()
+    for t, s in [(0, 3), (1, 2), (3, 0)]:
+        assert torch.equal(got[weight][:, t], src[weight][:, s]) and torch.equal(got[bias][t], src[bias][s])
+    assert torch.equal(got[weight][:, 2], fresh[weight][:, 2])
