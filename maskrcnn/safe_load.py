@@ -19,6 +19,7 @@ garbage file is a UserError naming the file.
 
 from __future__ import annotations
 
+import _compat_pickle
 import codecs
 import collections
 import pickle
@@ -83,6 +84,11 @@ class _DataUnpickler(pickle.Unpickler):
         self.source = source
 
     def find_class(self, module: str, name: str) -> Any:
+        # Python 2's names (protocol < 3: __builtin__.eval, commands.Popen) as Python 3 calls them
+        if (module, name) in _compat_pickle.NAME_MAPPING:
+            module, name = _compat_pickle.NAME_MAPPING[(module, name)]
+        else:
+            module = _compat_pickle.IMPORT_MAPPING.get(module, module)
         found = _PICKLE_GLOBALS.get(f"{module}.{name}")
         if found is None:
             raise Refused(self.source, f"{module}.{name}")
