@@ -20,7 +20,6 @@ garbage file is a UserError naming the file.
 from __future__ import annotations
 
 import _compat_pickle
-import codecs
 import collections
 import pickle
 import re
@@ -32,15 +31,16 @@ import torch
 
 from .errors import UserError
 
-__all__ = ["load_weights_file"]
+__all__ = ["ACCEPTED", "Refused", "load_weights_file"]
 
 ACCEPTED = "only tensors, numbers, strings, plain containers and numpy arrays are accepted"
 _ZIP_MAGIC = b"PK\x03\x04"
 _RECONSTRUCT = np.zeros(0).__reduce__()[0]  # numpy's array rebuild
 _SCALAR = np.float32(0).__reduce__()[0]  # numpy's scalar rebuild
 _FROMBUFFER = np.zeros(1).__reduce_ex__(5)[0]  # numpy's array rebuild in pickle protocol 5
-# numpy arrays and scalars of numbers, booleans and strings (no object arrays: their items are
-# arbitrary objects); numpy 1.x writes numpy.core.*, numpy 2.x numpy._core.*
+# numpy arrays and scalars (numpy 1.x writes numpy.core.*, numpy 2.x numpy._core.*); torch's
+# unpickler also needs the dtype classes: those of numbers, booleans and strings. (The items of an
+# object array in a plain pickle are read by the same unpickler, so they are plain data too.)
 _DTYPES = [np.dtype(code) for code in "?bBhHiIlLqQefdgFDGSUV"]
 _NUMPY_GLOBALS = {
     "numpy.ndarray": np.ndarray,
@@ -55,7 +55,8 @@ _NUMPY_GLOBALS = {
 def _latin1_encode(text: str, encoding: str = "latin1") -> bytes:
     """`_codecs.encode` as protocol-2 pickles of Python 3 use it (bytes written as latin-1 text),
     and for nothing else."""
-    if not isinstance(text, str) or codecs.lookup(encoding).name != "iso8859-1":
+    spelled = str(encoding).lower().replace("-", "").replace("_", "")
+    if not isinstance(text, str) or spelled not in ("latin1", "latin", "l1", "iso88591"):
         raise pickle.UnpicklingError(f"_codecs.encode is accepted for latin-1 text only, not {encoding!r}")
     return text.encode("latin1")
 
