@@ -250,7 +250,9 @@ def check_one_error_line(code: int, stderr: str, *texts: str) -> None:
         assert text in lines[0], lines[0]
 
 
-def test_every_command_refuses_the_payload_with_one_error_line(evil, broken, shared_data, tmp_path, capfd):
+def test_every_command_refuses_the_payload_with_one_error_line(
+    evil, broken, tiny_weights, shared_data, tmp_path, capfd
+):
     image = str(next((shared_data / "coco-2img/images/val2017").iterdir()))
     out = tmp_path / "out"
     run_dir = tmp_path / "run"
@@ -269,6 +271,12 @@ def test_every_command_refuses_the_payload_with_one_error_line(evil, broken, sha
         code = cli.main(argv)
         check_one_error_line(code, capfd.readouterr().err, refusal_of(culprit))
     assert (run_dir / "checkpoint.pt").read_bytes() == evil.pt.read_bytes()  # the planted file is kept
+    # a model checkpoint (no optimizer state) planted as RUN/checkpoint.pt: nothing to continue
+    (run_dir / "checkpoint.pt").write_bytes(tiny_weights.read_bytes())
+    code = cli.main(train_args(run_dir, "solver.max_iter=1", "data.num_workers=0"))
+    no_state = f"{run_dir / 'checkpoint.pt'}: holds no training state (no 'optimizer' entry)"
+    check_one_error_line(code, capfd.readouterr().err, no_state)
+    assert (run_dir / "checkpoint.pt").read_bytes() == tiny_weights.read_bytes()
     # damaged checkpoints through a command
     for name, text in [("truncated.pt", "not a readable checkpoint"), ("no_config.pt", "'config'"),
                        ("wrong_shape.pt", "roi_heads.box.predictor.cls_score.weight: (7, 64)")]:  # fmt: skip
