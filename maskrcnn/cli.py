@@ -12,7 +12,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     from .engine.checkpoint import save_model
 
     version = args.source.split("-")[-1]
-    model = from_torchvision(load_torchvision_state(args.input), version)
+    model = from_torchvision(load_torchvision_state(args.input), version, source=args.input)
     save_model(model, args.output)
     print(f"wrote {args.output}: torchvision {version}, {model.config.model.num_classes} classes")
     return 0

@@ -130,6 +130,7 @@ REGISTRY: dict[str, Entry] = {
 def _torchvision_maskrcnn(version: str) -> Callable[[dict, Entry], Any]:
     def convert(state: dict, entry: Entry):
         from .config import apply_overrides, replace
+        from .convert.fit import load_fitting
         from .convert.torchvision import config_for, convert_state_dict
         from .model import build_model
 
@@ -144,7 +145,9 @@ def _torchvision_maskrcnn(version: str) -> Callable[[dict, Entry], Any]:
         # label L (1..90) is class_names[L-1] = categories[L], i.e. COCO category id L: the model's
         # default category ids 1..K are COCO's ids
         model = build_model(cfg, class_names=categories[1:])
-        model.load_state_dict(convert_state_dict(state), strict=True)
+        load_fitting(
+            model, convert_state_dict(state), source=entry.name, what=f"torchvision's {version} model"
+        )
         return model.eval()
 
     return convert

@@ -14,10 +14,13 @@ from maskrcnn.config import (
     from_dict,
     get_preset,
     load_config,
+    rename_key,
     resolve,
     save_config,
     to_dict,
+    upgrade_config,
 )
+from maskrcnn.errors import UserError
 
 
 def differences(a, b, prefix: str = "") -> dict:
@@ -207,3 +210,30 @@ def test_to_dict_is_plain_yaml_data():
     data = to_dict(Config())
     assert yaml.safe_load(yaml.safe_dump(data)) == data  # lists, not tuples: the round trip is exact
     assert data["model"]["anchors"]["sizes"] == [32, 64, 128, 256, 512]
+
+
+def test_upgrade_config_runs_the_steps_from_the_saved_schema_to_the_current_one():
+    """A made-up history: schema 1 called solver.base_lr `solver.lr`, schema 2 had `train.seed` at
+    the top (`seed`). Each step runs once, in order, on a copy."""
+    steps = (
+        (1, lambda d: rename_key(d, "solver.lr", "solver.base_lr")),
+        (2, lambda d: rename_key(d, "seed", "train.seed")),
+    )
+    old = {"solver": {"lr": 0.5}, "seed": 7}
+    new = upgrade_config(old, schema=1, upgrades=steps, current=3)
+    assert new == {"solver": {"base_lr": 0.5}, "train": {"seed": 7}}
+    assert old == {"solver": {"lr": 0.5}, "seed": 7}  # left as it was
+    cfg = from_dict(new, Config)
+    assert (cfg.solver.base_lr, cfg.train.seed) == (0.5, 7)
+    # from schema 2 only the second step runs; from the current one none; no schema = the first
+    assert upgrade_config({"solver": {"lr": 1}, "seed": 3}, schema=2, upgrades=steps, current=3) == {
+        "solver": {"lr": 1},
+        "train": {"seed": 3},
+    }
+    assert upgrade_config(old, schema=3, upgrades=steps, current=3) == old
+    assert upgrade_config(old, schema=None, upgrades=steps, current=3) == new
+    assert rename_key({"a": 1}, "x.y", "z") == {"a": 1}  # an absent key: nothing to move
+    with pytest.raises(UserError, match=r"^run/ckpt.pt: its config has schema version 4, newer than"):
+        upgrade_config(old, schema=4, source="run/ckpt.pt", upgrades=steps, current=3)
+    with pytest.raises(UserError, match="schema version must be a non-negative integer, got 'one'"):
+        upgrade_config(old, schema="one")

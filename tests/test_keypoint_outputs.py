@@ -27,6 +27,7 @@ from maskrcnn.inspect.keypoint_pictures import heatmap_probabilities
 from maskrcnn.model.keypoint_branch import decode_keypoints
 from maskrcnn.predict import model_skeleton
 from maskrcnn.predict_records import detection_records
+from maskrcnn.safe_load import load_weights_file
 from maskrcnn.structures import Detections, Targets
 from maskrcnn.visualize import (
     KEYPOINT_RADIUS,
@@ -131,7 +132,7 @@ def keypoint_weights(tmp_path_factory) -> Path:
         main(["convert", "--from", "torchvision-keypoint", str(folder / "tv.pth"), str(folder / "kp.pt")])
         == 0
     )
-    ckpt = torch.load(folder / "kp.pt", weights_only=False)
+    ckpt = load_weights_file(folder / "kp.pt")
     ckpt["config"]["model"]["input"].update(min_size=[320], max_size=544)
     ckpt["config"]["model"]["roi_heads"]["detections_per_image"] = 25
     torch.save(ckpt, folder / "kp.pt")

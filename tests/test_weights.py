@@ -25,6 +25,7 @@ from maskrcnn.cli import main
 from maskrcnn.convert.torchvision import from_torchvision
 from maskrcnn.errors import UserError
 from maskrcnn.predictor import Predictor
+from maskrcnn.safe_load import load_weights_file
 from tests.helpers import run
 from tests.model.tv_reference import torchvision_model
 
@@ -124,7 +125,7 @@ def test_load_by_name_downloads_verifies_converts_and_caches(mirror, fetched, fi
     assert cache_files(home) == sorted([V1.file_name, converted])  # no temporary or partial file
     cached = home / "checkpoints" / V1.file_name
     assert hashlib.sha256(cached.read_bytes()).hexdigest() == digest
-    ckpt = torch.load(home / "checkpoints" / converted, map_location="cpu", weights_only=False)
+    ckpt = load_weights_file(home / "checkpoints" / converted)
     assert (ckpt["format"], ckpt["weights_name"]) == ("maskrcnn", "maskrcnn_resnet50_fpn_coco")
     # torchvision runs the published v1 weights with frozen-BN eps 0 (overwrite_eps)
     assert predictor.model.config.model.backbone.frozen_bn_eps == 0.0

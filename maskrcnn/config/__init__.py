@@ -8,6 +8,8 @@ takes explicit keyword arguments.
   `torchvision_v2` and `torchvision_keypoint` reproduce torchvision's models, `default` is v1 with
   pixel-aligned adaptive RoIAlign (as in detectron2), `shapes_demo` and `shapes_keypoints` are the
   demos' small networks;
+- `maskrcnn.config.upgrade`: the schema version checkpoints record (`SCHEMA_VERSION`) and
+  `upgrade_config`, which brings an older config dict to the current keys;
 - this module: a config as a dict and as YAML (`to_dict`, `from_dict`, `load_config`,
   `save_config`), `key=value` overrides (`apply_overrides`) and `resolve` (a preset name or a YAML
   file, plus overrides). Every name above is importable from `maskrcnn.config`.
@@ -48,9 +50,11 @@ from .schema import (
     TrainConfig,
     replace,
 )
+from .upgrade import SCHEMA_VERSION, rename_key, upgrade_config
 
 __all__ = [
     "PRESETS",
+    "SCHEMA_VERSION",
     "AnchorConfig",
     "BackboneConfig",
     "Config",
@@ -68,6 +72,7 @@ __all__ = [
     "from_dict",
     "get_preset",
     "load_config",
+    "rename_key",
     "replace",
     "resolve",
     "save_config",
@@ -77,6 +82,7 @@ __all__ = [
     "torchvision_keypoint",
     "torchvision_v1",
     "torchvision_v2",
+    "upgrade_config",
 ]
 
 

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import re
 
-import torch
 from torch import Tensor
 
 from ..config import BackboneConfig, Config, get_preset, replace
 from ..data.coco_names import TORCHVISION_COCO_NAMES
 from ..errors import UserError, UserKeyError
+from ..safe_load import load_weights_file
+from .fit import load_fitting
 
 _RULES = [
     (r"^backbone\.fpn\.inner_blocks\.(\d+)\.0\.", r"backbone.fpn.lateral.\1.conv."),
@@ -95,21 +96,18 @@ def config_for(state: dict[str, Tensor], version: str) -> Config:
 
 
 def load_torchvision_state(path: str) -> dict[str, Tensor]:
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except OSError:
-        raise
-    except Exception as e:  # pickle and zip errors of a file that is no saved state dict
-        raise UserError(
-            f"{path}: not a state dict saved by torch.save ({type(e).__name__}); expected the weights of "
-            "a torchvision Mask R-CNN"
-        ) from e
+    """The state dict of a torchvision Mask R-CNN file (read by `maskrcnn.safe_load`, which runs no
+    code from it); a file that is none -> UserError naming it."""
+    state = load_weights_file(path)
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
         state = state["model"]
     if not isinstance(state, dict) or "roi_heads.box_predictor.cls_score.weight" not in state:
         raise UserError(
             f"{path}: not a torchvision Mask R-CNN state dict (no roi_heads.box_predictor weights)"
         )
+    not_tensors = [key for key, value in state.items() if not isinstance(value, Tensor)]
+    if not_tensors:
+        raise UserError(f"{path}: not a torchvision state dict: {not_tensors[0]!r} is not a tensor")
     return state
 
 
@@ -137,15 +135,26 @@ def default_class_names(num_classes: int, version: str) -> list[str]:
     return [f"class_{i}" for i in range(1, num_classes + 1)]
 
 
-def from_torchvision(state: dict[str, Tensor], version: str, class_names: list[str] | None = None):
-    """Build our model holding the weights of a torchvision Mask R-CNN state dict."""
+def from_torchvision(
+    state: dict[str, Tensor],
+    version: str,
+    class_names: list[str] | None = None,
+    *,
+    source: str = "state dict",
+):
+    """Build our model holding the weights of a torchvision Mask R-CNN state dict (read from
+    `source`); weights of another architecture than `version`'s -> UserError naming `source`."""
     from ..model import build_model
 
     cfg = config_for(state, version)
     if class_names is None:
         class_names = default_class_names(cfg.model.num_classes, version)
     model = build_model(cfg, class_names=class_names)
-    model.load_state_dict(convert_state_dict(state), strict=True)
+    try:
+        converted = convert_state_dict(state)
+    except UserKeyError as e:
+        raise UserError(f"{source}: {e}") from None
+    load_fitting(model, converted, source=source, what=f"torchvision's {version} model")
     return model
 
 

@@ -1,10 +1,16 @@
 """Our checkpoint format and its loading, from a path or a URL with a checksum.
 
 A model checkpoint is one file written by `torch.save` holding:
-    format: "maskrcnn", version: 2, config: the Config as a dict, class_names: K names,
-    category_ids: K dataset category ids (label i+1 <-> category_ids[i]), model: the state dict,
-and, for training checkpoints, the optimizer / scheduler / iteration / RNG / data-order state.
+    format: "maskrcnn", version: 2, schema: the config schema version (`maskrcnn.config.upgrade`),
+    config: the Config as a dict, class_names: K names, category_ids: K dataset category ids
+    (label i+1 <-> category_ids[i]), model: the state dict,
+and, for training checkpoints, the optimizer / scheduler / iteration / RNG / data-order state, all
+of it tensors, numbers, strings and plain containers, so that it loads with weights_only=True.
 Writes are atomic: a temporary file in the same folder, flushed and fsynced, then renamed.
+
+Every read goes through `maskrcnn.safe_load.load_weights_file`, which runs no code from the file;
+foreign files (torchvision, detectron2) go to `maskrcnn.convert.foreign.to_checkpoint`. A file of
+the wrong shape (no config, tensors that do not fit its config) is a UserError naming it.
 """
 
 from __future__ import annotations
@@ -18,9 +24,11 @@ from typing import Any
 
 import torch
 
-from ..config import Config, from_dict, to_dict
+from ..config import SCHEMA_VERSION, Config, from_dict, to_dict, upgrade_config
+from ..convert.fit import load_fitting
 from ..errors import UserError
 from ..files import atomic_write
+from ..safe_load import load_weights_file
 
 FORMAT = "maskrcnn"
 VERSION = 2  # 2: the RoI-head branches live under roi_heads.{box,mask}.*
@@ -46,6 +54,7 @@ def model_state(model) -> dict:
     return {
         "format": FORMAT,
         "version": VERSION,
+        "schema": SCHEMA_VERSION,
         "config": to_dict(cfg),
         "class_names": list(names),
         "category_ids": list(category_ids),
@@ -58,31 +67,51 @@ def save_model(model, path: str | Path, **extra: Any) -> None:
 
 
 def read_checkpoint(path: str | Path, map_location: str = "cpu") -> dict:
+    """Our checkpoint dict from `path`, read without running code (`maskrcnn.safe_load`), a foreign
+    file converted where it can be (`maskrcnn.convert.foreign`), its config in the current schema
+    (`maskrcnn.config.upgrade_config`). Anything else -> UserError naming the file."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as e:  # re-raised with the file name
-        raise UserError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from e
+    ckpt = load_weights_file(path, map_location=map_location)
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        hint = ""
-        if isinstance(ckpt, dict) and "roi_heads.box_predictor.cls_score.weight" in ckpt:
-            hint = " It is a torchvision state dict: run `maskrcnn convert --from torchvision-v1 IN OUT`."
-        raise UserError(f"{path}: not a maskrcnn checkpoint (no format='{FORMAT}' entry).{hint}")
-    if ckpt.get("version", 0) > VERSION:
-        raise UserError(
-            f"{path}: checkpoint version {ckpt['version']} is newer than this package ({VERSION})"
-        )
-    return ckpt
+        from ..convert.foreign import to_checkpoint
+
+        ckpt = to_checkpoint(ckpt, source=str(path))
+    return _checked(ckpt, str(path))
 
 
-def model_from_checkpoint(ckpt: dict):
+def _checked(ckpt: dict, source: str) -> dict:
+    """`ckpt` with its config upgraded to the current schema, after checking its entries' types."""
+    version = ckpt.get("version", 1)
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise UserError(f"{source}: checkpoint version must be an integer, got {version!r}")
+    if version > VERSION:
+        raise UserError(f"{source}: checkpoint version {version} is newer than this package ({VERSION})")
+    for key in ("config", "model"):
+        if key not in ckpt:
+            raise UserError(f"{source}: a maskrcnn checkpoint without its {key!r} entry")
+        if not isinstance(ckpt[key], dict):
+            raise UserError(f"{source}: its {key!r} entry is a {type(ckpt[key]).__name__}, not a dict")
+    for key in ("class_names", "category_ids"):
+        if ckpt.get(key) is not None and not isinstance(ckpt[key], (list, tuple)):
+            raise UserError(f"{source}: its {key!r} entry is a {type(ckpt[key]).__name__}, not a list")
+    config = upgrade_config(ckpt["config"], schema=ckpt.get("schema"), source=source)
+    return {**ckpt, "config": config, "schema": SCHEMA_VERSION}
+
+
+def model_from_checkpoint(ckpt: dict, *, source: str = "checkpoint"):
+    """The MaskRCNN of a checkpoint dict (as `read_checkpoint` returns it) in eval mode; a config
+    this package cannot build or weights that do not fit it -> UserError naming `source`."""
     from ..model import build_model
 
-    cfg = from_dict(ckpt["config"], Config)
-    model = build_model(cfg, class_names=ckpt.get("class_names"), category_ids=ckpt.get("category_ids"))
-    model.load_state_dict(_upgrade_state(ckpt["model"], ckpt.get("version", 1)), strict=True)
+    try:
+        cfg = from_dict(ckpt["config"], Config)
+        model = build_model(cfg, class_names=ckpt.get("class_names"), category_ids=ckpt.get("category_ids"))
+    except UserError as e:
+        raise UserError(f"{source}: its config does not build a model here: {e}") from None
+    state = _upgrade_state(ckpt["model"], ckpt.get("version", 1))
+    load_fitting(model, state, source=source, what="the model its config describes")
     return model.eval()
 
 
@@ -104,7 +133,8 @@ def _upgrade_state(state: dict, version: int) -> dict:
 
 def load_model(path_or_url: str | Path, *, map_location: str = "cpu", sha256: str | None = None):
     path = resolve_weights(path_or_url, sha256=sha256)
-    return model_from_checkpoint(read_checkpoint(path, map_location)).to(map_location)
+    ckpt = read_checkpoint(path, map_location)
+    return model_from_checkpoint(ckpt, source=str(path)).to(map_location)
 
 
 # ---------------------------------------------------------------- URLs and checksums
@@ -186,26 +216,17 @@ def _verify(path: Path, expected: str, source: str) -> None:
 
 
 def load_backbone_weights(model, path_or_url: str | Path, *, sha256: str | None = None) -> None:
-    """Load an ImageNet ResNet state dict in torchvision format into the model's backbone."""
+    """Load an ImageNet ResNet state dict in torchvision format into the model's backbone; weights
+    that do not fit it (e.g. ResNet-50 weights into a ResNet-18) -> UserError, nothing loaded."""
     from ..convert.torchvision import resnet_imagenet_to_backbone
 
-    state = torch.load(resolve_weights(path_or_url, sha256=sha256), map_location="cpu", weights_only=True)
-    state = resnet_imagenet_to_backbone(state)
-    body = model.backbone.body
-    # checked before loading: load_state_dict would copy the fitting tensors before it raises on a
-    # shape mismatch (e.g. ResNet-50 weights into a ResNet-18), leaving a half-loaded backbone
-    own = body.state_dict()
-    counter = "num_batches_tracked"  # absent from FrozenBatchNorm2d and from some checkpoints
-    missing = [k for k in own if k not in state and not k.endswith(counter)]
-    unexpected = [k for k in state if k not in own and not k.endswith(counter)]
-    mismatched = [
-        f"{k}: {tuple(v.shape)} vs {tuple(own[k].shape)}"
-        for k, v in state.items()
-        if k in own and v.shape != own[k].shape
-    ]
-    if missing or unexpected or mismatched:
-        raise UserError(
-            f"{path_or_url}: ResNet weights do not fit the backbone (missing {missing[:5]}, "
-            f"unexpected {unexpected[:5]}, shape mismatches {mismatched[:5]}); check backbone.depth"
-        )
-    body.load_state_dict(state, strict=False)
+    path = resolve_weights(path_or_url, sha256=sha256)
+    state = load_weights_file(path)
+    if not isinstance(state, dict):
+        raise UserError(f"{path_or_url}: not a ResNet state dict (it holds a {type(state).__name__})")
+    load_fitting(
+        model.backbone.body,
+        resnet_imagenet_to_backbone(state),
+        source=str(path_or_url),
+        what="the backbone (ResNet weights; check backbone.depth)",
+    )

@@ -36,6 +36,9 @@ from .checkpoint import read_checkpoint
 
 RESUME_MODES = ("auto", "always", "never")
 
+# what a training checkpoint holds besides the model (`Trainer.save_checkpoint`)
+TRAINING_ENTRIES = ("optimizer", "scheduler", "train_state")
+
 # config keys that do not change the trained weights: a checkpoint with other values is the same run
 NOT_TRAINING = frozenset(
     {"train.log_period", "train.checkpoint_period", "train.eval_period", "train.device", "data.num_workers"}
@@ -64,17 +67,38 @@ def resume_mode(value: str | bool) -> str:
 
 
 def rng_state(device: torch.device) -> dict:
-    """The generators this process draws from: torch (CPU and `device`'s CUDA one), numpy, python."""
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    """The generators this process draws from: torch (CPU and `device`'s CUDA one), numpy, python;
+    as tensors, numbers and lists, so that a checkpoint holding it loads with weights_only=True."""
+    name, keys, position, has_gauss, cached_gaussian = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": {
+            "name": name,
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(position),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached_gaussian),
+        },
+        "python": {"version": version, "internal": list(internal), "gauss_next": gauss_next},
+    }
     if device.type == "cuda":
         state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
 def set_rng_state(state: dict, device: torch.device) -> None:
+    """Restore `rng_state`'s generators; the tuples of older checkpoints are read too."""
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
+    saved = state["numpy"]
+    if isinstance(saved, dict):
+        keys = saved["keys"].numpy().astype(np.uint32)
+        saved = (saved["name"], keys, saved["pos"], saved["has_gauss"], saved["cached_gaussian"])
+    np.random.set_state(saved)
+    python_state = state["python"]
+    if isinstance(python_state, dict):
+        python_state = (python_state["version"], tuple(python_state["internal"]), python_state["gauss_next"])
+    random.setstate(tuple(python_state))
     cuda = state.get("cuda")
     if isinstance(cuda, list):  # older checkpoints held every device's state (get_rng_state_all)
         cuda = cuda[device.index or 0] if device.type == "cuda" and (device.index or 0) < len(cuda) else None
@@ -135,7 +159,16 @@ def choose_checkpoint(
     if mode == "never":
         return None, [f"--resume never: starting at iteration 0; {path} will be replaced"]
     ckpt = read_checkpoint(path, map_location="cpu")
-    diffs = run_differences(ckpt, cfg, train_data=train_data)
+    lacking = [key for key in TRAINING_ENTRIES if not isinstance(ckpt.get(key), dict)]
+    if lacking:
+        raise UserError(
+            f"{path}: holds no training state (no {lacking[0]!r} entry), so no run continues from it: "
+            "use another --out, or --resume never to start this directory over"
+        )
+    try:
+        diffs = run_differences(ckpt, cfg, train_data=train_data)
+    except UserError as e:  # a config this package cannot read
+        raise UserError(f"{path}: {e}") from None
     if not diffs:
         return ckpt, []
     shown = "; ".join(diffs[:6]) + (f"; and {len(diffs) - 6} more" if len(diffs) > 6 else "")

@@ -197,9 +197,15 @@ class Trainer:
                 f"{self.checkpoint_path}: its model does not fit this config ({first}); "
                 "use another --out or --resume never"
             ) from None
-        self.optimizer.load_state_dict(found["optimizer"])
-        self.scheduler.load_state_dict(found["scheduler"])
-        self.state = TrainState(**found["train_state"])
+        try:
+            self.optimizer.load_state_dict(found["optimizer"])
+            self.scheduler.load_state_dict(found["scheduler"])
+            self.state = TrainState(**found["train_state"])
+        except (ValueError, KeyError, TypeError) as e:  # another optimizer, or a damaged state
+            raise UserError(
+                f"{self.checkpoint_path}: its optimizer or schedule state does not fit this run "
+                f"({type(e).__name__}: {e}); use another --out or --resume never"
+            ) from None
         note = restore_rank_state(
             found,
             self.state,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 
 import pytest
@@ -10,7 +11,8 @@ import torch
 import torchvision
 
 import maskrcnn
-from maskrcnn.config import apply_overrides, get_preset
+import maskrcnn.config.upgrade as schema_upgrade
+from maskrcnn.config import SCHEMA_VERSION, apply_overrides, get_preset, rename_key
 from maskrcnn.engine.checkpoint import (
     FORMAT,
     load_backbone_weights,
@@ -18,8 +20,10 @@ from maskrcnn.engine.checkpoint import (
     resolve_weights,
     save_model,
 )
+from maskrcnn.errors import UserError
 from maskrcnn.model import build_model
 from maskrcnn.predict import load_image
+from maskrcnn.safe_load import load_weights_file
 from tests.helpers import TINY  # a small random model that detects things: ~10 MB checkpoints
 
 
@@ -219,3 +223,32 @@ def test_load_backbone_weights_from_a_torchvision_resnet(tmp_path):
         load_backbone_weights(small, path)
     after = small.backbone.body.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_checkpoints_record_the_config_schema_and_older_ones_are_upgraded(
+    saved, image, reference, tmp_path, monkeypatch
+):
+    raw = load_weights_file(saved)
+    assert raw["schema"] == SCHEMA_VERSION == read_checkpoint(saved)["schema"]
+    # written before the schema was recorded: read as the first version
+    unversioned = tmp_path / "unversioned.pt"
+    torch.save({k: v for k, v in raw.items() if k != "schema"}, unversioned)
+    assert_same_predictions(reference, maskrcnn.load(str(unversioned)).model, image)
+    # a made-up rename: a checkpoint of schema 1 whose config called solver.base_lr `solver.lr`
+    config = json.loads(json.dumps(raw["config"]))
+    config["solver"]["lr"] = config["solver"].pop("base_lr") * 3
+    old = tmp_path / "old_schema.pt"
+    torch.save({**raw, "config": config, "schema": 1}, old)
+    unknown = f"^{old}: its config does not build a model here: unknown config key 'solver.lr'"
+    with pytest.raises(UserError, match=unknown):
+        maskrcnn.load(str(old))  # this package's schema 1 has no such key
+    monkeypatch.setattr(schema_upgrade, "SCHEMA_VERSION", 2)
+    step = (1, lambda d: rename_key(d, "solver.lr", "solver.base_lr"))  # 1 -> 2
+    monkeypatch.setattr(schema_upgrade, "UPGRADES", (step,))
+    loaded = maskrcnn.load(str(old)).model
+    assert loaded.config.solver.base_lr == raw["config"]["solver"]["base_lr"] * 3
+    assert_same_predictions(reference, loaded, image)
+    newer = tmp_path / "newer.pt"
+    torch.save({**raw, "schema": 3}, newer)
+    with pytest.raises(UserError, match=f"^{newer}: its config has schema version 3, newer than"):
+        maskrcnn.load(str(newer))

@@ -1,12 +1,16 @@
 """Fine-tuning: `train --init W` remaps the class-specific layers by class name and loads the rest
 (real coco-mini images and annotations as the training data, tiny networks), refuses another
-architecture, `init_strict=false`, `--resume` over `--init`, a torchvision state dict as W, rank 0's
-initialisation on every rank of a 2-process gloo group; `train.freeze` keeps the frozen parts
-bit-identical while the rest trains."""
+architecture, `init_strict=false`, `--resume` over `--init`, a torchvision state dict as W, keypoint
+channels by keypoint name, rank 0's initialisation on every rank of a 2-process gloo group, a W
+that would run code (refused, nothing runs); `train.freeze` keeps the frozen parts bit-identical
+while the rest trains."""
 
 from __future__ import annotations
 
 import json
+import os
+import pickle
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from maskrcnn.cli import main
 from maskrcnn.config import apply_overrides, get_preset
 from maskrcnn.engine.checkpoint import load_model, read_checkpoint, save_model
 from maskrcnn.engine.freeze import set_train_mode
@@ -21,7 +26,7 @@ from maskrcnn.engine.init import init_model
 from maskrcnn.engine.train import Trainer, train
 from maskrcnn.inputs import load_image
 from maskrcnn.model import build_model
-from tests.helpers import COCO_SUBSET_IDS, TINY_NET, run, single_thread_env
+from tests.helpers import COCO_SUBSET_IDS, TINY_NET, run, single_thread_env, train_args
 
 NET = [*TINY_NET, "data.num_workers=0", "train.log_period=1", "solver.ims_per_batch=2"]
 CLASS_SPECIFIC = (
@@ -286,6 +291,7 @@ def test_frozen_parts_stay_bit_identical_and_the_rest_trains(level, tmp_path):
 DDP_SCRIPT = """
 import sys, torch
 from pathlib import Path
+from maskrcnn.cli import main
 from maskrcnn.config import apply_overrides, get_preset
 from maskrcnn.distributed import init_distributed
 from maskrcnn.engine.init import initialize
@@ -353,3 +359,30 @@ def test_keypoint_predictor_channels_follow_the_keypoint_names(tmp_path):
     for t, s in [(0, 3), (1, 2), (3, 0)]:
         assert torch.equal(got[weight][:, t], src[weight][:, s]) and torch.equal(got[bias][t], src[bias][s])
     assert torch.equal(got[weight][:, 2], fresh[weight][:, 2])
+
+
+class Evil:
+    """Unpickling it runs a shell command (the issue's payload)."""
+
+    def __init__(self, command: str) -> None:
+        self.command = command
+
+    def __reduce__(self):
+        return os.system, (self.command,)
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".pth", ".pkl"])
+def test_init_from_a_file_that_would_run_code_is_refused(suffix, tmp_path, capfd):
+    marker = tmp_path / "PWNED"
+    payload = {"format": "maskrcnn", "version": 2, "x": Evil(f"touch {shlex.quote(str(marker))}")}
+    w = tmp_path / f"evil{suffix}"
+    if suffix == ".pkl":
+        w.write_bytes(pickle.dumps(payload))
+    else:
+        torch.save(payload, w, _use_new_zipfile_serialization=suffix == ".pt")
+    argv = train_args(tmp_path / "run", "solver.max_iter=0", "data.num_workers=0")
+    code = main([argv[0], "--init", str(w), *argv[1:]])
+    err = capfd.readouterr().err.strip().splitlines()
+    assert code == 1 and len(err) == 1, err
+    assert err[0].startswith(f"error: {w}: refused to load: it needs {os.system.__module__}.system")
+    assert not marker.exists() and not (tmp_path / "run/model_final.pt").exists()

@@ -17,7 +17,7 @@ from torch import nn
 
 import maskrcnn
 from maskrcnn.cli import build_parser, main
-from maskrcnn.config import SolverConfig, resolve
+from maskrcnn.config import SCHEMA_VERSION, SolverConfig, resolve
 from maskrcnn.data.shapes import ShapesDataset
 from maskrcnn.engine.checkpoint import read_checkpoint
 from maskrcnn.engine.optim import lr_factor
@@ -110,6 +110,11 @@ def test_resume_modes_continue_the_same_run_and_refuse_another(tmp_path, capsys)
     one = ["solver.max_iter=1", "solver.ims_per_batch=2", "data.num_workers=0"]
     assert run(*train_args(out, *one)).returncode == 0
     checkpoint = out / "checkpoint.pt"
+    # torch's own weights-only mode reads the whole training checkpoint (optimizer, schedule, every
+    # rank's RNG state): nothing in it needs a global that could run code
+    plain = torch.load(checkpoint, weights_only=True)
+    assert plain["schema"] == SCHEMA_VERSION and {"optimizer", "scheduler", "ranks"} <= plain.keys()
+    assert isinstance(plain["ranks"][0]["rng"]["numpy"]["keys"], torch.Tensor)
     saved = {name: (out / name).read_bytes() for name in ("checkpoint.pt", "config.yaml", "metrics.jsonl")}
 
     # auto (the default), another learning rate: refused, and nothing in the run directory changes

@@ -1,0 +1,66 @@
+"""Weights files that are not our checkpoints, as `engine.checkpoint.read_checkpoint` meets them
+(already read by `maskrcnn.safe_load`): `to_checkpoint(obj, source=...)` turns what it can
+convert into our checkpoint dict and says what to do with the rest.
+
+- a detectron2 checkpoint (its `.pth` or model-zoo `.pkl`): converted by
+  `maskrcnn.convert.detectron2` (`is_detectron2`, `from_detectron2`) where that module exists;
+- a torchvision state dict: a UserError saying to run `maskrcnn convert --from torchvision-...`,
+  since the torchvision version (v1, v2, keypoint) is not told by the weights alone;
+- anything else: a UserError naming the file and what it holds.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from ..errors import UserError
+
+__all__ = ["to_checkpoint"]
+
+_TORCHVISION_KEY = "roi_heads.box_predictor.cls_score.weight"
+
+
+def _is_torchvision(obj: Any) -> bool:
+    state = obj.get("model") if isinstance(obj, dict) and isinstance(obj.get("model"), dict) else obj
+    return isinstance(state, dict) and _TORCHVISION_KEY in state
+
+
+def _what(obj: Any) -> str:
+    if isinstance(obj, dict):
+        keys = [repr(k) for k in list(obj)[:5]]
+        return (
+            f"a dict with keys {', '.join(keys)}{', ...' if len(obj) > 5 else ''}"
+            if keys
+            else "an empty dict"
+        )
+    return f"a {type(obj).__name__}"
+
+
+def _detectron2():
+    """`maskrcnn.convert.detectron2` (`is_detectron2`, `from_detectron2`), or None where this
+    package is installed without it; an import error inside it is raised."""
+    name = f"{__package__}.detectron2"
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as e:
+        if e.name != name:
+            raise
+        return None
+
+
+def to_checkpoint(obj: Any, *, source: str) -> dict:
+    """Our checkpoint dict for a foreign weights object read from `source`, or a UserError naming
+    `source` and what to do."""
+    detectron2 = _detectron2()
+    if detectron2 is not None and detectron2.is_detectron2(obj):
+        return detectron2.from_detectron2(obj, source=source)
+    if _is_torchvision(obj):
+        raise UserError(
+            f"{source}: not a maskrcnn checkpoint (no format='maskrcnn' entry). It is a torchvision "
+            "state dict: run `maskrcnn convert --from torchvision-v1 IN OUT` (or torchvision-v2, "
+            "torchvision-keypoint)."
+        )
+    raise UserError(
+        f"{source}: not a maskrcnn checkpoint (no format='maskrcnn' entry; it holds {_what(obj)})"
+    )
