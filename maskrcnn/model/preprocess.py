@@ -1,5 +1,6 @@
-"""Image preprocessing: normalize, resize (shorter side to `min_size`, longer side <= `max_size`),
-zero-pad into one (N, 3, Hp, Wp) batch with Hp, Wp multiples of `size_divisible`.
+"""Image preprocessing: optionally reorder channels to BGR and scale to 0..255 (detectron2's
+models), normalize, resize (shorter side to `min_size`, longer side <= `max_size`), zero-pad
+into one (N, 3, Hp, Wp) batch with Hp, Wp multiples of `size_divisible`.
 
 The resize factor is min(min_size / shorter, max_size / longer) and the output size
 floor(side * factor), bilinear without corner alignment (torchvision's arithmetic, exactly).
@@ -40,8 +41,16 @@ class Preprocessor(nn.Module):
         min_size: tuple[int, ...],
         max_size: int,
         size_divisible: int = 32,
+        channel_order: str = "rgb",
+        pixel_scale: float = 1.0,
     ):
+        """channel_order "bgr" reverses the (RGB) channels and pixel_scale multiplies the [0, 1]
+        image before normalising (detectron2's MSRA models: BGR in 0..255)."""
         super().__init__()
+        if channel_order not in ("rgb", "bgr"):
+            raise ValueError(f"unknown channel order {channel_order!r}; choose rgb or bgr")
+        self.channel_order = channel_order
+        self.pixel_scale = float(pixel_scale)
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), persistent=False)
         self.min_size = tuple(min_size)
@@ -69,6 +78,10 @@ class Preprocessor(nn.Module):
                 raise TypeError(f"image {i}: expected a float tensor in [0, 1], got {image.dtype}")
             h, w = image.shape[-2:]
             originals.append((int(h), int(w)))
+            if self.channel_order == "bgr":
+                image = image.flip(0)
+            if self.pixel_scale != 1.0:
+                image = image * self.pixel_scale
             image = (image - self.pixel_mean.to(image.dtype)) / self.pixel_std.to(image.dtype)
             size = resized_shape(h, w, min_size=self._choose_min_size(), max_size=self.max_size)
             image = F.interpolate(image[None], size=size, mode="bilinear", align_corners=False)[0]
