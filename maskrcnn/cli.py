@@ -11,10 +11,45 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     from .convert.torchvision import from_torchvision, load_torchvision_state
     from .engine.checkpoint import save_model
 
+    if args.source == "detectron2":
+        return _convert_detectron2(args)
+    if args.config or args.classes:
+        from .errors import UserError
+
+        raise UserError("--config and --classes are for --from detectron2")
     version = args.source.split("-")[-1]
     model = from_torchvision(load_torchvision_state(args.input), version)
     save_model(model, args.output)
     print(f"wrote {args.output}: torchvision {version}, {model.config.model.num_classes} classes")
+    return 0
+
+
+def _convert_detectron2(args: argparse.Namespace) -> int:
+    from .convert.detectron2 import from_detectron2
+    from .convert.weights_file import load_weights_file
+    from .engine.checkpoint import atomic_save, model_from_checkpoint
+    from .errors import UserError
+
+    names = None
+    if args.classes:
+        try:
+            names = [line.strip() for line in Path(args.classes).read_text().splitlines() if line.strip()]
+        except OSError as e:
+            raise UserError(f"--classes {args.classes}: cannot read ({e.strerror or e})") from e
+    ckpt = from_detectron2(
+        load_weights_file(args.input), d2_config=args.config, class_names=names, source=args.input
+    )
+    model_from_checkpoint(ckpt)  # it must load before anything is written
+    atomic_save(ckpt, args.output)
+    m = ckpt["config"]["model"]
+    b = m["backbone"]
+    arch = f"{'X' if b['groups'] > 1 else 'R'}{b['depth']}-FPN"
+    heads = [
+        n
+        for n, on in (("mask", m["roi_heads"]["mask_on"]), ("keypoint", m["roi_heads"]["keypoint_on"]))
+        if on
+    ]
+    print(f"wrote {args.output}: detectron2 {arch} {' + '.join(heads) or 'box'}, {m['num_classes']} classes")
     return 0
 
 
@@ -80,7 +115,7 @@ def _cmd_weights(args: argparse.Namespace) -> int:
         (row["name"], ", ".join(row["aliases"]), weights.format_metrics(row["metrics"]), row["cached"])
         for row in weights.listing()
     ]
-    header = ("name", "aliases", "published (torchvision)", "cached")
+    header = ("name", "aliases", "published (COCO val2017)", "cached")
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     for row in [header, *rows]:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
@@ -215,12 +250,20 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser(
-        "convert", help="convert a torchvision Mask R-CNN or Keypoint R-CNN state dict to our checkpoint"
+        "convert",
+        help="convert a torchvision or detectron2 Mask R-CNN / Keypoint R-CNN checkpoint to our checkpoint",
     )
-    sources = ["torchvision-v1", "torchvision-v2", "torchvision-keypoint"]
+    sources = ["torchvision-v1", "torchvision-v2", "torchvision-keypoint", "detectron2"]
     p.add_argument("--from", dest="source", required=True, choices=sources)
-    p.add_argument("input", help="torchvision state dict (.pth)")
+    p.add_argument(
+        "input", help="torchvision state dict (.pth), or detectron2 model_final.pth / model-zoo .pkl"
+    )
     p.add_argument("output", help="our checkpoint (.pt)")
+    p.add_argument(
+        "--config",
+        help="detectron2: the model's YAML config (_BASE_ files followed); default: from the weights",
+    )
+    p.add_argument("--classes", help="detectron2: a file of class names, one per line (default: COCO's 80)")
     p.set_defaults(func=_cmd_convert)
 
     p = sub.add_parser(

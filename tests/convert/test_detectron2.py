@@ -175,7 +175,7 @@ def test_x101_32x8d_fpn_mask_parity(tmp_path, shared_data):
     [
         ("COCO-Keypoints/keypoint_rcnn_R_50_FPN_3x.yaml", 3, 2),
         ("COCO-Keypoints/keypoint_rcnn_R_101_FPN_3x.yaml", 4, 1),
-        ("COCO-Keypoints/keypoint_rcnn_X_101_32x8d_FPN_3x.yaml", 5, 1),
+        ("COCO-Keypoints/keypoint_rcnn_X_101_32x8d_FPN_3x.yaml", 6, 1),
     ],
 )
 def test_keypoint_rcnn_parity(config, seed, images, tmp_path, shared_data):
