@@ -24,7 +24,8 @@ Cache ($MASKRCNN_HOME/checkpoints, else ~/.cache/maskrcnn/checkpoints: `checkpoi
 
 Mirror: MASKRCNN_WEIGHTS_MIRROR=DIR, file://... or https://... replaces the base of every URL
 (`<mirror>/<file name>`). A `SHA256SUMS` file there (`<sha256>  <file name>` lines, as sha256sum
-writes them) gives full digests that replace the registry's hash prefixes for the files it lists;
+writes them) gives full digests that replace the registry's hash prefixes (and detectron2's md5
+prefixes) for the files it lists;
 the other files are checked against the registry's prefixes, as for a plain copy of the originals.
 """
 
@@ -97,7 +98,7 @@ class Entry:
     @property
     def hash_prefix(self) -> str:
         """torch hub's sha256 prefix in the file name; "" for detectron2 files (their md5 prefix is
-        checked by `fetch` instead; a mirror's SHA256SUMS adds a sha256 check)."""
+        checked by `fetch` instead, unless a mirror's SHA256SUMS gives a sha256)."""
         if self.is_detectron2:
             return ""
         match = re.search(r"-([0-9a-f]{8,64})\.[A-Za-z0-9]+$", self.file_name)  # torch hub's name-<hash>.pth
@@ -378,7 +379,7 @@ def fetch(entry: Entry, *, progress: bool = True) -> Path:
     is a UserError naming the URL, and leaves nothing behind)."""
     url, expected = source(entry)
     path = checkpoint.resolve_weights(url, sha256=expected or None, progress=progress)
-    if entry.md5_prefix:
+    if entry.md5_prefix and not expected:  # a mirror's SHA256SUMS digest replaces the md5 prefix
         _check_md5(path, entry.md5_prefix, url)
     return path
 

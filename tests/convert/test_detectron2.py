@@ -183,3 +183,101 @@ def test_keypoint_rcnn_parity(config, seed, images, tmp_path, shared_data):
     built = Built(tmp_path, config, min_size=320, max_size=512, seed=seed, **KEYPOINT_SMALL)
     assert built.ckpt["class_names"] == ["person"] and built.ckpt["category_ids"] == [1]
     check_parity(built, coco_mini_val(images, offset=7), config.split("/")[-1])
+
+
+# ---------------------------------------------------------------- the CLI and the registry names
+
+
+def test_cli_converts_a_zoo_pkl_with_class_names(r50, tmp_path, capsys):
+    from maskrcnn import cli
+    from maskrcnn.engine.checkpoint import read_checkpoint
+
+    classes = tmp_path / "classes.txt"
+    names = [f"thing{i}" for i in range(80)]
+    classes.write_text("\n".join(names) + "\n")
+    out = tmp_path / "r50.pt"
+    argv = ["convert", "--from", "detectron2", str(r50.pkl), str(out), "--config", str(r50.yaml)]
+    assert cli.main([*argv, "--classes", str(classes)]) == 0
+    assert "detectron2 R50-FPN mask, 80 classes" in capsys.readouterr().out
+    ckpt = read_checkpoint(out)
+    assert ckpt["class_names"] == names and ckpt["config"] == r50.ckpt["config"]
+    for key, value in r50.ckpt["model"].items():
+        assert torch.equal(ckpt["model"][key], value), key
+
+
+def test_cli_refuses_bad_detectron2_files(r50, tmp_path, capsys):
+    """A .pkl that would run code, weights that do not fit the config, a config that is no YAML
+    mapping: one error line each, nothing runs, nothing is written."""
+    import os
+    import pickle
+
+    from maskrcnn import cli
+
+    marker = tmp_path / "PWNED"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    evil = tmp_path / "evil.pkl"
+    evil.write_bytes(pickle.dumps({"model": {"backbone.bottom_up.stem.conv1.weight": Evil()}}))
+    bad_yaml = tmp_path / "list.yaml"
+    bad_yaml.write_text("- 1\n- 2\n")
+    out = tmp_path / "out.pt"
+    r101 = CONFIGS / "COCO-InstanceSegmentation/mask_rcnn_R_101_FPN_3x.yaml"
+    cases = [
+        ([str(evil), str(out)], "refused: it needs posix.system"),
+        ([str(r50.pkl), str(out), "--config", str(r101)], "do not fit the detectron2 config"),
+        ([str(r50.pkl), str(out), "--config", str(bad_yaml)], "a detectron2 config is a YAML mapping"),
+    ]
+    for args, message in cases:
+        assert cli.main(["convert", "--from", "detectron2", *args]) == 1
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: ") and len(err.splitlines()) == 1 and message in err, err
+    assert not marker.exists() and not out.exists()
+
+
+def test_registry_name_loads_from_a_file_mirror(r50, tmp_path, monkeypatch):
+    """`maskrcnn.load("detectron2_mask_rcnn_R_50_FPN_3x")` from a file:// mirror holding a zoo-style
+    .pkl under the zoo's file name: downloaded, checked, converted with the zoo's settings, cached."""
+    import hashlib
+    import shutil
+
+    import maskrcnn
+    from maskrcnn import weights
+    from maskrcnn.errors import UserError
+
+    entry = weights.get("detectron2_mask_rcnn_R_50_FPN_3x")
+    assert entry.url == (
+        "https://dl.fbaipublicfiles.com/detectron2/COCO-InstanceSegmentation/"
+        "mask_rcnn_R_50_FPN_3x/137849600/model_final_f10217.pkl"
+    )
+    assert entry.md5_prefix == "f10217" and entry.metrics == {
+        "COCO-val2017": {"box_map": 41.0, "mask_map": 37.2}
+    }
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    shutil.copy(r50.pkl, mirror / entry.file_name)
+    home = tmp_path / "home"
+    monkeypatch.setenv("MASKRCNN_HOME", str(home))
+    monkeypatch.setenv(weights.MIRROR_ENV, mirror.as_uri())
+    # a plain copy is checked against the md5 prefix of the zoo's file name: this one fails it
+    with pytest.raises(UserError, match="expected md5 f10217"):
+        maskrcnn.load(entry.name)
+    assert not (home / "checkpoints" / entry.file_name).exists()
+    # the mirror's SHA256SUMS vouches for its own file
+    digest = hashlib.sha256((mirror / entry.file_name).read_bytes()).hexdigest()
+    (mirror / "SHA256SUMS").write_text(f"{digest}  {entry.file_name}\n")
+    model = maskrcnn.load(entry.name).model
+    assert weights.cache_state(entry) == "downloaded, converted"
+    state = model.state_dict()
+    for key, value in r50.ckpt["model"].items():
+        assert torch.equal(state[key], value), key
+    cfg = model.config.model
+    assert cfg.input.min_size == (640, 672, 704, 736, 768, 800) and cfg.input.max_size == 1333
+    assert (cfg.rpn.pre_nms_topk_test, cfg.rpn.post_nms_topk_test, cfg.roi_heads.detections_per_image) == (
+        1000,
+        1000,
+        100,
+    )
+    assert model.class_names[0] == "person" and model.category_ids[-1] == 90
