@@ -105,6 +105,7 @@ def detectron2() -> Config:
             pixel_std=(1.0, 1.0, 1.0),
             channel_order="bgr",
             pixel_scale=255.0,
+            resize="detectron2",
         ),
         backbone=BackboneConfig(frozen_stages=2, stride_in_1x1=True),
         anchors=AnchorConfig(round_corners=False),

@@ -38,6 +38,9 @@ class InputConfig:
     # multiplied by 255 first, pixel_mean/std given in 0..255); inputs stay RGB in [0, 1]
     channel_order: str = "rgb"  # rgb | bgr
     pixel_scale: float = 1.0
+    # "torchvision": size floor(side * factor), bilinear; "detectron2": its ResizeShortestEdge,
+    # size int(side * scale + 0.5) and bilinear with antialiasing (as its PIL resize)
+    resize: str = "torchvision"
 
 
 @dataclass(frozen=True)

@@ -116,6 +116,11 @@ class InferenceGraph(nn.Module):
         extra = [name for name in model.roi_heads.branch_names if name != "mask"]
         if extra:
             raise UserError(f"ONNX export covers the box and mask branches; this model also has {extra}")
+        if model.preprocessor.resize != "torchvision":
+            raise UserError(
+                "ONNX export resizes inputs as torchvision does; this model resizes them as detectron2 "
+                "does (model.input.resize=detectron2: rounded sizes, antialiased), which the graph lacks"
+            )
         self.model = model.eval()
         self.mask = model.roi_heads.branch("mask")
 

@@ -172,6 +172,7 @@ def build_model(
             size_divisible=mc.input.size_divisible,
             channel_order=mc.input.channel_order,
             pixel_scale=mc.input.pixel_scale,
+            resize=mc.input.resize,
         ),
         backbone=backbone,
         rpn=rpn,

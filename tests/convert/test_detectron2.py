@@ -281,3 +281,36 @@ def test_registry_name_loads_from_a_file_mirror(r50, tmp_path, monkeypatch):
         100,
     )
     assert model.class_names[0] == "person" and model.category_ids[-1] == 90
+
+
+def test_detectron2_resize_rule_matches_resize_shortest_edge(shared_data):
+    """model.input.resize=detectron2: the sizes of detectron2's ResizeShortestEdge for every coco-mini
+    val image (800 / 1333 and the test size), and pixels close to its PIL resize of the uint8 image."""
+    import numpy as np
+    from PIL import Image
+
+    from maskrcnn.model.preprocess import Preprocessor, resized_shape
+
+    from .d2_reference import import_detectron2
+
+    import_detectron2()
+    from detectron2.data.transforms import ResizeShortestEdge
+
+    paths = coco_mini_val(79)
+    for path in paths:
+        w, h = Image.open(path).size
+        for short, longest in ((800, 1333), (384, 640), (320, 512)):
+            expected = ResizeShortestEdge.get_output_shape(h, w, short, longest)
+            assert resized_shape(h, w, min_size=short, max_size=longest, rule="detectron2") == expected
+    rgb = np.asarray(Image.open(paths[0]).convert("RGB"))
+    tf = ResizeShortestEdge(400, 640).get_transform(rgb)
+    theirs = torch.from_numpy(tf.apply_image(rgb)).permute(2, 0, 1).float()
+    p = Preprocessor(
+        pixel_mean=(0.0,) * 3, pixel_std=(1 / 255,) * 3, min_size=(400,), max_size=640, resize="detectron2"
+    )
+    ours = p([torch.from_numpy(rgb.copy()).permute(2, 0, 1).float() / 255])[0]
+    h, w = theirs.shape[-2:]
+    assert ours.image_sizes == [(h, w)]
+    difference = (ours.tensor[0, :, :h, :w] - theirs).abs()
+    print("resize vs PIL: mean", difference.mean().item(), "max", difference.max().item())
+    assert difference.mean() < 0.35 and difference.max() <= 1.001  # PIL rounds to uint8: at most 1 level
