@@ -121,6 +121,11 @@ def convert_state_dict(state: Mapping[str, Tensor], *, source: str = "") -> dict
                 value = value.repeat(k, *([1] * (value.dim() - 1)))
             value = torch.cat([torch.zeros_like(value[:4]), value])  # an unused background row
         out[new] = value
+    # FrozenBN saved before its version 2 has no statistics; detectron2 then uses mean 0, var 1
+    for key in [k for k in out if re.search(r"\.(bn\d|downsample\.1)\.weight$", k)]:
+        prefix = key[: -len("weight")]
+        out.setdefault(prefix + "running_mean", torch.zeros_like(out[key]))
+        out.setdefault(prefix + "running_var", torch.ones_like(out[key]))
     if unknown:
         where = f"{source}: " if source else ""
         raise UserError(
@@ -186,8 +191,6 @@ def infer_settings(state: Mapping[str, Tensor], *, source: str = "") -> dict[str
         )
     if any(k.startswith("backbone.fpn_lateral2.norm.") for k in state):
         raise UserError(f"{where}FPN with a norm layer is not supported")
-    if "backbone.bottom_up.stem.conv1.norm.running_mean" not in state:
-        raise UserError(f"{where}the ResNet's norm layers are not FrozenBN (no running_mean): not supported")
     return s
 
 

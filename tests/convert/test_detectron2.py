@@ -118,6 +118,15 @@ def test_r50_pkl_equals_pth_and_tensors_give_the_zoo_config(r50):
     # COCO's 80 classes in detectron2's order, with real COCO category ids
     assert from_pkl["class_names"][:3] == ["person", "bicycle", "car"] and len(from_pkl["class_names"]) == 80
     assert from_pkl["category_ids"][-1] == 90 and from_pkl["category_ids"][11] == 13  # stop sign
+    # FrozenBN saved without statistics (before its version 2): mean 0 and variance 1, as detectron2
+    old = {
+        k: v
+        for k, v in pkl["model"].items()
+        if not k.startswith("backbone.bottom_up.stem.conv1.norm.running")
+    }
+    stem = from_detectron2({"model": old})["model"]
+    assert torch.equal(stem["backbone.body.bn1.running_mean"], torch.zeros(64))
+    assert torch.equal(stem["backbone.body.bn1.running_var"], torch.ones(64))
     # the tensors alone give the zoo YAML's model (apart from the training sizes the YAML lists)
     config = "COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_3x.yaml"
     assert zoo_config_of(r50.pkl, None).backbone == zoo_config_of(r50.pkl, config).backbone
