@@ -115,7 +115,7 @@ def _cmd_weights(args: argparse.Namespace) -> int:
         (row["name"], ", ".join(row["aliases"]), weights.format_metrics(row["metrics"]), row["cached"])
         for row in weights.listing()
     ]
-    header = ("name", "aliases", "published (COCO val2017)", "cached")
+    header = ("name", "aliases", "published", "cached")
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     for row in [header, *rows]:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())

@@ -51,7 +51,7 @@ def d2_model(cfg, seed: int = 0) -> torch.nn.Module:
     """detectron2's model for `cfg` with its own random init (seeded), then made decisive: random
     FrozenBN statistics, damped residual branches (bounded activations through the deep trunk) and
     sharper classifier / objectness layers, so that the random model detects many things with
-    distinct scores."""
+    distinct scores (not saturated at 1.0)."""
     _, build_model = import_detectron2()
     torch.manual_seed(seed)
     model = build_model(cfg)
@@ -66,6 +66,11 @@ def d2_model(cfg, seed: int = 0) -> torch.nn.Module:
                 module.bias.copy_(torch.randn(c, generator=gen) * 0.1)
                 if name.endswith(("conv3.norm", "conv2.norm")) and ".res" in name:
                     module.weight.mul_(0.3)
+        if max(cfg.MODEL.PIXEL_STD) == 1.0:
+            # MSRA-style inputs in 0..255 (std 1): the stem scaled as if the std were ImageNet's, so that
+            # activations (and scores) stay in the same range as for the ResNeXt's normalised inputs
+            # instead of saturating (every score 1.0 would make the score comparison vacuous)
+            model.backbone.bottom_up.stem.conv1.weight.div_(58.0)
         heads = model.roi_heads
         heads.box_predictor.cls_score.weight.mul_(40.0)
         heads.box_predictor.bbox_pred.weight.mul_(5.0)

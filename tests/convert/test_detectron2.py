@@ -57,6 +57,7 @@ def assert_same_detections(ref, det, what: str) -> dict:
     keypoints within 1e-2 px (and their scores within 1e-3). Returns the worst differences."""
     n = len(ref)
     assert n > 0, f"{what}: detectron2 detected nothing; the comparison would be vacuous"
+    assert len(set(ref.scores.tolist())) > n // 2, f"{what}: detectron2's scores are mostly tied"
     assert len(det.boxes) == n, f"{what}: {len(det.boxes)} detections vs detectron2's {n}"
     assert torch.equal(det.labels, ref.pred_classes + 1), what
     worst = {
