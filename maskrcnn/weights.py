@@ -119,14 +119,23 @@ _DETECTION = "torchvision.models.detection"
 _D2_TRAIN_SIZES = "model.input.min_size=[640,672,704,736,768,800]"  # MIN_SIZE_TRAIN; the last: test
 
 
+# the training settings of COCO-Keypoints/Base-Keypoint-RCNN-FPN.yaml that the weights cannot tell
+_D2_KEYPOINT_TRAINING = (
+    "model.rpn.post_nms_topk_train=1500",
+    "model.roi_heads.box_loss=smooth_l1",
+    "model.roi_heads.smooth_l1_beta=0.5",
+)
+
+
 def _d2(name: str, path: str, **published: float) -> Entry:
     """A detectron2 model-zoo entry (MODEL_ZOO.md: its download link and its box / mask / kp AP)."""
+    keypoint = _D2_KEYPOINT_TRAINING if "kp_map" in published else ()
     return Entry(
         name,
         "model",
         "",
         converter="detectron2",
-        overrides=(_D2_TRAIN_SIZES,),
+        overrides=(_D2_TRAIN_SIZES, *keypoint),
         d2_path=path,
         published=tuple(published.items()),
     )
