@@ -324,3 +324,34 @@ def test_detectron2_resize_rule_matches_resize_shortest_edge(shared_data):
     difference = (ours.tensor[0, :, :h, :w] - theirs).abs()
     print("resize vs PIL: mean", difference.mean().item(), "max", difference.max().item())
     assert difference.mean() < 0.35 and difference.max() <= 1.001  # PIL rounds to uint8: at most 1 level
+
+
+def test_onnx_export_of_a_detectron2_model(r50, tmp_path, shared_data):
+    """The exported graph keeps the detectron2 options (BGR 0..255 input, exact anchors, size
+    filters, level rounding; detectron2's pasting in the runtime); detectron2's antialiased resize
+    is refused, so the model is exported with torchvision's resize (the identity on this image)."""
+    import copy
+    import importlib.util
+
+    from maskrcnn.errors import UserError
+    from maskrcnn.export.onnx import export_onnx
+    from maskrcnn.export.runtime import OnnxModel
+
+    if importlib.util.find_spec("onnxruntime") is None:
+        from tests.conftest import skip_or_fail_in_ci
+
+        skip_or_fail_in_ci("onnxruntime is not installed (pip install maskrcnn[onnx])")
+    with pytest.raises(UserError, match="resizes them as detectron2"):
+        export_onnx(r50.ours, tmp_path / "refused.onnx")
+    model = copy.deepcopy(r50.ours)
+    model.preprocessor.resize = "torchvision"
+    image = image_at_size(coco_mini_val(1)[0], min_size=384, max_size=640) / 255.0
+    h, w = image.shape[-2:]
+    model.preprocessor.min_size, model.preprocessor.max_size = (min(h, w),), max(h, w)
+    onnx_model = OnnxModel(export_onnx(model, tmp_path / "r50.onnx"), threads=2)
+    expected = run_ours(r50.ours, image * 255.0)
+    got = onnx_model.predict([image])[0]
+    assert len(got) == len(expected) == 20 and torch.equal(got.labels, expected.labels)
+    assert (got.boxes - expected.boxes).abs().max() <= 1e-2
+    assert (got.scores - expected.scores).abs().max() <= 1e-3
+    assert (got.masks == expected.masks).float().mean() >= 0.999
