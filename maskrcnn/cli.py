@@ -12,7 +12,10 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     from .engine.checkpoint import save_model
 
     if args.source == "detectron2":
-        return _convert_detectron2(args)
+        from .engine.conversion import convert_detectron2
+
+        print(convert_detectron2(args.input, args.output, d2_config=args.config, classes=args.classes))
+        return 0
     if args.config or args.classes:
         from .errors import UserError
 
@@ -21,35 +24,6 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     model = from_torchvision(load_torchvision_state(args.input), version)
     save_model(model, args.output)
     print(f"wrote {args.output}: torchvision {version}, {model.config.model.num_classes} classes")
-    return 0
-
-
-def _convert_detectron2(args: argparse.Namespace) -> int:
-    from .convert.detectron2 import from_detectron2
-    from .convert.weights_file import load_weights_file
-    from .engine.checkpoint import atomic_save, model_from_checkpoint
-    from .errors import UserError
-
-    names = None
-    if args.classes:
-        try:
-            names = [line.strip() for line in Path(args.classes).read_text().splitlines() if line.strip()]
-        except OSError as e:
-            raise UserError(f"--classes {args.classes}: cannot read ({e.strerror or e})") from e
-    ckpt = from_detectron2(
-        load_weights_file(args.input), d2_config=args.config, class_names=names, source=args.input
-    )
-    model_from_checkpoint(ckpt)  # it must load before anything is written
-    atomic_save(ckpt, args.output)
-    m = ckpt["config"]["model"]
-    b = m["backbone"]
-    arch = f"{'X' if b['groups'] > 1 else 'R'}{b['depth']}-FPN"
-    heads = [
-        n
-        for n, on in (("mask", m["roi_heads"]["mask_on"]), ("keypoint", m["roi_heads"]["keypoint_on"]))
-        if on
-    ]
-    print(f"wrote {args.output}: detectron2 {arch} {' + '.join(heads) or 'box'}, {m['num_classes']} classes")
     return 0
 
 

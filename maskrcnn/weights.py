@@ -13,7 +13,7 @@ Kinds of entries
               unpickler that accepts nothing else, converted by `convert.detectron2`; COCO's 80
               classes in detectron2's order, with their real COCO category ids. Their URL, the md5
               prefix in the file name (model_final_<md5 prefix>.pkl, checked after the download)
-              and the published AP come from detectron2's MODEL_ZOO.md and are written here.
+              and the published AP come from detectron2's MODEL_ZOO.md (convert/detectron2_zoo.py).
     backbone: an ImageNet ResNet (conv1 .. layer4) that `maskrcnn train` loads into a fresh model.
 
 Cache ($MASKRCNN_HOME/checkpoints, else ~/.cache/maskrcnn/checkpoints: `checkpoint.cache_dir`)
@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from .convert.detectron2_zoo import ZOO, ZOO_BASE
 from .engine import checkpoint
 from .errors import UserError
 
@@ -62,7 +63,7 @@ class Entry:
     depth: int = 0
     aliases: tuple[str, ...] = ()
     overrides: tuple[str, ...] = ()  # config `key=value`s the converted model needs beyond config_for's
-    # detectron2 model zoo entries (no torchvision enum): the path under D2_BASE, and the published
+    # detectron2 model zoo entries (no torchvision enum): the path under ZOO_BASE, and the published
     # COCO val2017 AP as ((metric, value), ...) with metric box_map | mask_map | kp_map
     d2_path: str = ""
     published: tuple[tuple[str, float], ...] = ()
@@ -89,7 +90,7 @@ class Entry:
 
     @property
     def url(self) -> str:
-        return D2_BASE + self.d2_path if self.is_detectron2 else self.weights.url
+        return ZOO_BASE + self.d2_path if self.is_detectron2 else self.weights.url
 
     @property
     def file_name(self) -> str:
@@ -114,34 +115,15 @@ class Entry:
         return dict(self.weights.meta.get("_metrics", {}))
 
 
-D2_BASE = "https://dl.fbaipublicfiles.com/detectron2/"
 _DETECTION = "torchvision.models.detection"
-_D2_TRAIN_SIZES = "model.input.min_size=[640,672,704,736,768,800]"  # MIN_SIZE_TRAIN; the last: test
-
-
-# the training settings of COCO-Keypoints/Base-Keypoint-RCNN-FPN.yaml that the weights cannot tell
-_D2_KEYPOINT_TRAINING = (
-    "model.rpn.post_nms_topk_train=1500",
-    "model.roi_heads.box_loss=smooth_l1",
-    "model.roi_heads.smooth_l1_beta=0.5",
-)
-
-
-def _d2(name: str, path: str, **published: float) -> Entry:
-    """A detectron2 model-zoo entry (MODEL_ZOO.md: its download link and its box / mask / kp AP)."""
-    keypoint = _D2_KEYPOINT_TRAINING if "kp_map" in published else ()
-    return Entry(
-        name,
-        "model",
-        "",
-        converter="detectron2",
-        overrides=(_D2_TRAIN_SIZES, *keypoint),
-        d2_path=path,
-        published=tuple(published.items()),
-    )
-
-
 _MODELS = "torchvision.models"
+
+
+def _d2(name: str, path: str, published: dict[str, float], overrides: tuple[str, ...]) -> Entry:
+    """A detectron2 model-zoo entry (a row of `convert.detectron2_zoo.ZOO`)."""
+    d2 = {"d2_path": path, "published": tuple(published.items()), "overrides": overrides}
+    return Entry(name, "model", "", converter="detectron2", **d2)
+
 
 REGISTRY: dict[str, Entry] = {
     entry.name: entry
@@ -170,54 +152,7 @@ REGISTRY: dict[str, Entry] = {
             aliases=("torchvision_keypoint",),
             overrides=("model.backbone.frozen_bn_eps=0.0",),  # as for v1: `overwrite_eps(model, 0.0)`
         ),
-        _d2(
-            "detectron2_mask_rcnn_R_50_FPN_1x",
-            "COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_1x/137260431/model_final_a54504.pkl",
-            box_map=38.6,
-            mask_map=35.2,
-        ),
-        _d2(
-            "detectron2_mask_rcnn_R_50_FPN_3x",
-            "COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_3x/137849600/model_final_f10217.pkl",
-            box_map=41.0,
-            mask_map=37.2,
-        ),
-        _d2(
-            "detectron2_mask_rcnn_R_101_FPN_3x",
-            "COCO-InstanceSegmentation/mask_rcnn_R_101_FPN_3x/138205316/model_final_a3ec72.pkl",
-            box_map=42.9,
-            mask_map=38.6,
-        ),
-        _d2(
-            "detectron2_mask_rcnn_X_101_32x8d_FPN_3x",
-            "COCO-InstanceSegmentation/mask_rcnn_X_101_32x8d_FPN_3x/139653917/model_final_2d9806.pkl",
-            box_map=44.3,
-            mask_map=39.5,
-        ),
-        _d2(
-            "detectron2_keypoint_rcnn_R_50_FPN_1x",
-            "COCO-Keypoints/keypoint_rcnn_R_50_FPN_1x/137261548/model_final_04e291.pkl",
-            box_map=53.6,
-            kp_map=64.0,
-        ),
-        _d2(
-            "detectron2_keypoint_rcnn_R_50_FPN_3x",
-            "COCO-Keypoints/keypoint_rcnn_R_50_FPN_3x/137849621/model_final_a6e10b.pkl",
-            box_map=55.4,
-            kp_map=65.5,
-        ),
-        _d2(
-            "detectron2_keypoint_rcnn_R_101_FPN_3x",
-            "COCO-Keypoints/keypoint_rcnn_R_101_FPN_3x/138363331/model_final_997cc7.pkl",
-            box_map=56.4,
-            kp_map=66.1,
-        ),
-        _d2(
-            "detectron2_keypoint_rcnn_X_101_32x8d_FPN_3x",
-            "COCO-Keypoints/keypoint_rcnn_X_101_32x8d_FPN_3x/139686956/model_final_5ad38f.pkl",
-            box_map=57.3,
-            kp_map=66.0,
-        ),
+        *(_d2(*row) for row in ZOO),
         Entry("resnet18_imagenet", "backbone", f"{_MODELS}:ResNet18_Weights.IMAGENET1K_V1", depth=18),
         Entry("resnet34_imagenet", "backbone", f"{_MODELS}:ResNet34_Weights.IMAGENET1K_V1", depth=34),
         Entry("resnet50_imagenet", "backbone", f"{_MODELS}:ResNet50_Weights.IMAGENET1K_V1", depth=50),
