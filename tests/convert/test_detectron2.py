@@ -11,6 +11,7 @@ import torch
 from maskrcnn.config import from_dict
 from maskrcnn.convert.detectron2 import from_detectron2, is_detectron2
 from maskrcnn.engine.checkpoint import model_from_checkpoint
+from maskrcnn.errors import UserError
 
 from .d2_reference import (
     CONFIGS,
@@ -119,6 +120,12 @@ def test_r50_pkl_equals_pth_and_tensors_give_the_zoo_config(r50):
     # COCO's 80 classes in detectron2's order, with real COCO category ids
     assert from_pkl["class_names"][:3] == ["person", "bicycle", "car"] and len(from_pkl["class_names"]) == 80
     assert from_pkl["category_ids"][-1] == 90 and from_pkl["category_ids"][11] == 13  # stop sign
+    # a bare state dict of numpy arrays converts alike; anything else is a UserError
+    bare = from_detectron2(pkl["model"])["model"]
+    assert all(torch.equal(bare[k], v) for k, v in r50.ckpt["model"].items())
+    assert not is_detectron2({"model": {"conv.weight": torch.zeros(1)}})
+    with pytest.raises(UserError, match="x.pt: not a detectron2 R-CNN checkpoint"):
+        from_detectron2({"state_dict": {}}, source="x.pt")
     # FrozenBN saved without statistics (before its version 2): mean 0 and variance 1, as detectron2
     old = {
         k: v
@@ -255,7 +262,6 @@ def test_registry_name_loads_from_a_file_mirror(r50, tmp_path, monkeypatch):
 
     import maskrcnn
     from maskrcnn import weights
-    from maskrcnn.errors import UserError
 
     entry = weights.get("detectron2_mask_rcnn_R_50_FPN_3x")
     assert entry.url == (
@@ -333,7 +339,6 @@ def test_onnx_export_of_a_detectron2_model(r50, tmp_path, shared_data):
     import copy
     import importlib.util
 
-    from maskrcnn.errors import UserError
     from maskrcnn.export.onnx import export_onnx
     from maskrcnn.export.runtime import OnnxModel
 
