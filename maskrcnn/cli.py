@@ -11,6 +11,15 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     from .convert.torchvision import from_torchvision, load_torchvision_state
     from .engine.checkpoint import save_model
 
+    if args.source == "detectron2":
+        from .engine.conversion import convert_detectron2
+
+        print(convert_detectron2(args.input, args.output, d2_config=args.config, classes=args.classes))
+        return 0
+    if args.config or args.classes:
+        from .errors import UserError
+
+        raise UserError("--config and --classes are for --from detectron2")
     version = args.source.split("-")[-1]
     model = from_torchvision(load_torchvision_state(args.input), version, source=args.input)
     save_model(model, args.output)
@@ -80,7 +89,7 @@ def _cmd_weights(args: argparse.Namespace) -> int:
         (row["name"], ", ".join(row["aliases"]), weights.format_metrics(row["metrics"]), row["cached"])
         for row in weights.listing()
     ]
-    header = ("name", "aliases", "published (torchvision)", "cached")
+    header = ("name", "aliases", "published", "cached")
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     for row in [header, *rows]:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
@@ -215,12 +224,20 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser(
-        "convert", help="convert a torchvision Mask R-CNN or Keypoint R-CNN state dict to our checkpoint"
+        "convert",
+        help="convert a torchvision or detectron2 Mask R-CNN / Keypoint R-CNN checkpoint to our checkpoint",
     )
-    sources = ["torchvision-v1", "torchvision-v2", "torchvision-keypoint"]
+    sources = ["torchvision-v1", "torchvision-v2", "torchvision-keypoint", "detectron2"]
     p.add_argument("--from", dest="source", required=True, choices=sources)
-    p.add_argument("input", help="torchvision state dict (.pth)")
+    p.add_argument(
+        "input", help="torchvision state dict (.pth), or detectron2 model_final.pth / model-zoo .pkl"
+    )
     p.add_argument("output", help="our checkpoint (.pt)")
+    p.add_argument(
+        "--config",
+        help="detectron2: the model's YAML config (_BASE_ files followed); default: from the weights",
+    )
+    p.add_argument("--classes", help="detectron2: a file of class names, one per line (default: COCO's 80)")
     p.set_defaults(func=_cmd_convert)
 
     p = sub.add_parser(

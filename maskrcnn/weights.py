@@ -9,6 +9,11 @@ Kinds of entries
     model:    a whole detector (a torchvision state dict), converted to our checkpoint by the entry's
               converter (`CONVERTERS`); class names are COCO's in torchvision's 91-slot label space,
               so label L is COCO category id L and predictions.json holds real COCO ids.
+              detectron2's model zoo (`detectron2_*` names): a `.pkl` of numpy arrays, read with an
+              unpickler that accepts nothing else, converted by `convert.detectron2`; COCO's 80
+              classes in detectron2's order, with their real COCO category ids. Their URL, the md5
+              prefix in the file name (model_final_<md5 prefix>.pkl, checked after the download)
+              and the published AP come from detectron2's MODEL_ZOO.md (convert/detectron2_zoo.py).
     backbone: an ImageNet ResNet (conv1 .. layer4) that `maskrcnn train` loads into a fresh model.
 
 Cache ($MASKRCNN_HOME/checkpoints, else ~/.cache/maskrcnn/checkpoints: `checkpoint.cache_dir`)
@@ -19,7 +24,8 @@ Cache ($MASKRCNN_HOME/checkpoints, else ~/.cache/maskrcnn/checkpoints: `checkpoi
 
 Mirror: MASKRCNN_WEIGHTS_MIRROR=DIR, file://... or https://... replaces the base of every URL
 (`<mirror>/<file name>`). A `SHA256SUMS` file there (`<sha256>  <file name>` lines, as sha256sum
-writes them) gives full digests that replace the registry's hash prefixes for the files it lists;
+writes them) gives full digests that replace the registry's hash prefixes (and detectron2's md5
+prefixes) for the files it lists;
 the other files are checked against the registry's prefixes, as for a plain copy of the originals.
 """
 
@@ -35,6 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from .convert.detectron2_zoo import ZOO, ZOO_BASE
 from .engine import checkpoint
 from .errors import UserError
 
@@ -56,6 +63,21 @@ class Entry:
     depth: int = 0
     aliases: tuple[str, ...] = ()
     overrides: tuple[str, ...] = ()  # config `key=value`s the converted model needs beyond config_for's
+    # detectron2 model zoo entries (no torchvision enum): the path under ZOO_BASE, and the published
+    # COCO val2017 AP as ((metric, value), ...) with metric box_map | mask_map | kp_map
+    d2_path: str = ""
+    published: tuple[tuple[str, float], ...] = ()
+
+    @property
+    def is_detectron2(self) -> bool:
+        return bool(self.d2_path)
+
+    @property
+    def md5_prefix(self) -> str:
+        """detectron2's file names end in the md5 prefix of the file (MODEL_ZOO.md: "any model on
+        this page contains its md5 prefix in its file name"); "" for torchvision entries."""
+        match = re.search(r"_([0-9a-f]{6,32})\.pkl$", self.file_name) if self.is_detectron2 else None
+        return match.group(1) if match else ""
 
     @property
     def weights(self) -> Any:
@@ -68,7 +90,7 @@ class Entry:
 
     @property
     def url(self) -> str:
-        return self.weights.url
+        return ZOO_BASE + self.d2_path if self.is_detectron2 else self.weights.url
 
     @property
     def file_name(self) -> str:
@@ -76,6 +98,10 @@ class Entry:
 
     @property
     def hash_prefix(self) -> str:
+        """torch hub's sha256 prefix in the file name; "" for detectron2 files (their md5 prefix is
+        checked by `fetch` instead, unless a mirror's SHA256SUMS gives a sha256)."""
+        if self.is_detectron2:
+            return ""
         match = re.search(r"-([0-9a-f]{8,64})\.[A-Za-z0-9]+$", self.file_name)  # torch hub's name-<hash>.pth
         if match is None:
             raise ValueError(f"{self.enum}: no hash in the file name {self.file_name}")
@@ -84,11 +110,20 @@ class Entry:
     @property
     def metrics(self) -> dict[str, dict[str, float]]:
         """The published metrics, e.g. {"COCO-val2017": {"box_map": 37.9, "mask_map": 34.6}}."""
+        if self.is_detectron2:
+            return {"COCO-val2017": dict(self.published)}
         return dict(self.weights.meta.get("_metrics", {}))
 
 
 _DETECTION = "torchvision.models.detection"
 _MODELS = "torchvision.models"
+
+
+def _d2(name: str, path: str, published: dict[str, float], overrides: tuple[str, ...]) -> Entry:
+    """A detectron2 model-zoo entry (a row of `convert.detectron2_zoo.ZOO`)."""
+    d2 = {"d2_path": path, "published": tuple(published.items()), "overrides": overrides}
+    return Entry(name, "model", "", converter="detectron2", **d2)
+
 
 REGISTRY: dict[str, Entry] = {
     entry.name: entry
@@ -117,6 +152,7 @@ REGISTRY: dict[str, Entry] = {
             aliases=("torchvision_keypoint",),
             overrides=("model.backbone.frozen_bn_eps=0.0",),  # as for v1: `overwrite_eps(model, 0.0)`
         ),
+        *(_d2(*row) for row in ZOO),
         Entry("resnet18_imagenet", "backbone", f"{_MODELS}:ResNet18_Weights.IMAGENET1K_V1", depth=18),
         Entry("resnet34_imagenet", "backbone", f"{_MODELS}:ResNet34_Weights.IMAGENET1K_V1", depth=34),
         Entry("resnet50_imagenet", "backbone", f"{_MODELS}:ResNet50_Weights.IMAGENET1K_V1", depth=50),
@@ -127,13 +163,14 @@ REGISTRY: dict[str, Entry] = {
 }
 
 
-def _torchvision_maskrcnn(version: str) -> Callable[[dict, Entry], Any]:
-    def convert(state: dict, entry: Entry):
+def _torchvision_maskrcnn(version: str) -> Callable[[Path, Entry], Any]:
+    def convert(path: Path, entry: Entry):
         from .config import apply_overrides, replace
         from .convert.fit import load_fitting
-        from .convert.torchvision import config_for, convert_state_dict
+        from .convert.torchvision import config_for, convert_state_dict, load_torchvision_state
         from .model import build_model
 
+        state = load_torchvision_state(str(path))
         cfg = apply_overrides(config_for(state, version), list(entry.overrides))
         keypoint_names = entry.weights.meta.get("keypoint_names")
         if keypoint_names:  # the keypoint model: its 17 COCO person keypoints by name
@@ -153,11 +190,24 @@ def _torchvision_maskrcnn(version: str) -> Callable[[dict, Entry], Any]:
     return convert
 
 
-# converter key -> (torchvision state dict, entry) -> our MaskRCNN model
-CONVERTERS: dict[str, Callable[[dict, Entry], Any]] = {
+def _detectron2(path: Path, entry: Entry):
+    """A detectron2 zoo file -> our model (architecture from its tensors, then the entry's overrides)."""
+    from .config import apply_overrides, from_dict, to_dict
+    from .convert.detectron2 import from_detectron2
+    from .safe_load import load_weights_file
+
+    ckpt = from_detectron2(load_weights_file(path), source=str(path))
+    cfg = apply_overrides(from_dict(ckpt["config"]), list(entry.overrides))
+    model = checkpoint.model_from_checkpoint({**ckpt, "config": to_dict(cfg)})
+    return model.eval()
+
+
+# converter key -> (downloaded file, entry) -> our MaskRCNN model
+CONVERTERS: dict[str, Callable[[Path, Entry], Any]] = {
     "torchvision_maskrcnn_v1": _torchvision_maskrcnn("v1"),
     "torchvision_maskrcnn_v2": _torchvision_maskrcnn("v2"),
     "torchvision_keypoint": _torchvision_maskrcnn("keypoint"),
+    "detectron2": _detectron2,
 }
 
 _KIND_TEXT = {  # kind -> (what it is, what its names are called)
@@ -275,7 +325,26 @@ def fetch(entry: Entry, *, progress: bool = True) -> Path:
     """The entry's file in the cache, downloaded and verified first if needed (a corrupted download
     is a UserError naming the URL, and leaves nothing behind)."""
     url, expected = source(entry)
-    return checkpoint.resolve_weights(url, sha256=expected, progress=progress)
+    path = checkpoint.resolve_weights(url, sha256=expected or None, progress=progress)
+    if entry.md5_prefix and not expected:  # a mirror's SHA256SUMS digest replaces the md5 prefix
+        _check_md5(path, entry.md5_prefix, url)
+    return path
+
+
+def _check_md5(path: Path, prefix: str, url: str) -> None:
+    """detectron2's files: the md5 prefix in the name; a file that fails it leaves the cache."""
+    import hashlib
+
+    digest = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    if not digest.hexdigest().startswith(prefix):
+        path.unlink(missing_ok=True)
+        raise UserError(
+            f"checksum mismatch for {url}: expected md5 {prefix}..., got {digest.hexdigest()}; "
+            f"the file was removed from {path.parent}"
+        )
 
 
 # ---------------------------------------------------------------- using the weights
@@ -291,9 +360,7 @@ def converted(name: str, *, progress: bool = True) -> Path:
     downloaded = fetch(entry, progress=progress)
     if progress:
         print(f"converting {downloaded.name} to {target}", file=sys.stderr, flush=True)
-    from .convert.torchvision import load_torchvision_state
-
-    model = CONVERTERS[entry.converter](load_torchvision_state(str(downloaded)), entry)
+    model = CONVERTERS[entry.converter](downloaded, entry)
     checkpoint.save_model(model, target, weights_name=entry.name, source=entry.url)
     return target
 
@@ -327,7 +394,8 @@ def listing() -> list[dict[str, Any]]:
                 "name": entry.name,
                 "kind": entry.kind,
                 "aliases": list(entry.aliases),
-                "torchvision": entry.enum.split(":")[1],
+                "torchvision": entry.enum.split(":")[1] if entry.enum else "",
+                "detectron2": entry.d2_path,
                 "metrics": entry.metrics,
                 "cached": cache_state(entry),
             }

@@ -5,6 +5,9 @@
 - `torchvision_keypoint`: reproduces torchvision's `keypointrcnn_resnet50_fpn` (person keypoints).
 - `default`: our recommendation: v1 plus pixel-aligned RoIAlign (no half-pixel shift) with adaptive
   sampling, as in detectron2.
+- `detectron2`: detectron2's R50-FPN Mask R-CNN (`mask_rcnn_R_50_FPN_3x.yaml`) at inference: BGR
+  input in 0..255, stride in the 1×1 convs, exact anchors, proposals without tiny-box removal,
+  detectron2's FPN level rounding and mask pasting (what `maskrcnn convert --from detectron2` builds on).
 - `shapes_demo`, `shapes_keypoints`: small networks for the built-in demos on synthetic shapes.
 """
 
@@ -31,6 +34,7 @@ from .schema import (
 __all__ = [
     "PRESETS",
     "default",
+    "detectron2",
     "get_preset",
     "shapes_demo",
     "shapes_keypoints",
@@ -89,6 +93,35 @@ def default() -> Config:
     cfg = torchvision_v1()
     cfg = replace(cfg, model=replace(cfg.model, anchors=AnchorConfig()))
     return _with_heads(cfg, aligned=True, sampling_ratio=0, roi_align_impl="auto")
+
+
+def detectron2() -> Config:
+    """detectron2's COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_3x.yaml (80 classes)."""
+    model = ModelConfig(
+        num_classes=80,
+        input=InputConfig(
+            min_size=(640, 672, 704, 736, 768, 800),
+            pixel_mean=(103.530, 116.280, 123.675),
+            pixel_std=(1.0, 1.0, 1.0),
+            channel_order="bgr",
+            pixel_scale=255.0,
+            resize="detectron2",
+        ),
+        backbone=BackboneConfig(frozen_stages=2, stride_in_1x1=True),
+        anchors=AnchorConfig(round_corners=False),
+        rpn=RPNConfig(post_nms_topk_train=1000, min_size=0.0, min_size_exclusive=True, box_loss="l1"),
+        roi_heads=RoIHeadsConfig(
+            aligned=True,
+            sampling_ratio=0,
+            level_mapping="detectron2",
+            box_loss="l1",
+            box_min_size=0.0,
+            box_min_size_exclusive=True,
+            mask_paste="detectron2",
+            keypoint_score="softmax",
+        ),
+    )
+    return Config(model=model)
 
 
 def shapes_demo() -> Config:
@@ -154,6 +187,7 @@ PRESETS = {
     "torchvision_v1": torchvision_v1,
     "torchvision_v2": torchvision_v2,
     "torchvision_keypoint": torchvision_keypoint,
+    "detectron2": detectron2,
     "shapes_demo": shapes_demo,
     "shapes_keypoints": shapes_keypoints,
 }

@@ -34,6 +34,13 @@ class InputConfig:
     size_divisible: int = 32
     pixel_mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     pixel_std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    # detectron2's MSRA models: "bgr" (channels reversed before normalising) and 255.0 (images are
+    # multiplied by 255 first, pixel_mean/std given in 0..255); inputs stay RGB in [0, 1]
+    channel_order: str = "rgb"  # rgb | bgr
+    pixel_scale: float = 1.0
+    # "torchvision": size floor(side * factor), bilinear; "detectron2": its ResizeShortestEdge,
+    # size int(side * scale + 0.5) and bilinear with antialiasing (as its PIL resize)
+    resize: str = "torchvision"
 
 
 @dataclass(frozen=True)
@@ -48,6 +55,11 @@ class BackboneConfig:
     # `maskrcnn weights`), a path or a URL; "" = random initialisation. build_model does not read it.
     weights: str = ""
     frozen_bn_eps: float = 1e-5  # torchvision's published COCO checkpoints were trained with 0.0
+    # bottleneck details of detectron2's models: the stride of a downsampling block on its 1×1 conv
+    # (MSRA / Caffe2 style, detectron2's STRIDE_IN_1X1) instead of its 3×3 conv (torchvision)
+    stride_in_1x1: bool = False
+    groups: int = 1  # ResNeXt cardinality (detectron2's NUM_GROUPS; 32 for X101-32x8d)
+    width_per_group: int = 64  # res2's bottleneck width per group (8 for X101-32x8d); scaled by width/64
 
 
 @dataclass(frozen=True)
@@ -56,6 +68,9 @@ class AnchorConfig:
     aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)  # height / width
     # torchvision's rule: stride = padded image size // feature size (not 64 on P6 for odd multiples of 32)
     image_size_strides: bool = False
+    # corners rounded to integers (Detectron, torchvision); detectron2's DefaultAnchorGenerator keeps
+    # the exact sizes (False)
+    round_corners: bool = True
 
 
 @dataclass(frozen=True)
@@ -71,6 +86,9 @@ class RPNConfig:
     post_nms_topk_test: int = 1000
     nms_thresh: float = 0.7
     min_size: float = 1e-3
+    # a proposal is kept when width and height are >= min_size (torchvision), or > min_size when
+    # True (detectron2, with min_size 0: only empty boxes are dropped)
+    min_size_exclusive: bool = False
     score_thresh: float = 0.0
     box_loss: str = "smooth_l1"  # smooth_l1 | l1
     smooth_l1_beta: float = 1.0 / 9
@@ -84,6 +102,9 @@ class RoIHeadsConfig:
     roi_align_impl: str = "auto"  # auto: sparse on CPU fp32, else torchvision | torchvision | sparse
     canonical_box_size: int = 224
     canonical_level: int = 4
+    # FPN eq. 1's rounding: "torchvision" floor(k0 + log2(s / 224) + 1e-6); "detectron2"
+    # floor(k0 + log2(s / 224 + 1e-8))
+    level_mapping: str = "torchvision"
     box_head: str = "fc"  # fc: 2 FC (paper) | conv: 4 conv + 1 FC (torchvision v2)
     box_head_norm: str = "none"  # none | bn | gn (conv head only)
     fc_dim: int = 1024
@@ -98,6 +119,10 @@ class RoIHeadsConfig:
     score_thresh: float = 0.05
     nms_thresh: float = 0.5
     detections_per_image: int = 100
+    # detections smaller than this are dropped (torchvision: width and height >= 1e-2); exclusive:
+    # > box_min_size (detectron2: 0.0, only empty boxes)
+    box_min_size: float = 1e-2
+    box_min_size_exclusive: bool = False
     mask_on: bool = True  # the mask branch (False: Faster R-CNN, boxes only)
     mask_head_norm: str = "none"
     mask_head_dim: int = 256
@@ -106,11 +131,18 @@ class RoIHeadsConfig:
     class_agnostic_mask: bool = False
     mask_loss: str = "sigmoid"  # sigmoid (paper) | softmax (the paper's ablation)
     mask_threshold: float = 0.5
+    # how a 28×28 mask goes into the image: "torchvision" (a 1-pixel zero border, integer box,
+    # resized, > threshold); "detectron2" (bilinear sampling at each pixel centre inside the exact
+    # box, zero outside, >= threshold: detectron2's paste_masks_in_image)
+    mask_paste: str = "torchvision"
     keypoint_on: bool = False  # the keypoint branch (Mask R-CNN §5, human pose)
     num_keypoints: int = 17
     keypoint_pool_size: int = 14  # heatmaps are 4x this (56)
     keypoint_head_dim: int = 512
     keypoint_head_convs: int = 8
+    # a keypoint's score: "logit" (the heatmap's peak, torchvision) or "softmax" (the peak's softmax
+    # over the 56×56 heatmap, as detectron2 reports it)
+    keypoint_score: str = "logit"
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@
 convert into our checkpoint dict and says what to do with the rest.
 
 - a detectron2 checkpoint (its `.pth` or model-zoo `.pkl`): converted by
-  `maskrcnn.convert.detectron2` (`is_detectron2`, `from_detectron2`) where that module exists;
+  `maskrcnn.convert.detectron2` (`is_detectron2`, `from_detectron2`);
 - a torchvision state dict: a UserError saying to run `maskrcnn convert --from torchvision-...`,
   since the torchvision version (v1, v2, keypoint) is not told by the weights alone;
 - anything else: a UserError naming the file and what it holds.
@@ -11,10 +11,10 @@ convert into our checkpoint dict and says what to do with the rest.
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
 from ..errors import UserError
+from .detectron2 import from_detectron2, is_detectron2
 
 __all__ = ["to_checkpoint"]
 
@@ -37,24 +37,11 @@ def _what(obj: Any) -> str:
     return f"a {type(obj).__name__}"
 
 
-def _detectron2():
-    """`maskrcnn.convert.detectron2` (`is_detectron2`, `from_detectron2`), or None where this
-    package is installed without it; an import error inside it is raised."""
-    name = f"{__package__}.detectron2"
-    try:
-        return importlib.import_module(name)
-    except ModuleNotFoundError as e:
-        if e.name != name:
-            raise
-        return None
-
-
 def to_checkpoint(obj: Any, *, source: str) -> dict:
     """Our checkpoint dict for a foreign weights object read from `source`, or a UserError naming
     `source` and what to do."""
-    detectron2 = _detectron2()
-    if detectron2 is not None and detectron2.is_detectron2(obj):
-        return detectron2.from_detectron2(obj, source=source)
+    if is_detectron2(obj):
+        return from_detectron2(obj, source=source)
     if _is_torchvision(obj):
         raise UserError(
             f"{source}: not a maskrcnn checkpoint (no format='maskrcnn' entry). It is a torchvision "

@@ -73,10 +73,12 @@ def _clip(boxes: Tensor, height: Tensor, width: Tensor) -> Tensor:
     return torch.stack((x, y), dim=-1).reshape(boxes.shape)
 
 
-def _nonempty(boxes: Tensor, min_size: float) -> Tensor:
-    return torch.where(((boxes[:, 2] - boxes[:, 0]) >= min_size) & ((boxes[:, 3] - boxes[:, 1]) >= min_size))[
-        0
-    ]
+def _nonempty(boxes: Tensor, min_size: float, exclusive: bool = False) -> Tensor:
+    """`ops.boxes.nonempty_boxes`."""
+    w, h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+    if exclusive:
+        return torch.where((w > min_size) & (h > min_size))[0]
+    return torch.where((w >= min_size) & (h >= min_size))[0]
 
 
 def pool(pooler: MultiScaleRoIPooler, features: list[Tensor], boxes: Tensor) -> Tensor:
@@ -91,6 +93,7 @@ def pool(pooler: MultiScaleRoIPooler, features: list[Tensor], boxes: Tensor) -> 
         max_level=pooler.max_level,
         canonical_box_size=pooler.canonical_box_size,
         canonical_level=pooler.canonical_level,
+        mapping=pooler.level_mapping,
     )
     pooled, order = [], []
     for level, (feature, scale) in enumerate(zip(features, pooler.scales)):
@@ -113,6 +116,11 @@ class InferenceGraph(nn.Module):
         extra = [name for name in model.roi_heads.branch_names if name != "mask"]
         if extra:
             raise UserError(f"ONNX export covers the box and mask branches; this model also has {extra}")
+        if model.preprocessor.resize != "torchvision":
+            raise UserError(
+                "ONNX export resizes inputs as torchvision does; this model resizes them as detectron2 "
+                "does (model.input.resize=detectron2: rounded sizes, antialiased), which the graph lacks"
+            )
         self.model = model.eval()
         self.mask = model.roi_heads.branch("mask")
 
@@ -120,6 +128,10 @@ class InferenceGraph(nn.Module):
         """(3, H, W) -> the padded (1, 3, Hp, Wp) input and the resized height and width."""
         p = self.model.preprocessor
         height, width = torch._shape_as_tensor(image)[1:].unbind(0)
+        if p.channel_order == "bgr":
+            image = image.flip(0)
+        if p.pixel_scale != 1.0:
+            image = image * p.pixel_scale
         image = (image - p.pixel_mean.to(image.dtype)) / p.pixel_std.to(image.dtype)
         # `preprocess.resized_shape` in float64, as Python computes it
         h, w = height.to(torch.float64), width.to(torch.float64)
@@ -167,7 +179,7 @@ class InferenceGraph(nn.Module):
         boxes = rpn.box_coder.decode(torch.cat(box_deltas), torch.cat(anchors)).reshape(-1, 4)
         levels = torch.cat(levels)
         boxes = _clip(boxes, height, width)
-        keep = _nonempty(boxes, rpn.min_size)
+        keep = _nonempty(boxes, rpn.min_size, rpn.min_size_exclusive)
         boxes, scores, levels = boxes[keep], scores[keep], levels[keep]
         keep = torch.where(scores >= rpn.score_thresh)[0]
         boxes, scores, levels = boxes[keep], scores[keep], levels[keep]
@@ -186,7 +198,7 @@ class InferenceGraph(nn.Module):
         cand_scores = scores[roi, cls]
         cand_deltas = box_deltas.reshape(box_deltas.shape[0], -1, 4)[roi, cls]
         boxes = _clip(box.box_coder.decode(cand_deltas, proposals[roi])[:, 0], height, width)
-        keep = _nonempty(boxes, 1e-2)
+        keep = _nonempty(boxes, box.min_size, box.min_size_exclusive)
         boxes, cand_scores, cls = boxes[keep], cand_scores[keep], cls[keep]
         num_classes = class_logits.shape[1] - 1
         keep = grouped_nms(boxes, cand_scores, cls, box.nms_thresh, group_ids=range(1, num_classes + 1))

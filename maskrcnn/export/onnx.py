@@ -64,6 +64,7 @@ def inference_settings(model) -> dict:
     return {
         "score_thresh": float(model.roi_heads.box.score_thresh),
         "mask_threshold": None if mask is None else float(mask.threshold),
+        "mask_paste": None if mask is None else mask.paste,
         "min_size": int(p.min_size[-1]),
         "max_size": int(p.max_size),
         "size_divisible": int(p.size_divisible),

@@ -129,6 +129,7 @@ class OnnxModel:
                     det.boxes,
                     (int(image.shape[-2]), int(image.shape[-1])),
                     threshold=self.settings["mask_threshold"],
+                    mode=self.settings.get("mask_paste") or "torchvision",
                 )
             results.append(det)
         return results

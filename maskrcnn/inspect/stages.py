@@ -93,6 +93,7 @@ def pooled_levels(pooler: MultiScaleRoIPooler, boxes: Tensor) -> Tensor:
         max_level=pooler.max_level,
         canonical_box_size=pooler.canonical_box_size,
         canonical_level=pooler.canonical_level,
+        mapping=pooler.level_mapping,
     )
 
 

@@ -2,7 +2,7 @@
 
 An anchor of size s and aspect ratio r (height / width) has width s / sqrt(r) and height s * sqrt(r),
 centred on the location's top-left image pixel (x = j * stride, y = i * stride), with corners
-rounded to integers as in Detectron and torchvision.
+rounded to integers as in Detectron and torchvision (or exact, as detectron2: `round_corners=False`).
 
 Output per level: (H_l * W_l * A, 4) in the order (row, column, anchor), the order in which the RPN
 head's (N, A, H, W) outputs are flattened.
@@ -10,12 +10,25 @@ head's (N, A, H, W) outputs are flattened.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor, nn
 
 
-def cell_anchors(sizes: tuple[float, ...], aspect_ratios: tuple[float, ...]) -> Tensor:
-    """(A, 4) anchors centred on (0, 0); ordered by aspect ratio, then size."""
+def cell_anchors(
+    sizes: tuple[float, ...], aspect_ratios: tuple[float, ...], *, rounded: bool = True
+) -> Tensor:
+    """(A, 4) anchors centred on (0, 0); ordered by aspect ratio, then size. `rounded=False`:
+    detectron2's exact corners, w = sqrt(s^2 / r), h = r * w computed in float64 (its arithmetic)."""
+    if not rounded:
+        cells = []
+        for ratio in aspect_ratios:
+            for size in sizes:
+                w = math.sqrt(size * size / ratio)
+                h = ratio * w
+                cells.append([-w / 2.0, -h / 2.0, w / 2.0, h / 2.0])
+        return torch.tensor(cells, dtype=torch.float32)
     scales = torch.as_tensor(sizes, dtype=torch.float32)
     ratios = torch.as_tensor(aspect_ratios, dtype=torch.float32)
     h_ratios = torch.sqrt(ratios)
@@ -40,13 +53,14 @@ class AnchorGenerator(nn.Module):
         aspect_ratios: tuple[float, ...],
         strides: tuple[int, ...],
         image_size_strides: bool = False,
+        round_corners: bool = True,
     ):
         super().__init__()
         if len(sizes) != len(strides):
             raise ValueError(f"{len(sizes)} anchor size groups for {len(strides)} feature levels")
         self.strides = tuple(strides)
         self.image_size_strides = image_size_strides
-        self.cell_anchors = [cell_anchors(s, aspect_ratios) for s in sizes]
+        self.cell_anchors = [cell_anchors(s, aspect_ratios, rounded=round_corners) for s in sizes]
         self._cache: dict = {}
 
     @property

@@ -1,8 +1,11 @@
 """ResNet bottom-up pathway (He et al. 2016), returning C2..C5 (strides 4, 8, 16, 32).
 
 ResNet-18/34 use basic blocks, ResNet-50/101 bottleneck blocks with the stride on the 3×3 conv
-("ResNet v1.5", as torchvision). Parameter names follow torchvision's ResNet (conv1, bn1, layer1..4,
-downsample) so that ImageNet checkpoints in torchvision format load without renaming.
+("ResNet v1.5", as torchvision) or, with `stride_in_1x1`, on the first 1×1 conv (the original
+MSRA / Caffe2 ResNet that detectron2's models use). ResNeXt (Xie et al. 2017): `groups` > 1 makes
+the 3×3 conv a grouped conv of `groups × width_per_group` channels in res2 (doubling per stage).
+Parameter names follow torchvision's ResNet (conv1, bn1, layer1..4, downsample) so that ImageNet
+checkpoints in torchvision format load without renaming.
 
 Shapes: images (N, 3, H, W) -> [(N, C_k, H / 2^k, W / 2^k) for k = 2..5].
 """
@@ -19,8 +22,10 @@ STAGE_BLOCKS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3), 101: (3, 4
 class BasicBlock(nn.Module):
     expansion = 1
 
-    def __init__(self, in_channels: int, width: int, *, stride: int, norm: str):
+    def __init__(self, in_channels: int, width: int, *, stride: int, norm: str, **bottleneck: int):
         super().__init__()
+        if bottleneck.get("groups", 1) != 1 or bottleneck.get("stride_in_1x1"):
+            raise ValueError("ResNet-18/34 basic blocks have no groups and no 1×1 conv: use depth 50 or 101")
         out_channels = width * self.expansion
         self.conv1 = nn.Conv2d(in_channels, width, 3, stride=stride, padding=1, bias=False)
         self.bn1 = make_norm(norm, width)
@@ -38,14 +43,28 @@ class BasicBlock(nn.Module):
 class Bottleneck(nn.Module):
     expansion = 4
 
-    def __init__(self, in_channels: int, width: int, *, stride: int, norm: str):
+    def __init__(
+        self,
+        in_channels: int,
+        width: int,
+        *,
+        stride: int,
+        norm: str,
+        groups: int = 1,
+        width_per_group: int = 64,
+        stride_in_1x1: bool = False,
+    ):
+        """width: the stage's base width (out channels = 4 * width); the 1×1 and 3×3 convs have
+        width * width_per_group / 64 * groups channels (torchvision's and detectron2's rule)."""
         super().__init__()
         out_channels = width * self.expansion
-        self.conv1 = nn.Conv2d(in_channels, width, 1, bias=False)
-        self.bn1 = make_norm(norm, width)
-        self.conv2 = nn.Conv2d(width, width, 3, stride=stride, padding=1, bias=False)
-        self.bn2 = make_norm(norm, width)
-        self.conv3 = nn.Conv2d(width, out_channels, 1, bias=False)
+        inner = int(width * (width_per_group / 64.0)) * groups
+        stride_1x1, stride_3x3 = (stride, 1) if stride_in_1x1 else (1, stride)
+        self.conv1 = nn.Conv2d(in_channels, inner, 1, stride=stride_1x1, bias=False)
+        self.bn1 = make_norm(norm, inner)
+        self.conv2 = nn.Conv2d(inner, inner, 3, stride=stride_3x3, padding=1, groups=groups, bias=False)
+        self.bn2 = make_norm(norm, inner)
+        self.conv3 = nn.Conv2d(inner, out_channels, 1, bias=False)
         self.bn3 = make_norm(norm, out_channels)
         self.downsample = _shortcut(in_channels, out_channels, stride, norm)
 
@@ -68,8 +87,19 @@ def _shortcut(in_channels: int, out_channels: int, stride: int, norm: str) -> nn
 class ResNet(nn.Module):
     """ResNet trunk. `frozen_stages`: 0 none, 1 the stem, k the stem and res2..res(k)."""
 
-    def __init__(self, *, depth: int = 50, norm: str = "frozen_bn", frozen_stages: int = 1, width: int = 64):
+    def __init__(
+        self,
+        *,
+        depth: int = 50,
+        norm: str = "frozen_bn",
+        frozen_stages: int = 1,
+        width: int = 64,
+        groups: int = 1,
+        width_per_group: int = 64,
+        stride_in_1x1: bool = False,
+    ):
         super().__init__()
+        bottleneck = {"groups": groups, "width_per_group": width_per_group, "stride_in_1x1": stride_in_1x1}
         if depth not in STAGE_BLOCKS:
             raise ValueError(f"ResNet depth must be one of {sorted(STAGE_BLOCKS)}, got {depth}")
         if norm == "none":
@@ -85,7 +115,7 @@ class ResNet(nn.Module):
             blocks = []
             for b in range(num_blocks):
                 stride = 2 if (b == 0 and i > 0) else 1
-                blocks.append(block(in_channels, stage_width, stride=stride, norm=norm))
+                blocks.append(block(in_channels, stage_width, stride=stride, norm=norm, **bottleneck))
                 in_channels = stage_width * block.expansion
             self.add_module(f"layer{i + 1}", nn.Sequential(*blocks))
             self.out_channels.append(in_channels)

@@ -41,6 +41,8 @@ class BoxBranch(nn.Module):
         score_thresh: float = 0.05,
         nms_thresh: float = 0.5,
         detections_per_image: int = 100,
+        min_size: float = 1e-2,
+        min_size_exclusive: bool = False,
     ):
         super().__init__()
         self.pooler = pooler
@@ -52,6 +54,8 @@ class BoxBranch(nn.Module):
         self.score_thresh = score_thresh
         self.nms_thresh = nms_thresh
         self.detections_per_image = detections_per_image
+        self.min_size = min_size
+        self.min_size_exclusive = min_size_exclusive
 
     def forward(self, features: list[Tensor], boxes: list[Tensor]) -> tuple[Tensor, Tensor]:
         """Per-image RoIs -> class logits (R, K+1) and per-class deltas (R, 4*(K+1))."""
@@ -88,6 +92,8 @@ class BoxBranch(nn.Module):
             score_thresh=self.score_thresh if score_thresh is None else score_thresh,
             nms_thresh=self.nms_thresh,
             detections_per_image=self.detections_per_image,
+            min_size=self.min_size,
+            min_size_exclusive=self.min_size_exclusive,
         )
 
     def to_original(

@@ -42,7 +42,15 @@ def build_model(
         raise ValueError(f"{len(category_ids)} category ids for num_classes={mc.num_classes}")
     b, a, r, h = mc.backbone, mc.anchors, mc.rpn, mc.roi_heads
 
-    body = ResNet(depth=b.depth, norm=b.norm, frozen_stages=b.frozen_stages, width=b.width)
+    body = ResNet(
+        depth=b.depth,
+        norm=b.norm,
+        frozen_stages=b.frozen_stages,
+        width=b.width,
+        groups=b.groups,
+        width_per_group=b.width_per_group,
+        stride_in_1x1=b.stride_in_1x1,
+    )
     for module in body.modules():
         if isinstance(module, FrozenBatchNorm2d):
             module.eps = b.frozen_bn_eps
@@ -56,6 +64,7 @@ def build_model(
         aspect_ratios=a.aspect_ratios,
         strides=tuple(backbone.strides),
         image_size_strides=a.image_size_strides,
+        round_corners=a.round_corners,
     )
     rpn = RegionProposalNetwork(
         head=RPNHead(
@@ -73,6 +82,7 @@ def build_model(
         post_nms_topk=(r.post_nms_topk_train, r.post_nms_topk_test),
         nms_thresh=r.nms_thresh,
         min_size=r.min_size,
+        min_size_exclusive=r.min_size_exclusive,
         score_thresh=r.score_thresh,
         box_loss=r.box_loss,
         smooth_l1_beta=r.smooth_l1_beta,
@@ -88,6 +98,7 @@ def build_model(
             canonical_box_size=h.canonical_box_size,
             canonical_level=h.canonical_level,
             impl=h.roi_align_impl,
+            level_mapping=h.level_mapping,
         )
 
     if h.box_head == "fc":
@@ -113,6 +124,8 @@ def build_model(
         score_thresh=h.score_thresh,
         nms_thresh=h.nms_thresh,
         detections_per_image=h.detections_per_image,
+        min_size=h.box_min_size,
+        min_size_exclusive=h.box_min_size_exclusive,
     )
     branches = []
     if h.mask_on:
@@ -131,7 +144,11 @@ def build_model(
         )
         branches.append(
             MaskBranch(
-                pooler=pooler(h.mask_pool_size), head=head, mask_loss=h.mask_loss, threshold=h.mask_threshold
+                pooler=pooler(h.mask_pool_size),
+                head=head,
+                mask_loss=h.mask_loss,
+                threshold=h.mask_threshold,
+                paste=h.mask_paste,
             )
         )
 
@@ -142,7 +159,9 @@ def build_model(
             conv_dim=h.keypoint_head_dim,
             num_convs=h.keypoint_head_convs,
         )
-        branches.append(KeypointBranch(pooler=pooler(h.keypoint_pool_size), head=head))
+        branches.append(
+            KeypointBranch(pooler=pooler(h.keypoint_pool_size), head=head, score=h.keypoint_score)
+        )
 
     model = MaskRCNN(
         preprocessor=Preprocessor(
@@ -151,6 +170,9 @@ def build_model(
             min_size=mc.input.min_size,
             max_size=mc.input.max_size,
             size_divisible=mc.input.size_divisible,
+            channel_order=mc.input.channel_order,
+            pixel_scale=mc.input.pixel_scale,
+            resize=mc.input.resize,
         ),
         backbone=backbone,
         rpn=rpn,

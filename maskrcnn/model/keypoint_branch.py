@@ -95,10 +95,18 @@ def _resample_rows(maps: Tensor, taps: Tensor, weights: Tensor) -> Tensor:
     return out
 
 
-def decode_keypoints(heatmaps: Tensor, boxes: Tensor, *, max_chunk_bytes: int = 1 << 28) -> Tensor:
+KEYPOINT_SCORES = ("logit", "softmax")
+
+
+def decode_keypoints(
+    heatmaps: Tensor, boxes: Tensor, *, max_chunk_bytes: int = 1 << 28, score: str = "logit"
+) -> Tensor:
     """(D, J, S, S) heatmap logits and (D, 4) boxes -> (D, J, 3) keypoints (x, y, score) in the
     boxes' pixels: every heatmap resized (bicubic) to ceil(w) × ceil(h) at once, chunked to bound
-    memory, then the arg-max of each."""
+    memory, then the arg-max of each. score "logit": the resized map's peak; "softmax": the peak's
+    exp over the sum of exp of the S×S logits (detectron2's keypoint score)."""
+    if score not in KEYPOINT_SCORES:
+        raise ValueError(f"unknown keypoint score {score!r}; choose one of {KEYPOINT_SCORES}")
     d, j, s = heatmaps.shape[0], heatmaps.shape[1], heatmaps.shape[-1]
     out = heatmaps.new_zeros((d, j, 3), dtype=torch.float32)
     if d == 0:
@@ -132,6 +140,8 @@ def decode_keypoints(heatmaps: Tensor, boxes: Tensor, *, max_chunk_bytes: int = 
         y_scale = (heights[start:end] / out_h[start:end])[:, None]
         out[start:end, :, 0] = (x_int.float() + 0.5) * x_scale + boxes[start:end, 0, None]
         out[start:end, :, 1] = (y_int.float() + 0.5) * y_scale + boxes[start:end, 1, None]
+        if score == "softmax":  # exp(peak - peak) / sum(exp(logits - peak))
+            best = 1.0 / (maps - best[..., None, None]).exp().sum(dim=(2, 3))
         out[start:end, :, 2] = best
         start = end
     return out
@@ -142,10 +152,11 @@ class KeypointBranch(nn.Module):
 
     name = "keypoint"
 
-    def __init__(self, *, pooler: MultiScaleRoIPooler, head: nn.Module):
+    def __init__(self, *, pooler: MultiScaleRoIPooler, head: nn.Module, score: str = "logit"):
         super().__init__()
         self.pooler = pooler
         self.head = head
+        self.score = score  # logit | softmax: see decode_keypoints
 
     def forward(self, features: list[Tensor], boxes: list[Tensor]) -> Tensor:
         """Per-image RoIs -> heatmap logits (R, J, S, S)."""
@@ -173,7 +184,7 @@ class KeypointBranch(nn.Module):
         else:
             j = self.head.predictor.out_channels
             heatmaps = features[0].new_zeros((0, j, 1, 1))
-        keypoints = decode_keypoints(heatmaps, torch.cat(boxes))
+        keypoints = decode_keypoints(heatmaps, torch.cat(boxes), score=self.score)
         return [
             dataclasses.replace(d, keypoints=k)
             for d, k in zip(detections, keypoints.split([len(b) for b in boxes]))

@@ -36,12 +36,14 @@ class MaskBranch(nn.Module):
         head: nn.Module,
         mask_loss: str = "sigmoid",
         threshold: float = 0.5,
+        paste: str = "torchvision",
     ):
         super().__init__()
         self.pooler = pooler
         self.head = head
         self.mask_loss = mask_loss  # sigmoid (the paper) | softmax (its multinomial ablation)
         self.threshold = threshold
+        self.paste = paste  # torchvision | detectron2: see postprocess.paste_masks
 
     @property
     def resolution(self) -> int:
@@ -83,5 +85,7 @@ class MaskBranch(nn.Module):
     ) -> Detections:
         """Pastes `mask_probs` into the original image at the (already rescaled) boxes -> `masks`."""
         assert det.mask_probs is not None, "predict() fills mask_probs before to_original()"
-        masks = paste_masks(det.mask_probs, det.boxes, original_size, threshold=self.threshold)
+        masks = paste_masks(
+            det.mask_probs, det.boxes, original_size, threshold=self.threshold, mode=self.paste
+        )
         return dataclasses.replace(det, masks=masks)

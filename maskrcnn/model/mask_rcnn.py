@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from ..structures import Detections, ImageBatch, Proposals, Targets
-from .preprocess import Preprocessor, padded_shape, resized_shape
+from .preprocess import Preprocessor, padded_shape
 from .roi_heads import RoIHeads
 from .rpn import RegionProposalNetwork
 
@@ -82,7 +82,7 @@ class MaskRCNN(nn.Module):
         """The padded input size of an image of this size at inference: images batch together
         without changing each other's results exactly when their padded sizes are equal."""
         p = self.preprocessor
-        size = resized_shape(height, width, min_size=p.min_size[-1], max_size=p.max_size)
+        size = p.output_size(height, width)
         return padded_shape([size], p.size_divisible)
 
     # ------------------------------------------------------------------ training

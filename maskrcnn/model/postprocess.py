@@ -6,7 +6,9 @@
 3. Pasting: every mask is resampled into its box at image resolution in one batched operation
    (separable bilinear interpolation as matrix products), chunked to bound memory. The result
    equals pasting one mask at a time with F.interpolate (torchvision's paste_masks_in_image),
-   including its one-pixel zero border and integer box rounding.
+   including its one-pixel zero border and integer box rounding; or, with `mode="detectron2"`,
+   sampling the mask bilinearly at every pixel centre relative to the exact (float) box, zero
+   outside the mask, thresholded with >= (detectron2's grid_sample-based paste_masks_in_image).
 """
 
 from __future__ import annotations
@@ -32,10 +34,12 @@ def detect_boxes(
     score_thresh: float,
     nms_thresh: float,
     detections_per_image: int,
+    min_size: float = 1e-2,
+    min_size_exclusive: bool = False,
 ) -> list[Detections]:
     """(R, K+1) logits, (R, 4*(K+1)) deltas, per-image proposals -> per image Detections (boxes,
     scores, labels and `proposal_index`, the proposal each detection was refined from) in the
-    proposals' frame."""
+    proposals' frame. Boxes need width and height >= min_size (> min_size when exclusive)."""
     scores_all = F.softmax(class_logits, -1)
     counts = [len(p) for p in proposals]
     results = []
@@ -50,7 +54,7 @@ def detect_boxes(
         cand_deltas = deltas.reshape(deltas.shape[0], -1, 4)[roi, cls]
         boxes = box_coder.decode(cand_deltas, props[roi])[:, 0]
         boxes = clip_boxes(boxes, size)
-        keep = nonempty_boxes(boxes, 1e-2)
+        keep = nonempty_boxes(boxes, min_size, exclusive=min_size_exclusive)
         boxes, cand_scores, cls, roi = boxes[keep], cand_scores[keep], cls[keep], roi[keep]
         keep = batched_nms(boxes, cand_scores, cls, nms_thresh)[:detections_per_image]
         results.append(
@@ -98,6 +102,28 @@ def _interpolation_matrix(start: Tensor, length: Tensor, in_size: int, out_size:
     return weights * inside[..., None]
 
 
+def _sampling_matrix(start: Tensor, end: Tensor, in_size: int, out_size: int) -> Tensor:
+    """(D,) float box edges -> (D, out_size, in_size) bilinear weights that sample an `in_size`
+    signal spread over [start, end) at the pixel centres 0.5 .. out_size - 0.5 (grid_sample with
+    align_corners=False and zero padding: taps outside the signal weigh nothing)."""
+    centre = torch.arange(out_size, device=start.device, dtype=torch.float32) + 0.5
+    # grid_sample's normalised coordinate, then its unnormalisation ((g + 1) * size - 1) / 2
+    grid = (centre[None, :] - start[:, None]) / (end - start)[:, None] * 2 - 1
+    src = ((grid + 1) * in_size - 1) / 2
+    floor = src.floor()
+    w1 = src - floor
+    weights = torch.zeros((*src.shape, in_size + 2), device=start.device)
+    # taps outside 0..in_size-1 land on the two extra columns (-1 and in_size), which are dropped
+    i0 = floor.clamp(-1, in_size).to(torch.int64) + 1
+    i1 = (floor + 1).clamp(-1, in_size).to(torch.int64) + 1
+    weights.scatter_add_(2, i0[..., None], (1 - w1)[..., None])
+    weights.scatter_add_(2, i1[..., None], w1[..., None])
+    return weights[..., 1:-1]
+
+
+PASTE_MODES = ("torchvision", "detectron2")
+
+
 def paste_masks(
     mask_probs: Tensor,
     boxes: Tensor,
@@ -106,17 +132,23 @@ def paste_masks(
     threshold: float = 0.5,
     padding: int = 1,
     max_chunk_bytes: int = 1 << 28,
+    mode: str = "torchvision",
 ) -> Tensor:
     """(D, M, M) probabilities and (D, 4) boxes in image pixels -> (D, H, W) boolean masks.
 
-    The mask gets a `padding`-pixel zero border and its box is enlarged to match (so the mask's
-    edge fades out instead of being cut), box corners are truncated to integers, and the mask is
-    resized to (y2 - y1 + 1, x2 - x1 + 1) pixels placed at (y1, x1), clipped to the image.
+    torchvision: the mask gets a `padding`-pixel zero border and its box is enlarged to match (so
+    the mask's edge fades out instead of being cut), box corners are truncated to integers, and the
+    mask is resized to (y2 - y1 + 1, x2 - x1 + 1) pixels placed at (y1, x1), clipped to the image;
+    pixels > threshold are set. detectron2: see the module docstring; pixels >= threshold are set.
     """
+    if mode not in PASTE_MODES:
+        raise ValueError(f"unknown mask paste mode {mode!r}; choose one of {PASTE_MODES}")
     height, width = image_size
     num = mask_probs.shape[0]
     if num == 0:
         return torch.zeros((0, height, width), dtype=torch.bool, device=mask_probs.device)
+    if mode == "detectron2":
+        return _paste_exact(mask_probs, boxes.float(), height, width, threshold, max_chunk_bytes)
     m = mask_probs.shape[-1]
     padded = F.pad(mask_probs.float(), (padding,) * 4)  # (D, M+2p, M+2p)
     expanded = _expand_boxes(boxes.float(), float(m + 2 * padding) / m).to(torch.int64)
@@ -132,4 +164,22 @@ def paste_masks(
         cols = _interpolation_matrix(x0[s:e], w[s:e], size, width)  # (d, W, S)
         # (d, H, S) @ (d, S, S) @ (d, S, W) -> (d, H, W)
         out[s:e] = torch.bmm(torch.bmm(rows, padded[s:e]), cols.transpose(1, 2)) > threshold
+    return out
+
+
+def _paste_exact(
+    mask_probs: Tensor, boxes: Tensor, height: int, width: int, threshold: float, max_chunk_bytes: int
+) -> Tensor:
+    """paste_masks(mode="detectron2"): separable bilinear sampling inside the exact boxes."""
+    num, size = mask_probs.shape[0], mask_probs.shape[-1]
+    probs = mask_probs.float()
+    x0, y0, x1, y1 = boxes.unbind(1)
+    out = torch.empty((num, height, width), dtype=torch.bool, device=mask_probs.device)
+    chunk = max(1, int(max_chunk_bytes // max(1, height * width * 4)))
+    for s in range(0, num, chunk):
+        e = min(num, s + chunk)
+        rows = _sampling_matrix(y0[s:e], y1[s:e], size, height)  # (d, H, M)
+        cols = _sampling_matrix(x0[s:e], x1[s:e], size, width)  # (d, W, M)
+        # (d, H, M) @ (d, M, M) @ (d, M, W) -> (d, H, W)
+        out[s:e] = torch.bmm(torch.bmm(rows, probs[s:e]), cols.transpose(1, 2)) >= threshold
     return out

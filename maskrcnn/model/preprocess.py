@@ -1,8 +1,11 @@
-"""Image preprocessing: normalize, resize (shorter side to `min_size`, longer side <= `max_size`),
-zero-pad into one (N, 3, Hp, Wp) batch with Hp, Wp multiples of `size_divisible`.
+"""Image preprocessing: optionally reorder channels to BGR and scale to 0..255 (detectron2's
+models), normalize, resize (shorter side to `min_size`, longer side <= `max_size`), zero-pad
+into one (N, 3, Hp, Wp) batch with Hp, Wp multiples of `size_divisible`.
 
 The resize factor is min(min_size / shorter, max_size / longer) and the output size
-floor(side * factor), bilinear without corner alignment (torchvision's arithmetic, exactly).
+floor(side * factor), bilinear without corner alignment (torchvision's arithmetic, exactly); or,
+with resize="detectron2", detectron2's ResizeShortestEdge sizes (rounded) and an antialiased
+bilinear downscale (close to its PIL resize of uint8 images, not equal).
 Targets are mapped into the resized frame: boxes scaled, masks resized with nearest neighbour.
 """
 
@@ -19,8 +22,21 @@ from ..ops.boxes import scale_boxes
 from ..ops.keypoints import scale_keypoints
 from ..structures import ImageBatch, Targets
 
+RESIZE_RULES = ("torchvision", "detectron2")
 
-def resized_shape(height: int, width: int, *, min_size: float, max_size: float) -> tuple[int, int]:
+
+def resized_shape(
+    height: int, width: int, *, min_size: float, max_size: float, rule: str = "torchvision"
+) -> tuple[int, int]:
+    """The resized (h, w): torchvision's floor(side * factor), or detectron2's ResizeShortestEdge
+    (shorter side to min_size, both scaled down if the longer exceeds max_size, rounded)."""
+    if rule == "detectron2":
+        scale = min_size * 1.0 / min(height, width)
+        new_h, new_w = (min_size * 1.0, scale * width) if height < width else (scale * height, min_size * 1.0)
+        if max(new_h, new_w) > max_size:
+            scale = max_size * 1.0 / max(new_h, new_w)
+            new_h, new_w = new_h * scale, new_w * scale
+        return int(new_h + 0.5), int(new_w + 0.5)
     factor = min(min_size / min(height, width), max_size / max(height, width))
     return math.floor(float(height) * factor), math.floor(float(width) * factor)
 
@@ -40,8 +56,20 @@ class Preprocessor(nn.Module):
         min_size: tuple[int, ...],
         max_size: int,
         size_divisible: int = 32,
+        channel_order: str = "rgb",
+        pixel_scale: float = 1.0,
+        resize: str = "torchvision",
     ):
+        """channel_order "bgr" reverses the (RGB) channels and pixel_scale multiplies the [0, 1]
+        image before normalising (detectron2's MSRA models: BGR in 0..255)."""
         super().__init__()
+        if channel_order not in ("rgb", "bgr"):
+            raise ValueError(f"unknown channel order {channel_order!r}; choose rgb or bgr")
+        self.channel_order = channel_order
+        if resize not in RESIZE_RULES:
+            raise ValueError(f"unknown resize rule {resize!r}; choose one of {RESIZE_RULES}")
+        self.resize = resize
+        self.pixel_scale = float(pixel_scale)
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), persistent=False)
         self.min_size = tuple(min_size)
@@ -69,15 +97,27 @@ class Preprocessor(nn.Module):
                 raise TypeError(f"image {i}: expected a float tensor in [0, 1], got {image.dtype}")
             h, w = image.shape[-2:]
             originals.append((int(h), int(w)))
+            if self.channel_order == "bgr":
+                image = image.flip(0)
+            if self.pixel_scale != 1.0:
+                image = image * self.pixel_scale
             image = (image - self.pixel_mean.to(image.dtype)) / self.pixel_std.to(image.dtype)
-            size = resized_shape(h, w, min_size=self._choose_min_size(), max_size=self.max_size)
-            image = F.interpolate(image[None], size=size, mode="bilinear", align_corners=False)[0]
+            size = self.output_size(h, w, self._choose_min_size())
+            antialias = self.resize == "detectron2" and (size[0] < h or size[1] < w)
+            image = F.interpolate(
+                image[None], size=size, mode="bilinear", align_corners=False, antialias=antialias
+            )[0]
             resized.append(image)
             sizes.append(size)
             if targets is not None:
                 new_targets.append(self._resize_targets(Targets.from_any(targets[i]), (h, w), size))
         batch = ImageBatch(tensor=self.pad(resized), image_sizes=sizes, original_sizes=originals)
         return batch, (new_targets if targets is not None else None)
+
+    def output_size(self, height: int, width: int, min_size: int | None = None) -> tuple[int, int]:
+        """The resized size of an image (at inference's size unless `min_size` is given)."""
+        min_size = self.min_size[-1] if min_size is None else min_size
+        return resized_shape(height, width, min_size=min_size, max_size=self.max_size, rule=self.resize)
 
     def pad(self, images: list[Tensor]) -> Tensor:
         ph, pw = padded_shape([tuple(im.shape[-2:]) for im in images], self.size_divisible)

@@ -18,12 +18,24 @@ from ..ops.boxes import box_area
 from ..ops.roi_align import boxes_to_rois, roi_align, roi_pool
 from ..ops.sparse_roi_align import multilevel_roi_align
 
+LEVEL_MAPPINGS = ("torchvision", "detectron2")
+
 
 def assign_levels(
-    boxes: Tensor, *, min_level: int, max_level: int, canonical_box_size: int = 224, canonical_level: int = 4
+    boxes: Tensor,
+    *,
+    min_level: int,
+    max_level: int,
+    canonical_box_size: int = 224,
+    canonical_level: int = 4,
+    mapping: str = "torchvision",
 ) -> Tensor:
-    """(R, 4) boxes -> (R,) int64 index into the pooled levels (0 = min_level). FPN eq. 1."""
+    """(R, 4) boxes -> (R,) int64 index into the pooled levels (0 = min_level). FPN eq. 1, with
+    torchvision's epsilon after the log (`mapping="torchvision"`) or detectron2's inside it."""
     size = torch.sqrt(box_area(boxes))
+    if mapping == "detectron2":
+        level = torch.floor(canonical_level + torch.log2(size / canonical_box_size + 1e-8))
+        return torch.clamp(level, min=min_level, max=max_level).to(torch.int64) - min_level
     eps = torch.tensor(1e-6, dtype=size.dtype, device=size.device)
     level = torch.floor(canonical_level + torch.log2(size / canonical_box_size) + eps)
     level = torch.clamp(level, min=min_level, max=max_level)
@@ -42,8 +54,12 @@ class MultiScaleRoIPooler(nn.Module):
         canonical_box_size: int = 224,
         canonical_level: int = 4,
         impl: str = "torchvision",
+        level_mapping: str = "torchvision",
     ):
         super().__init__()
+        if level_mapping not in LEVEL_MAPPINGS:
+            raise ValueError(f"unknown level mapping {level_mapping!r}; choose one of {LEVEL_MAPPINGS}")
+        self.level_mapping = level_mapping
         if pooler not in ("roi_align", "roi_pool"):
             raise ValueError(f"unknown pooler {pooler!r}; choose roi_align or roi_pool")
         if impl not in ("torchvision", "sparse", "auto"):
@@ -90,6 +106,7 @@ class MultiScaleRoIPooler(nn.Module):
             max_level=self.max_level,
             canonical_box_size=self.canonical_box_size,
             canonical_level=self.canonical_level,
+            mapping=self.level_mapping,
         )
         if sparse:
             return multilevel_roi_align(

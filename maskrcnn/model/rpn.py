@@ -88,8 +88,10 @@ class RegionProposalNetwork(nn.Module):
         score_thresh: float,
         box_loss: str,
         smooth_l1_beta: float,
+        min_size_exclusive: bool = False,
     ):
-        """pre_nms_topk / post_nms_topk: (training, inference)."""
+        """pre_nms_topk / post_nms_topk: (training, inference). Proposals need width and height
+        >= min_size (> min_size with `min_size_exclusive`, detectron2's rule)."""
         super().__init__()
         self.head = head
         self.anchor_generator = anchor_generator
@@ -100,6 +102,7 @@ class RegionProposalNetwork(nn.Module):
         self.post_nms_topk = post_nms_topk
         self.nms_thresh = nms_thresh
         self.min_size = min_size
+        self.min_size_exclusive = min_size_exclusive
         self.score_thresh = score_thresh
         self.box_loss = box_loss
         self.smooth_l1_beta = smooth_l1_beta
@@ -186,7 +189,7 @@ class RegionProposalNetwork(nn.Module):
         results = []
         for boxes_i, scores_i, level_i, size in zip(boxes, scores, top_level, image_sizes):
             boxes_i = clip_boxes(boxes_i, size)
-            keep = nonempty_boxes(boxes_i, self.min_size)
+            keep = nonempty_boxes(boxes_i, self.min_size, exclusive=self.min_size_exclusive)
             boxes_i, scores_i, level_i = boxes_i[keep], scores_i[keep], level_i[keep]
             keep = torch.where(scores_i >= self.score_thresh)[0]
             results.append(Candidates(boxes=boxes_i[keep], scores=scores_i[keep], levels=level_i[keep]))

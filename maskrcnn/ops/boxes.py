@@ -25,10 +25,12 @@ def clip_boxes(boxes: Tensor, image_size: tuple[int, int]) -> Tensor:
     return torch.stack((x, y), dim=-1).reshape(boxes.shape)
 
 
-def nonempty_boxes(boxes: Tensor, min_size: float) -> Tensor:
-    """Indices of boxes whose width and height are both >= min_size."""
+def nonempty_boxes(boxes: Tensor, min_size: float, *, exclusive: bool = False) -> Tensor:
+    """Indices of boxes whose width and height are both >= min_size (> min_size when exclusive)."""
     widths = boxes[:, 2] - boxes[:, 0]
     heights = boxes[:, 3] - boxes[:, 1]
+    if exclusive:
+        return torch.where((widths > min_size) & (heights > min_size))[0]
     return torch.where((widths >= min_size) & (heights >= min_size))[0]
 
 
