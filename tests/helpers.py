@@ -181,6 +181,25 @@ def coco_subset(shared_data: Path, out: Path, image_ids=COCO_SUBSET_IDS) -> tupl
     return out, shared_data / "coco-mini/val2017"
 
 
+def coco_data(shared_data: Path, out: Path, names: list[str]) -> str:
+    """A COCO spec of coco-mini val images (COCO_SUBSET_IDS) and their annotations of the classes
+    `names`, given category ids 1..K in that order (so the dataset's class order is `names`)."""
+    ann = json.loads((shared_data / "coco-mini/annotations/instances_val2017.json").read_text())
+    new_id = {c["id"]: names.index(c["name"]) + 1 for c in ann["categories"] if c["name"] in names}
+    keep = set(COCO_SUBSET_IDS)
+    subset = {
+        "images": [im for im in ann["images"] if im["id"] in keep],
+        "annotations": [
+            {**a, "category_id": new_id[a["category_id"]]}
+            for a in ann["annotations"]
+            if a["image_id"] in keep and a["category_id"] in new_id
+        ],
+        "categories": [{"id": i, "name": n, "supercategory": ""} for i, n in enumerate(names, 1)],
+    }
+    out.write_text(json.dumps(subset))
+    return f"coco:{out}:{shared_data / 'coco-mini/val2017'}"
+
+
 def coco_instances(annotation_file: Path) -> dict[str, list[tuple[str, np.ndarray]]]:
     """Image file name (without folders) -> (class name, mask) of each non-crowd annotation of a COCO
     file (polygons, or RLE as `write_coco_json` writes), decoded directly with pycocotools (not

@@ -28,14 +28,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..config import to_dict
 from ..data.coco_names import TORCHVISION_COCO_NAMES
 from ..errors import UserError
+from .checkpoint_format import checkpoint_dict
 from .detectron2_config import read_d2_yaml, settings, to_config
 
 __all__ = ["coco_80", "convert_state_dict", "from_detectron2", "infer_settings", "is_detectron2"]
-
-FORMAT, VERSION = "maskrcnn", 2  # engine.checkpoint's format and version (a layer above this one)
 
 _STAGE = r"^backbone\.bottom_up\.res([2-5])\.(\d+)\."
 _RULES = [
@@ -240,8 +238,8 @@ def from_detectron2(
     class_names: list[str] | None = None,
     source: str = "",
 ) -> dict:
-    """A detectron2 checkpoint (see the module docstring) -> our checkpoint dict (format,
-    version, config, class_names, category_ids, model), as `engine.checkpoint.model_state` writes it."""
+    """A detectron2 checkpoint (see the module docstring) -> our checkpoint dict (format, version,
+    schema, config, class_names, category_ids, model: `checkpoint_format.checkpoint_dict`)."""
     name = source or "detectron2 checkpoint"
     state = _state_of(obj)
     if state is None or not is_detectron2(obj):
@@ -252,11 +250,4 @@ def from_detectron2(
     converted = convert_state_dict(tensors, source=name)
     _check_shapes(cfg, converted, name)
     names, ids = _names(cfg, class_names, name)
-    return {
-        "format": FORMAT,
-        "version": VERSION,
-        "config": to_dict(cfg),
-        "class_names": names,
-        "category_ids": ids,
-        "model": converted,
-    }
+    return checkpoint_dict(config=cfg, class_names=names, category_ids=ids, model=converted)

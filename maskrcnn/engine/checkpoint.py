@@ -1,9 +1,8 @@
 """Our checkpoint format and its loading, from a path or a URL with a checksum.
 
-A model checkpoint is one file written by `torch.save` holding:
-    format: "maskrcnn", version: 2, schema: the config schema version (`maskrcnn.config.upgrade`),
-    config: the Config as a dict, class_names: K names, category_ids: K dataset category ids
-    (label i+1 <-> category_ids[i]), model: the state dict,
+A model checkpoint is one file written by `torch.save` holding the entries of
+`maskrcnn.convert.checkpoint_format.checkpoint_dict` (format: "maskrcnn", version: 2, schema: the
+config schema version, config, class_names, category_ids, model: the state dict),
 and, for training checkpoints, the optimizer / scheduler / iteration / RNG / data-order state, all
 of it tensors, numbers, strings and plain containers, so that it loads with weights_only=True.
 Writes are atomic: a temporary file in the same folder, flushed and fsynced, then renamed.
@@ -24,14 +23,12 @@ from typing import Any
 
 import torch
 
-from ..config import SCHEMA_VERSION, Config, from_dict, to_dict, upgrade_config
+from ..config import SCHEMA_VERSION, Config, from_dict, upgrade_config
+from ..convert.checkpoint_format import FORMAT, VERSION, checkpoint_dict
 from ..convert.fit import load_fitting
 from ..errors import UserError
 from ..files import atomic_write
 from ..safe_load import load_weights_file
-
-FORMAT = "maskrcnn"
-VERSION = 2  # 2: the RoI-head branches live under roi_heads.{box,mask}.*
 
 # version 1 state-dict prefixes -> version 2 (read by `model_from_checkpoint`)
 _V1_PREFIXES = {
@@ -48,18 +45,12 @@ def atomic_save(obj: Any, path: str | Path) -> None:
 
 def model_state(model) -> dict:
     """The checkpoint dict of a model (without training state)."""
-    cfg = model.config if model.config is not None else Config()
-    names, category_ids = model.class_names, model.category_ids
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    return {
-        "format": FORMAT,
-        "version": VERSION,
-        "schema": SCHEMA_VERSION,
-        "config": to_dict(cfg),
-        "class_names": list(names),
-        "category_ids": list(category_ids),
-        "model": state,
-    }
+    return checkpoint_dict(
+        config=model.config if model.config is not None else Config(),
+        class_names=model.class_names,
+        category_ids=model.category_ids,
+        model={k: v.detach().cpu() for k, v in model.state_dict().items()},
+    )
 
 
 def save_model(model, path: str | Path, **extra: Any) -> None:

@@ -45,7 +45,7 @@ from ..config import Config, from_dict, to_dict
 from ..distributed import DistInfo
 from ..errors import UserError
 from ..files import atomic_write_json
-from .checkpoint import VERSION, read_checkpoint, resolve_weights, upgraded_state
+from .checkpoint import read_checkpoint, resolve_weights, upgraded_state
 
 BACKGROUND = "\0background"  # the name of the background slot (no class can be called so)
 COUNTER = "num_batches_tracked"  # BatchNorm's step counter: absent from FrozenBatchNorm2d and W's of it
@@ -79,17 +79,18 @@ def read_source(text: str, *, progress: bool = True) -> tuple[Path, dict]:
 
 def torchvision_checkpoint(state: dict[str, Tensor]) -> dict:
     """Our checkpoint dict (config, class names, state) of a torchvision state dict."""
+    from ..convert.checkpoint_format import checkpoint_dict
     from ..convert.torchvision import config_for, convert_state_dict, default_class_names, detect_version
 
     version = detect_version(state)
     cfg = config_for(state, version)
-    return {
-        "format": "maskrcnn",
-        "version": VERSION,
-        "config": to_dict(cfg),
-        "class_names": default_class_names(cfg.model.num_classes, version),
-        "model": convert_state_dict(state),
-    }
+    k = cfg.model.num_classes
+    return checkpoint_dict(
+        config=cfg,
+        class_names=default_class_names(k, version),
+        category_ids=range(1, k + 1),  # what a model built without category ids has
+        model=convert_state_dict(state),
+    )
 
 
 def parse_class_map(text: str, *, data_names: list[str]) -> dict[str, str]:

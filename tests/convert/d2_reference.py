@@ -1,6 +1,7 @@
 """Helpers for the detectron2 parity tests: detectron2's own models (from its source in
 ../shared/detectron2, put on sys.path here) with seeded weights made decisive, saved as its
-checkpointer and its model zoo save them, and images at the test size in both models' formats."""
+checkpointer and its model zoo save them (`Built`: those files and our model converted from them),
+and images at the test size in both models' formats."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from maskrcnn.convert.detectron2 import from_detectron2
+from maskrcnn.engine.checkpoint import model_from_checkpoint
 from tests.helpers import SHARED_DATA
 
 D2_ROOT = SHARED_DATA.parent / "detectron2"
@@ -90,6 +93,33 @@ def save_pkl(model, path: Path) -> Path:
     with open(path, "wb") as f:
         pickle.dump({"model": arrays, "__author__": "tests", "matching_heuristics": True}, f)
     return path
+
+
+# smaller proposal and detection counts than the zoo's (1000 / 1000 / 100) keep CI fast on 2 cores
+# (the mask and keypoint heads' cost grows with the detections: 20 masks, 6 keypoint sets per image)
+SMALL = {
+    "MODEL.RPN.PRE_NMS_TOPK_TEST": 500,
+    "MODEL.RPN.POST_NMS_TOPK_TEST": 300,
+    "TEST.DETECTIONS_PER_IMAGE": 20,
+}
+KEYPOINT_SMALL = {**SMALL, "TEST.DETECTIONS_PER_IMAGE": 6}
+
+
+class Built:
+    """detectron2's model, its files, and ours converted from the .pth with its dumped config."""
+
+    def __init__(self, tmp_path, config: str, *, min_size: int, max_size: int, seed: int = 0, **changes):
+        self.config, self.min_size, self.max_size = config, min_size, max_size
+        self.d2_cfg = d2_config(config, min_size=min_size, max_size=max_size, **changes)
+        self.d2 = d2_model(self.d2_cfg, seed=seed)
+        stem = config.split("/")[-1].replace(".yaml", "")
+        self.pth = save_pth(self.d2, tmp_path / f"{stem}.pth")
+        self.pkl = save_pkl(self.d2, tmp_path / f"{stem}.pkl")
+        self.yaml = tmp_path / f"{stem}.config.yaml"  # what detectron2 writes as OUTPUT_DIR/config.yaml
+        self.yaml.write_text(self.d2_cfg.dump())
+        obj = torch.load(self.pth, map_location="cpu", weights_only=True)
+        self.ckpt = from_detectron2(obj, d2_config=self.yaml, source=str(self.pth))
+        self.ours = model_from_checkpoint(self.ckpt)
 
 
 class _PlainUnpickler(pickle.Unpickler):

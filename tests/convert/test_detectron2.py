@@ -1,56 +1,29 @@
 """Parity with detectron2 itself (its source in ../shared/detectron2): detectron2 builds each model
 of its model zoo's R-CNN families from its own config, with seeded weights made decisive, and saves
 it as its checkpointer does (.pth) and as the model zoo does (.pkl); ours converts the file and
-runs on the same coco-mini images (already at the test size, so that neither side resizes)."""
+runs on the same coco-mini images (already at the test size, so that neither side resizes). The
+R50-FPN model (`r50`) is conftest.py's session fixture."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from maskrcnn.config import from_dict
+from maskrcnn.config import SCHEMA_VERSION, from_dict
 from maskrcnn.convert.detectron2 import from_detectron2, is_detectron2
-from maskrcnn.engine.checkpoint import model_from_checkpoint
 from maskrcnn.errors import UserError
 
 from .d2_reference import (
     CONFIGS,
+    KEYPOINT_SMALL,
+    SMALL,
+    Built,
     coco_mini_val,
-    d2_config,
-    d2_model,
     image_at_size,
     read_pkl,
     run_d2,
     run_ours,
-    save_pkl,
-    save_pth,
 )
-
-# smaller proposal and detection counts than the zoo's (1000 / 1000 / 100) keep CI fast on 2 cores
-# (the mask and keypoint heads' cost grows with the detections: 20 masks, 6 keypoint sets per image)
-SMALL = {
-    "MODEL.RPN.PRE_NMS_TOPK_TEST": 500,
-    "MODEL.RPN.POST_NMS_TOPK_TEST": 300,
-    "TEST.DETECTIONS_PER_IMAGE": 20,
-}
-KEYPOINT_SMALL = {**SMALL, "TEST.DETECTIONS_PER_IMAGE": 6}
-
-
-class Built:
-    """detectron2's model, its files, and ours converted from the .pth with its dumped config."""
-
-    def __init__(self, tmp_path, config: str, *, min_size: int, max_size: int, seed: int = 0, **changes):
-        self.config, self.min_size, self.max_size = config, min_size, max_size
-        self.d2_cfg = d2_config(config, min_size=min_size, max_size=max_size, **changes)
-        self.d2 = d2_model(self.d2_cfg, seed=seed)
-        stem = config.split("/")[-1].replace(".yaml", "")
-        self.pth = save_pth(self.d2, tmp_path / f"{stem}.pth")
-        self.pkl = save_pkl(self.d2, tmp_path / f"{stem}.pkl")
-        self.yaml = tmp_path / f"{stem}.config.yaml"  # what detectron2 writes as OUTPUT_DIR/config.yaml
-        self.yaml.write_text(self.d2_cfg.dump())
-        obj = torch.load(self.pth, map_location="cpu", weights_only=True)
-        self.ckpt = from_detectron2(obj, d2_config=self.yaml, source=str(self.pth))
-        self.ours = model_from_checkpoint(self.ckpt)
 
 
 def assert_same_detections(ref, det, what: str) -> dict:
@@ -97,14 +70,6 @@ def zoo_config_of(pkl_path, config: str | None):
 # ---------------------------------------------------------------- R50-FPN Mask R-CNN
 
 
-@pytest.fixture(scope="module")
-def r50(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("d2-r50")
-    return Built(
-        tmp, "COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_3x.yaml", min_size=384, max_size=640, **SMALL
-    )
-
-
 def test_r50_fpn_mask_parity(r50, shared_data):
     check_parity(r50, coco_mini_val(2), "R50-FPN")
 
@@ -114,6 +79,7 @@ def test_r50_pkl_equals_pth_and_tensors_give_the_zoo_config(r50):
     assert is_detectron2(pkl) and is_detectron2(torch.load(r50.pth, weights_only=True))
     from_pkl = from_detectron2(pkl, d2_config=r50.yaml)
     assert from_pkl["config"] == r50.ckpt["config"]
+    assert (from_pkl["format"], from_pkl["version"], from_pkl["schema"]) == ("maskrcnn", 2, SCHEMA_VERSION)
     assert from_pkl["model"].keys() == r50.ckpt["model"].keys()
     for key, value in r50.ckpt["model"].items():
         assert torch.equal(from_pkl["model"][key], value), key
@@ -243,7 +209,7 @@ def test_cli_refuses_bad_detectron2_files(r50, tmp_path, capsys):
     out = tmp_path / "out.pt"
     r101 = CONFIGS / "COCO-InstanceSegmentation/mask_rcnn_R_101_FPN_3x.yaml"
     cases = [
-        ([str(evil), str(out)], "refused: it needs posix.system"),
+        ([str(evil), str(out)], "refused to load: it needs posix.system"),
         ([str(r50.pkl), str(out), "--config", str(r101)], "do not fit the detectron2 config"),
         ([str(r50.pkl), str(out), "--config", str(bad_yaml)], "a detectron2 config is a YAML mapping"),
     ]

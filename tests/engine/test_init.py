@@ -26,7 +26,7 @@ from maskrcnn.engine.init import init_model
 from maskrcnn.engine.train import Trainer, train
 from maskrcnn.inputs import load_image
 from maskrcnn.model import build_model
-from tests.helpers import COCO_SUBSET_IDS, TINY_NET, run, single_thread_env, train_args
+from tests.helpers import TINY_NET, coco_data, run, single_thread_env, train_args
 
 NET = [*TINY_NET, "data.num_workers=0", "train.log_period=1", "solver.ims_per_batch=2"]
 CLASS_SPECIFIC = (
@@ -38,25 +38,6 @@ CLASS_SPECIFIC = (
 
 def tiny_cfg(*extra: str):
     return apply_overrides(get_preset("shapes_demo"), [*NET, *extra])
-
-
-def coco_data(shared_data: Path, out: Path, names: list[str]) -> str:
-    """A COCO spec of coco-mini val images (COCO_SUBSET_IDS) and their annotations of the classes
-    `names`, given category ids 1..K in that order (so the dataset's class order is `names`)."""
-    ann = json.loads((shared_data / "coco-mini/annotations/instances_val2017.json").read_text())
-    new_id = {c["id"]: names.index(c["name"]) + 1 for c in ann["categories"] if c["name"] in names}
-    keep = set(COCO_SUBSET_IDS)
-    subset = {
-        "images": [im for im in ann["images"] if im["id"] in keep],
-        "annotations": [
-            {**a, "category_id": new_id[a["category_id"]]}
-            for a in ann["annotations"]
-            if a["image_id"] in keep and a["category_id"] in new_id
-        ],
-        "categories": [{"id": i, "name": n, "supercategory": ""} for i, n in enumerate(names, 1)],
-    }
-    out.write_text(json.dumps(subset))
-    return f"coco:{out}:{shared_data / 'coco-mini/val2017'}"
 
 
 def source_checkpoint(path: Path, names: list[str], *, seed: int = 7, extra=()) -> dict:
