@@ -156,30 +156,41 @@ def paste_masks(
     w = (x1 - x0 + 1).clamp(min=1)
     h = (y1 - y0 + 1).clamp(min=1)
     size = m + 2 * padding
-    out = torch.empty((num, height, width), dtype=torch.bool, device=mask_probs.device)
-    chunk = max(1, int(max_chunk_bytes // max(1, height * width * 4)))
-    for s in range(0, num, chunk):
-        e = min(num, s + chunk)
-        rows = _interpolation_matrix(y0[s:e], h[s:e], size, height)  # (d, H, S)
-        cols = _interpolation_matrix(x0[s:e], w[s:e], size, width)  # (d, W, S)
-        # (d, H, S) @ (d, S, S) @ (d, S, W) -> (d, H, W)
-        out[s:e] = torch.bmm(torch.bmm(rows, padded[s:e]), cols.transpose(1, 2)) > threshold
-    return out
+
+    def matrices(s: int, e: int) -> tuple[Tensor, Tensor]:  # (d, H, S), (d, W, S)
+        return (
+            _interpolation_matrix(y0[s:e], h[s:e], size, height),
+            _interpolation_matrix(x0[s:e], w[s:e], size, width),
+        )
+
+    return _separable_paste(padded, matrices, height, width, max_chunk_bytes, lambda p: p > threshold)
 
 
 def _paste_exact(
     mask_probs: Tensor, boxes: Tensor, height: int, width: int, threshold: float, max_chunk_bytes: int
 ) -> Tensor:
     """paste_masks(mode="detectron2"): separable bilinear sampling inside the exact boxes."""
-    num, size = mask_probs.shape[0], mask_probs.shape[-1]
+    size = mask_probs.shape[-1]
     probs = mask_probs.float()
     x0, y0, x1, y1 = boxes.unbind(1)
-    out = torch.empty((num, height, width), dtype=torch.bool, device=mask_probs.device)
+
+    def matrices(s: int, e: int) -> tuple[Tensor, Tensor]:  # (d, H, M), (d, W, M)
+        rows = _sampling_matrix(y0[s:e], y1[s:e], size, height)
+        return rows, _sampling_matrix(x0[s:e], x1[s:e], size, width)
+
+    return _separable_paste(probs, matrices, height, width, max_chunk_bytes, lambda p: p >= threshold)
+
+
+def _separable_paste(probs: Tensor, matrices, height: int, width: int, max_chunk_bytes: int, keep) -> Tensor:
+    """(D, S, S) masks -> (D, H, W) bool: `keep(rows @ mask @ cols^T)`, with `matrices(s, e)` giving the
+    row (d, H, S) and column (d, W, S) resampling matrices of detections s..e, in chunks of at most
+    `max_chunk_bytes` of output."""
+    num = probs.shape[0]
+    out = torch.empty((num, height, width), dtype=torch.bool, device=probs.device)
     chunk = max(1, int(max_chunk_bytes // max(1, height * width * 4)))
     for s in range(0, num, chunk):
         e = min(num, s + chunk)
-        rows = _sampling_matrix(y0[s:e], y1[s:e], size, height)  # (d, H, M)
-        cols = _sampling_matrix(x0[s:e], x1[s:e], size, width)  # (d, W, M)
-        # (d, H, M) @ (d, M, M) @ (d, M, W) -> (d, H, W)
-        out[s:e] = torch.bmm(torch.bmm(rows, probs[s:e]), cols.transpose(1, 2)) >= threshold
+        rows, cols = matrices(s, e)
+        # (d, H, S) @ (d, S, S) @ (d, S, W) -> (d, H, W)
+        out[s:e] = keep(torch.bmm(torch.bmm(rows, probs[s:e]), cols.transpose(1, 2)))
     return out
