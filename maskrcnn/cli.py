@@ -7,26 +7,6 @@ import sys
 from pathlib import Path
 
 
-def _cmd_convert(args: argparse.Namespace) -> int:
-    from .convert.torchvision import from_torchvision, load_torchvision_state
-    from .engine.checkpoint import save_model
-
-    if args.source == "detectron2":
-        from .engine.conversion import convert_detectron2
-
-        print(convert_detectron2(args.input, args.output, d2_config=args.config, classes=args.classes))
-        return 0
-    if args.config or args.classes:
-        from .errors import UserError
-
-        raise UserError("--config and --classes are for --from detectron2")
-    version = args.source.split("-")[-1]
-    model = from_torchvision(load_torchvision_state(args.input), version, source=args.input)
-    save_model(model, args.output)
-    print(f"wrote {args.output}: torchvision {version}, {model.config.model.num_classes} classes")
-    return 0
-
-
 def _shares_line(shares: list) -> str:
     """How a torchrun launch shared the work: "2 processes: rank 0 ran 5 inputs on cpu (3.1 s), ..."."""
     runs = [f"rank {s.rank} ran {len(s.inputs)} inputs on {s.device} ({s.seconds:.1f} s)" for s in shares]
@@ -222,23 +202,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--debug", action="store_true", help="show the Python traceback of errors in the input too"
     )
     sub = parser.add_subparsers(dest="command", required=True)
+    from .engine import commands, conversion, data_check
 
     p = sub.add_parser(
         "convert",
         help="convert a torchvision or detectron2 Mask R-CNN / Keypoint R-CNN checkpoint to our checkpoint",
     )
-    sources = ["torchvision-v1", "torchvision-v2", "torchvision-keypoint", "detectron2"]
-    p.add_argument("--from", dest="source", required=True, choices=sources)
-    p.add_argument(
-        "input", help="torchvision state dict (.pth), or detectron2 model_final.pth / model-zoo .pkl"
-    )
-    p.add_argument("output", help="our checkpoint (.pt)")
-    p.add_argument(
-        "--config",
-        help="detectron2: the model's YAML config (_BASE_ files followed); default: from the weights",
-    )
-    p.add_argument("--classes", help="detectron2: a file of class names, one per line (default: COCO's 80)")
-    p.set_defaults(func=_cmd_convert)
+    conversion.add_convert_arguments(p)
+    p.set_defaults(func=conversion.cmd_convert)
 
     p = sub.add_parser(
         "predict", help="run a model on images, folders and videos; write results and overlays"
@@ -311,8 +282,6 @@ def build_parser() -> argparse.ArgumentParser:
         "--split", default=None, help="--to yolo: the split to write the images as (default train)"
     )
     p.set_defaults(func=_cmd_convert_dataset)
-
-    from .engine import commands, data_check
 
     p = sub.add_parser(
         "check-data", help="check a dataset as training reads it: every problem, counted, with examples"

@@ -7,8 +7,9 @@ checks), class names and published metrics are read from that member, never copi
 
 Kinds of entries
     model:    a whole detector (a torchvision state dict), converted to our checkpoint by the entry's
-              converter (`CONVERTERS`); class names are COCO's in torchvision's 91-slot label space,
-              so label L is COCO category id L and predictions.json holds real COCO ids.
+              converter (`engine.conversion.CONVERTERS`); class names are COCO's in torchvision's
+              91-slot label space, so label L is COCO category id L and predictions.json holds real
+              COCO ids.
               detectron2's model zoo (`detectron2_*` names): a `.pkl` of numpy arrays, read with an
               unpickler that accepts nothing else, converted by `convert.detectron2`; COCO's 80
               classes in detectron2's order, with their real COCO category ids. Their URL, the md5
@@ -39,10 +40,11 @@ import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from .convert.detectron2_zoo import ZOO, ZOO_BASE
 from .engine import checkpoint
+from .engine.conversion import CONVERTERS
 from .errors import UserError
 
 MIRROR_ENV = "MASKRCNN_WEIGHTS_MIRROR"
@@ -162,53 +164,6 @@ REGISTRY: dict[str, Entry] = {
     ]
 }
 
-
-def _torchvision_maskrcnn(version: str) -> Callable[[Path, Entry], Any]:
-    def convert(path: Path, entry: Entry):
-        from .config import apply_overrides, replace
-        from .convert.fit import load_fitting
-        from .convert.torchvision import config_for, convert_state_dict, load_torchvision_state
-        from .model import build_model
-
-        state = load_torchvision_state(str(path))
-        cfg = apply_overrides(config_for(state, version), list(entry.overrides))
-        keypoint_names = entry.weights.meta.get("keypoint_names")
-        if keypoint_names:  # the keypoint model: its 17 COCO person keypoints by name
-            cfg = replace(
-                cfg,
-                model=replace(cfg.model, keypoints=replace(cfg.model.keypoints, names=tuple(keypoint_names))),
-            )
-        categories = list(entry.weights.meta["categories"])  # "__background__", then COCO ids 1..90
-        # label L (1..90) is class_names[L-1] = categories[L], i.e. COCO category id L: the model's
-        # default category ids 1..K are COCO's ids
-        model = build_model(cfg, class_names=categories[1:])
-        load_fitting(
-            model, convert_state_dict(state), source=entry.name, what=f"torchvision's {version} model"
-        )
-        return model.eval()
-
-    return convert
-
-
-def _detectron2(path: Path, entry: Entry):
-    """A detectron2 zoo file -> our model (architecture from its tensors, then the entry's overrides)."""
-    from .config import apply_overrides, from_dict, to_dict
-    from .convert.detectron2 import from_detectron2
-    from .safe_load import load_weights_file
-
-    ckpt = from_detectron2(load_weights_file(path), source=str(path))
-    cfg = apply_overrides(from_dict(ckpt["config"]), list(entry.overrides))
-    model = checkpoint.model_from_checkpoint({**ckpt, "config": to_dict(cfg)})
-    return model.eval()
-
-
-# converter key -> (downloaded file, entry) -> our MaskRCNN model
-CONVERTERS: dict[str, Callable[[Path, Entry], Any]] = {
-    "torchvision_maskrcnn_v1": _torchvision_maskrcnn("v1"),
-    "torchvision_maskrcnn_v2": _torchvision_maskrcnn("v2"),
-    "torchvision_keypoint": _torchvision_maskrcnn("keypoint"),
-    "detectron2": _detectron2,
-}
 
 _KIND_TEXT = {  # kind -> (what it is, what its names are called)
     "model": ("a detector (for maskrcnn.load and --weights)", "detector names"),

@@ -1,6 +1,7 @@
 """Resuming a run where it stopped: which checkpoint to continue from (`--resume auto|always|never`)
 and the state a training checkpoint holds so that the resumed run ends with the same weights as an
-uninterrupted one.
+uninterrupted one: `save_training_checkpoint` writes it, `resume_training` continues from it
+(model, optimizer, scheduler, this rank's RNG state and data position).
 
 A run directory belongs to one run: one config and one training-data spec. `auto` (the default of
 `maskrcnn train`) continues from RUN/checkpoint.pt when that checkpoint is of the same run, starts
@@ -30,13 +31,13 @@ import torch
 import torch.distributed as dist
 
 from ..config import Config, from_dict, to_dict
-from ..distributed import DistInfo
+from ..distributed import DistInfo, barrier
 from ..errors import UserError
-from .checkpoint import read_checkpoint
+from .checkpoint import atomic_save, model_state, read_checkpoint
 
 RESUME_MODES = ("auto", "always", "never")
 
-# what a training checkpoint holds besides the model (`Trainer.save_checkpoint`)
+# what a training checkpoint holds besides the model (`save_training_checkpoint`)
 TRAINING_ENTRIES = ("optimizer", "scheduler", "train_state")
 
 # config keys that do not change the trained weights: a checkpoint with other values is the same run
@@ -225,3 +226,80 @@ def restore_rank_state(
         f"{world_size}: it continues at iteration {state.iteration}, but not bit-identically to a "
         f"run with {len(ranks)}"
     )
+
+
+# ---------------------------------------------------------------- writing and reading a run's checkpoint
+
+
+def save_training_checkpoint(
+    path: Path,
+    *,
+    model,
+    optimizer,
+    scheduler,
+    state: TrainState,
+    train_data: str | None,
+    device: torch.device,
+    info: DistInfo,
+) -> None:
+    """Write a training checkpoint (atomically, on rank 0): the model's checkpoint dict, optimizer,
+    scheduler, `state`, every rank's RNG state and data position (`rank_states`), the data spec."""
+    ranks = rank_states(state, device=device, info=info)
+    if info.is_main:
+        atomic_save(
+            {
+                **model_state(model),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "train_state": vars(state).copy(),
+                "rng": ranks[0]["rng"],  # what single-process checkpoints held before `ranks`
+                "ranks": ranks,
+                "train_data": train_data,
+            },
+            path,
+        )
+    barrier(info)
+
+
+def resume_training(
+    mode: str,
+    path: Path,
+    *,
+    model,
+    optimizer,
+    scheduler,
+    cfg: Config,
+    train_data: str | None,
+    device: torch.device,
+    info: DistInfo,
+) -> TrainState | None:
+    """Continue from the checkpoint at `path` as `mode` says (`agreed_checkpoint`): model, optimizer,
+    scheduler and this rank's RNG state and data position restored; -> the run's TrainState, or None
+    when it starts over. A checkpoint that does not fit this model or optimizer -> UserError."""
+    found = agreed_checkpoint(mode, path, cfg=cfg, train_data=train_data, info=info)
+    if found is None:
+        return None
+    try:
+        model.load_state_dict(found["model"])
+    except RuntimeError as e:  # --resume always with another architecture
+        first = str(e).strip().splitlines()[0]
+        raise UserError(
+            f"{path}: its model does not fit this config ({first}); use another --out or --resume never"
+        ) from None
+    try:
+        optimizer.load_state_dict(found["optimizer"])
+        scheduler.load_state_dict(found["scheduler"])
+        state = TrainState(**found["train_state"])
+    except (ValueError, KeyError, TypeError) as e:  # another optimizer, or a damaged state
+        raise UserError(
+            f"{path}: its optimizer or schedule state does not fit this run "
+            f"({type(e).__name__}: {e}); use another --out or --resume never"
+        ) from None
+    note = restore_rank_state(
+        found, state, rank=info.rank, world_size=info.world_size, device=device, seed=cfg.train.seed
+    )
+    if info.is_main:
+        print(f"resumed from {path} at iteration {state.iteration}", flush=True)
+        if note:
+            print(f"note: {note}", flush=True)
+    return state

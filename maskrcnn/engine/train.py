@@ -39,13 +39,12 @@ from ..distributed import DistInfo, all_finite, barrier, cleanup, init_distribut
 from ..errors import UserError
 from ..files import atomic_write_text, remove_partial_writes
 from ..model import build_model
-from .checkpoint import atomic_save, model_state
 from .data_check import check_training_data
 from .freeze import freeze, set_train_mode
 from .init import initialize
 from .metrics_log import MetricsWriter
 from .optim import build_optimizer, build_scheduler
-from .resume import TrainState, agreed_checkpoint, rank_states, restore_rank_state, resume_mode
+from .resume import TrainState, resume_mode, resume_training, save_training_checkpoint
 
 __all__ = ["MetricsWriter", "NonFiniteLossError", "Trainer", "TrainState", "train", "train_loader"]
 
@@ -164,61 +163,35 @@ class Trainer:
         return self.out_dir / "checkpoint.pt"
 
     def save_checkpoint(self) -> None:
-        """Write checkpoint.pt (atomically, on rank 0) with every rank's RNG state and data position."""
-        ranks = rank_states(self.state, device=self.device, info=self.dist)
-        if self.dist.is_main:
-            atomic_save(
-                {
-                    **model_state(self.model),
-                    "optimizer": self.optimizer.state_dict(),
-                    "scheduler": self.scheduler.state_dict(),
-                    "train_state": vars(self.state).copy(),
-                    "rng": ranks[0]["rng"],  # what single-process checkpoints held before `ranks`
-                    "ranks": ranks,
-                    "train_data": self.train_spec,
-                },
-                self.checkpoint_path,
-            )
-        barrier(self.dist)
+        """Write checkpoint.pt (`maskrcnn.engine.resume.save_training_checkpoint`)."""
+        save_training_checkpoint(
+            self.checkpoint_path,
+            model=self.model,
+            optimizer=self.optimizer,
+            scheduler=self.scheduler,
+            state=self.state,
+            train_data=self.train_spec,
+            device=self.device,
+            info=self.dist,
+        )
 
     def resume(self, mode: str | bool = "always") -> bool:
         """Continue from checkpoint.pt as `mode` says (`maskrcnn.engine.resume`); returns whether it
         did. Rank 0 decides and sends the checkpoint to the others; a refusal raises on every rank."""
-        found = agreed_checkpoint(
-            resume_mode(mode), self.checkpoint_path, cfg=self.cfg, train_data=self.train_spec, info=self.dist
-        )
-        if found is None:
-            return False
-        try:
-            self.model.load_state_dict(found["model"])
-        except RuntimeError as e:  # --resume always with another architecture
-            first = str(e).strip().splitlines()[0]
-            raise UserError(
-                f"{self.checkpoint_path}: its model does not fit this config ({first}); "
-                "use another --out or --resume never"
-            ) from None
-        try:
-            self.optimizer.load_state_dict(found["optimizer"])
-            self.scheduler.load_state_dict(found["scheduler"])
-            self.state = TrainState(**found["train_state"])
-        except (ValueError, KeyError, TypeError) as e:  # another optimizer, or a damaged state
-            raise UserError(
-                f"{self.checkpoint_path}: its optimizer or schedule state does not fit this run "
-                f"({type(e).__name__}: {e}); use another --out or --resume never"
-            ) from None
-        note = restore_rank_state(
-            found,
-            self.state,
-            rank=self.dist.rank,
-            world_size=self.dist.world_size,
+        state = resume_training(
+            resume_mode(mode),
+            self.checkpoint_path,
+            model=self.model,
+            optimizer=self.optimizer,
+            scheduler=self.scheduler,
+            cfg=self.cfg,
+            train_data=self.train_spec,
             device=self.device,
-            seed=self.cfg.train.seed,
+            info=self.dist,
         )
-        self.resumed_at = self.state.iteration
-        if self.dist.is_main:
-            print(f"resumed from {self.checkpoint_path} at iteration {self.state.iteration}", flush=True)
-            if note:
-                print(f"note: {note}", flush=True)
+        if state is None:
+            return False
+        self.state, self.resumed_at = state, state.iteration
         return True
 
     # ------------------------------------------------------------------ the loop
