@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from ..errors import UserError
 from ..model.mask_head import mask_channel
 from ..model.roi_pooler import MultiScaleRoIPooler, assign_levels
+from ..ops.boxes import nonempty_boxes
 from ..ops.nms import nms
 
 # torchvision.ops.batched_nms on the CPU runs one NMS per group above this many boxes (4000 coordinates)
@@ -73,14 +74,6 @@ def _clip(boxes: Tensor, height: Tensor, width: Tensor) -> Tensor:
     return torch.stack((x, y), dim=-1).reshape(boxes.shape)
 
 
-def _nonempty(boxes: Tensor, min_size: float, exclusive: bool = False) -> Tensor:
-    """`ops.boxes.nonempty_boxes`."""
-    w, h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
-    if exclusive:
-        return torch.where((w > min_size) & (h > min_size))[0]
-    return torch.where((w >= min_size) & (h >= min_size))[0]
-
-
 def pool(pooler: MultiScaleRoIPooler, features: list[Tensor], boxes: Tensor) -> Tensor:
     """`MultiScaleRoIPooler` on one image's (R, 4) boxes with torchvision's kernels -> (R, C, S, S)."""
     features = features[: len(pooler.scales)]
@@ -128,11 +121,7 @@ class InferenceGraph(nn.Module):
         """(3, H, W) -> the padded (1, 3, Hp, Wp) input and the resized height and width."""
         p = self.model.preprocessor
         height, width = torch._shape_as_tensor(image)[1:].unbind(0)
-        if p.channel_order == "bgr":
-            image = image.flip(0)
-        if p.pixel_scale != 1.0:
-            image = image * p.pixel_scale
-        image = (image - p.pixel_mean.to(image.dtype)) / p.pixel_std.to(image.dtype)
+        image = p.normalize(image)
         # `preprocess.resized_shape` in float64, as Python computes it
         h, w = height.to(torch.float64), width.to(torch.float64)
         min_size, max_size = h.new_full((), float(p.min_size[-1])), h.new_full((), float(p.max_size))
@@ -179,7 +168,7 @@ class InferenceGraph(nn.Module):
         boxes = rpn.box_coder.decode(torch.cat(box_deltas), torch.cat(anchors)).reshape(-1, 4)
         levels = torch.cat(levels)
         boxes = _clip(boxes, height, width)
-        keep = _nonempty(boxes, rpn.min_size, rpn.min_size_exclusive)
+        keep = nonempty_boxes(boxes, rpn.min_size, exclusive=rpn.min_size_exclusive)
         boxes, scores, levels = boxes[keep], scores[keep], levels[keep]
         keep = torch.where(scores >= rpn.score_thresh)[0]
         boxes, scores, levels = boxes[keep], scores[keep], levels[keep]
@@ -198,7 +187,7 @@ class InferenceGraph(nn.Module):
         cand_scores = scores[roi, cls]
         cand_deltas = box_deltas.reshape(box_deltas.shape[0], -1, 4)[roi, cls]
         boxes = _clip(box.box_coder.decode(cand_deltas, proposals[roi])[:, 0], height, width)
-        keep = _nonempty(boxes, box.min_size, box.min_size_exclusive)
+        keep = nonempty_boxes(boxes, box.min_size, exclusive=box.min_size_exclusive)
         boxes, cand_scores, cls = boxes[keep], cand_scores[keep], cls[keep]
         num_classes = class_logits.shape[1] - 1
         keep = grouped_nms(boxes, cand_scores, cls, box.nms_thresh, group_ids=range(1, num_classes + 1))

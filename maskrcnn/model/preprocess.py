@@ -97,11 +97,7 @@ class Preprocessor(nn.Module):
                 raise TypeError(f"image {i}: expected a float tensor in [0, 1], got {image.dtype}")
             h, w = image.shape[-2:]
             originals.append((int(h), int(w)))
-            if self.channel_order == "bgr":
-                image = image.flip(0)
-            if self.pixel_scale != 1.0:
-                image = image * self.pixel_scale
-            image = (image - self.pixel_mean.to(image.dtype)) / self.pixel_std.to(image.dtype)
+            image = self.normalize(image)
             size = self.output_size(h, w, self._choose_min_size())
             antialias = self.resize == "detectron2" and (size[0] < h or size[1] < w)
             image = F.interpolate(
@@ -113,6 +109,15 @@ class Preprocessor(nn.Module):
                 new_targets.append(self._resize_targets(Targets.from_any(targets[i]), (h, w), size))
         batch = ImageBatch(tensor=self.pad(resized), image_sizes=sizes, original_sizes=originals)
         return batch, (new_targets if targets is not None else None)
+
+    def normalize(self, image: Tensor) -> Tensor:
+        """(3, H, W) RGB in [0, 1] -> the network's input values: channels reordered and scaled as
+        configured, then (x - mean) / std. Eager inference and the exported graph both call it."""
+        if self.channel_order == "bgr":
+            image = image.flip(0)
+        if self.pixel_scale != 1.0:
+            image = image * self.pixel_scale
+        return (image - self.pixel_mean.to(image.dtype)) / self.pixel_std.to(image.dtype)
 
     def output_size(self, height: int, width: int, min_size: int | None = None) -> tuple[int, int]:
         """The resized size of an image (at inference's size unless `min_size` is given)."""
