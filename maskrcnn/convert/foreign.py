@@ -15,15 +15,9 @@ from typing import Any
 
 from ..errors import UserError
 from .detectron2 import from_detectron2, is_detectron2
+from .torchvision import is_torchvision_state, torchvision_checkpoint, torchvision_state
 
 __all__ = ["to_checkpoint"]
-
-_TORCHVISION_KEY = "roi_heads.box_predictor.cls_score.weight"
-
-
-def _is_torchvision(obj: Any) -> bool:
-    state = obj.get("model") if isinstance(obj, dict) and isinstance(obj.get("model"), dict) else obj
-    return isinstance(state, dict) and _TORCHVISION_KEY in state
 
 
 def _what(obj: Any) -> str:
@@ -37,12 +31,16 @@ def _what(obj: Any) -> str:
     return f"a {type(obj).__name__}"
 
 
-def to_checkpoint(obj: Any, *, source: str) -> dict:
+def to_checkpoint(obj: Any, *, source: str, torchvision: bool = False) -> dict:
     """Our checkpoint dict for a foreign weights object read from `source`, or a UserError naming
-    `source` and what to do."""
+    `source` and what to do. `torchvision=True` converts a torchvision state dict too (its version
+    told by its keys), as `train --init` does, where only the weights matter."""
     if is_detectron2(obj):
         return from_detectron2(obj, source=source)
-    if _is_torchvision(obj):
+    state = obj.get("model") if isinstance(obj, dict) and isinstance(obj.get("model"), dict) else obj
+    if is_torchvision_state(state):
+        if torchvision:
+            return torchvision_checkpoint(torchvision_state(obj, source=source))
         raise UserError(
             f"{source}: not a maskrcnn checkpoint (no format='maskrcnn' entry). It is a torchvision "
             "state dict: run `maskrcnn convert --from torchvision-v1 IN OUT` (or torchvision-v2, "

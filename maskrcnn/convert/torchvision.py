@@ -18,6 +18,8 @@ from ..errors import UserError, UserKeyError
 from ..safe_load import load_weights_file
 from .fit import load_fitting
 
+_BOX_CLASSIFIER = "roi_heads.box_predictor.cls_score.weight"
+
 _RULES = [
     (r"^backbone\.fpn\.inner_blocks\.(\d+)\.0\.", r"backbone.fpn.lateral.\1.conv."),
     (r"^backbone\.fpn\.inner_blocks\.(\d+)\.1\.", r"backbone.fpn.lateral.\1.norm."),
@@ -79,7 +81,7 @@ def config_for(state: dict[str, Tensor], version: str) -> Config:
     if version not in ("v1", "v2", "keypoint"):
         raise UserError(f"torchvision version must be v1, v2 or keypoint, got {version!r}")
     cfg = get_preset(f"torchvision_{version}")
-    num_classes = state["roi_heads.box_predictor.cls_score.weight"].shape[0] - 1
+    num_classes = state[_BOX_CLASSIFIER].shape[0] - 1
     # torchvision builds the backbone with BatchNorm2d (all stages trainable) unless it loads
     # pretrained weights, in which case it uses FrozenBatchNorm2d (no num_batches_tracked buffer).
     trained_bn = "backbone.body.bn1.num_batches_tracked" in state
@@ -98,22 +100,26 @@ def config_for(state: dict[str, Tensor], version: str) -> Config:
 def load_torchvision_state(path: str) -> dict[str, Tensor]:
     """The state dict of a torchvision Mask R-CNN file (read by `maskrcnn.safe_load`, which runs no
     code from it); a file that is none -> UserError naming it."""
-    state = load_weights_file(path)
-    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
-        state = state["model"]
-    if not isinstance(state, dict) or "roi_heads.box_predictor.cls_score.weight" not in state:
+    return torchvision_state(load_weights_file(path), source=path)
+
+
+def torchvision_state(obj, *, source: str) -> dict[str, Tensor]:
+    """The torchvision Mask R-CNN state dict a weights file held (bare, or under "model"); anything
+    else -> UserError naming `source`."""
+    state = obj["model"] if isinstance(obj, dict) and isinstance(obj.get("model"), dict) else obj
+    if not is_torchvision_state(state):
         raise UserError(
-            f"{path}: not a torchvision Mask R-CNN state dict (no roi_heads.box_predictor weights)"
+            f"{source}: not a torchvision Mask R-CNN state dict (no roi_heads.box_predictor weights)"
         )
     not_tensors = [key for key, value in state.items() if not isinstance(value, Tensor)]
     if not_tensors:
-        raise UserError(f"{path}: not a torchvision state dict: {not_tensors[0]!r} is not a tensor")
+        raise UserError(f"{source}: not a torchvision state dict: {not_tensors[0]!r} is not a tensor")
     return state
 
 
 def is_torchvision_state(obj) -> bool:
     """Whether `obj` is a torchvision Mask R-CNN / Keypoint R-CNN state dict (its box predictor's key)."""
-    return isinstance(obj, dict) and "roi_heads.box_predictor.cls_score.weight" in obj
+    return isinstance(obj, dict) and _BOX_CLASSIFIER in obj
 
 
 def detect_version(state: dict[str, Tensor]) -> str:
@@ -133,6 +139,22 @@ def default_class_names(num_classes: int, version: str) -> list[str]:
     if version == "keypoint" and num_classes == 1:
         return ["person"]
     return [f"class_{i}" for i in range(1, num_classes + 1)]
+
+
+def torchvision_checkpoint(state: dict[str, Tensor]) -> dict:
+    """Our checkpoint dict (config, class names, state) of a torchvision state dict, its version
+    told by its keys (`detect_version`)."""
+    from .checkpoint_format import checkpoint_dict
+
+    version = detect_version(state)
+    cfg = config_for(state, version)
+    k = cfg.model.num_classes
+    return checkpoint_dict(
+        config=cfg,
+        class_names=default_class_names(k, version),
+        category_ids=range(1, k + 1),  # what a model built without category ids has
+        model=convert_state_dict(state),
+    )
 
 
 def from_torchvision(

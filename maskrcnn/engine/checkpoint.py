@@ -57,10 +57,11 @@ def save_model(model, path: str | Path, **extra: Any) -> None:
     atomic_save({**model_state(model), **extra}, path)
 
 
-def read_checkpoint(path: str | Path, map_location: str = "cpu") -> dict:
+def read_checkpoint(path: str | Path, map_location: str = "cpu", *, torchvision: bool = False) -> dict:
     """Our checkpoint dict from `path`, read without running code (`maskrcnn.safe_load`), a foreign
-    file converted where it can be (`maskrcnn.convert.foreign`), its config in the current schema
-    (`maskrcnn.config.upgrade_config`). Anything else -> UserError naming the file."""
+    file converted where it can be (`maskrcnn.convert.foreign`; torchvision state dicts only with
+    `torchvision=True`), its config in the current schema (`maskrcnn.config.upgrade_config`).
+    Anything else -> UserError naming the file."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
@@ -68,7 +69,7 @@ def read_checkpoint(path: str | Path, map_location: str = "cpu") -> dict:
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         from ..convert.foreign import to_checkpoint
 
-        ckpt = to_checkpoint(ckpt, source=str(path))
+        ckpt = to_checkpoint(ckpt, source=str(path), torchvision=torchvision)
     return _checked(ckpt, str(path))
 
 

@@ -59,38 +59,11 @@ SHOWN = 5  # names shown in one-line messages
 
 def read_source(text: str, *, progress: bool = True) -> tuple[Path, dict]:
     """(the local file, our checkpoint dict) of W: a weights name, a path or URL of a checkpoint, or
-    of a torchvision state dict (converted here)."""
+    of a torchvision state dict (converted by `read_checkpoint`)."""
     from .. import weights
 
     path = weights.converted(text, progress=progress) if weights.is_name(text) else resolve_weights(text)
-    try:
-        return path, read_checkpoint(path)
-    except UserError as error:  # maybe a torchvision state dict, which read_checkpoint refuses
-        from ..convert.torchvision import is_torchvision_state, load_torchvision_state
-
-        try:
-            state = load_torchvision_state(str(path))
-        except UserError:
-            raise error from None
-        if not is_torchvision_state(state):
-            raise error from None
-        return path, torchvision_checkpoint(state)
-
-
-def torchvision_checkpoint(state: dict[str, Tensor]) -> dict:
-    """Our checkpoint dict (config, class names, state) of a torchvision state dict."""
-    from ..convert.checkpoint_format import checkpoint_dict
-    from ..convert.torchvision import config_for, convert_state_dict, default_class_names, detect_version
-
-    version = detect_version(state)
-    cfg = config_for(state, version)
-    k = cfg.model.num_classes
-    return checkpoint_dict(
-        config=cfg,
-        class_names=default_class_names(k, version),
-        category_ids=range(1, k + 1),  # what a model built without category ids has
-        model=convert_state_dict(state),
-    )
+    return path, read_checkpoint(path, torchvision=True)
 
 
 def parse_class_map(text: str, *, data_names: list[str]) -> dict[str, str]:
