@@ -3,6 +3,9 @@
 - `BodyLimit` (ASGI middleware): a request body over `max_bytes` is refused with 413, from its
   Content-Length header before anything is read, and otherwise by counting the bytes actually
   received (a chunked upload, or a Content-Length that lies), so a large upload is never held whole.
+  Before answering, the rest of a refused body is read and dropped (at most `DRAIN_BYTES`, for at
+  most `DRAIN_SECONDS`): a server that closes a socket with unread bytes in it resets the
+  connection, and the reset can destroy the 413 before the client, still sending, has read it.
 - `decode_upload(data, max_pixels=N)`: reads the image header first and refuses an image of more than
   N pixels with 413 before any pixel is decoded (a decompression bomb: a small file that declares a
   huge image), a body that is no image with 415, then decodes it like `maskrcnn predict` does
@@ -13,6 +16,8 @@ Every refusal is an `UploadError` with an HTTP status and a one-line reason.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import io
 import json
 from typing import Any, Callable
@@ -25,6 +30,8 @@ from ..files import AS_DISPLAYED, ImageReadError, NamedBytes, pixels_to_tensor, 
 __all__ = ["BodyLimit", "UploadError", "decode_upload"]
 
 MIB = 1 << 20
+DRAIN_BYTES = 64 * MIB
+DRAIN_SECONDS = 5.0
 
 
 class UploadError(Exception):
@@ -92,14 +99,17 @@ class BodyLimit:
                 await _send_json(send, 400, f"bad Content-Length header {declared.decode('latin-1')!r}")
                 return
             if int(declared) > self.max_bytes:
+                await _discard_body(receive)
                 await _send_json(send, 413, self._too_large(_size_text(int(declared))).reason)
                 return
         received = 0
         started = False
+        body_done = False
 
         async def limited_receive() -> dict[str, Any]:
-            nonlocal received
+            nonlocal received, body_done
             message = await receive()
+            body_done = message["type"] != "http.request" or not message.get("more_body", False)
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
@@ -116,7 +126,26 @@ class BodyLimit:
         except UploadError as e:
             if started:
                 raise
+            if not body_done:
+                await _discard_body(receive)
             await _send_json(send, e.status, e.reason)
+
+
+async def _discard_body(receive: Receive) -> None:
+    """Read and drop the rest of a request body, up to DRAIN_BYTES and DRAIN_SECONDS (module docstring)."""
+
+    async def drain() -> None:
+        dropped = 0
+        while dropped <= DRAIN_BYTES:
+            message = await receive()
+            if message["type"] != "http.request":
+                return
+            dropped += len(message.get("body", b""))
+            if not message.get("more_body", False):
+                return
+
+    with contextlib.suppress(asyncio.TimeoutError):
+        await asyncio.wait_for(drain(), DRAIN_SECONDS)
 
 
 async def _send_json(send: Send, status: int, reason: str) -> None:
