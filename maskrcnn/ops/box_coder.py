@@ -60,9 +60,9 @@ class BoxCoder:
         pred_ctr_y = dy * heights[:, None] + ctr_y[:, None]
         pred_w = torch.exp(dw) * widths[:, None]
         pred_h = torch.exp(dh) * heights[:, None]
-        half = torch.tensor(0.5, dtype=pred_ctr_y.dtype, device=pred_w.device)
-        half_w = half * pred_w
-        half_h = half * pred_h
+        # a Python 0.5, not a tensor made from host data (a copy that waits, on a GPU); halving is exact
+        half_w = 0.5 * pred_w
+        half_h = 0.5 * pred_h
         boxes = torch.stack(
             (pred_ctr_x - half_w, pred_ctr_y - half_h, pred_ctr_x + half_w, pred_ctr_y + half_h), dim=2
         )

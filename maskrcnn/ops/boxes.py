@@ -36,14 +36,17 @@ def nonempty_boxes(boxes: Tensor, min_size: float, *, exclusive: bool = False) -
 
 def scale_boxes(boxes: Tensor, from_size: tuple[int, int], to_size: tuple[int, int]) -> Tensor:
     """Map boxes from an image of size `from_size` (h, w) to one of size `to_size`."""
-    ratio_h = torch.tensor(to_size[0], dtype=torch.float32, device=boxes.device) / torch.tensor(
-        from_size[0], dtype=torch.float32, device=boxes.device
-    )
-    ratio_w = torch.tensor(to_size[1], dtype=torch.float32, device=boxes.device) / torch.tensor(
-        from_size[1], dtype=torch.float32, device=boxes.device
-    )
+    ratio_h, ratio_w = size_ratios(from_size, to_size)
     x1, y1, x2, y2 = boxes.unbind(1)
     return torch.stack((x1 * ratio_w, y1 * ratio_h, x2 * ratio_w, y2 * ratio_h), dim=1)
+
+
+def size_ratios(from_size: tuple[int, int], to_size: tuple[int, int]) -> tuple[float, float]:
+    """(to_h / from_h, to_w / from_w) divided in float32 (torchvision's arithmetic, on float32
+    tensors), as Python floats: no tensor is made from host data, which on a GPU would wait for it."""
+    ratio_h = np.float32(to_size[0]) / np.float32(from_size[0])
+    ratio_w = np.float32(to_size[1]) / np.float32(from_size[1])
+    return float(ratio_h), float(ratio_w)
 
 
 def masks_to_boxes(masks: Tensor) -> Tensor:

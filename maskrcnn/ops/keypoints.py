@@ -3,19 +3,14 @@
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
+
+from .boxes import size_ratios
 
 
 def scale_keypoints(keypoints: Tensor, from_size: tuple[int, int], to_size: tuple[int, int]) -> Tensor:
     """Map keypoints from an image of size `from_size` (h, w) to one of size `to_size`; v unchanged."""
-    device = keypoints.device
-    ratio_h = torch.tensor(to_size[0], dtype=torch.float32, device=device) / torch.tensor(
-        from_size[0], dtype=torch.float32, device=device
-    )
-    ratio_w = torch.tensor(to_size[1], dtype=torch.float32, device=device) / torch.tensor(
-        from_size[1], dtype=torch.float32, device=device
-    )
+    ratio_h, ratio_w = size_ratios(from_size, to_size)
     out = keypoints.clone()
     out[..., 0] *= ratio_w
     out[..., 1] *= ratio_h

@@ -55,6 +55,12 @@ def _axis_weights(
     return index, weight
 
 
+def _device_table(values: list, dtype: torch.dtype, device) -> Tensor:
+    """(L,) tensor of a few host numbers made by fills on the device: torch.tensor(values, device=)
+    would copy host memory there, which on a GPU waits for the work queued before it."""
+    return torch.stack([torch.full((), v, dtype=dtype, device=device) for v in values])
+
+
 def sampling_matrix(
     rois: Tensor,
     *,
@@ -72,11 +78,11 @@ def sampling_matrix(
     Columns enumerate level 0's N·H·W pixels (image, row, column), then level 1's, and so on.
     """
     device, dtype = rois.device, rois.dtype
-    heights = torch.tensor([h for h, _ in level_shapes], device=device)
-    widths = torch.tensor([w for _, w in level_shapes], device=device)
+    heights = _device_table([h for h, _ in level_shapes], torch.int64, device)
+    widths = _device_table([w for _, w in level_shapes], torch.int64, device)
     pixels = heights * widths * num_images
     offsets = torch.cumsum(pixels, 0) - pixels
-    scales = torch.tensor(level_scales, dtype=dtype, device=device)
+    scales = _device_table(level_scales, dtype, device)
 
     h, w, scale = heights[level], widths[level], scales[level]
     shift = 0.5 if aligned else 0.0
