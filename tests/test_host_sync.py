@@ -128,9 +128,10 @@ def test_predict_host_syncs_per_stage_stay_under_todays_count(kind, images) -> N
     assert report.cpu_only == [], report.table()
     stages = report.by_stage()
     assert stages["other"] == 0, report.table()
-    # NMS waits for the host by nature (its output size): one per image in the RPN and box stages
+    # NMS waits for the host by nature (its output size): at least one in the RPN and box stages
+    # (today one per image; one per batch with ops.nms.batched_nms_over_images)
     nms = [e.stage for e in report.events if e.op == "torchvision::nms"]
-    assert nms.count("rpn") == len(images) and nms.count("box") == len(images), report.table()
+    assert 1 <= nms.count("rpn") <= len(images) and 1 <= nms.count("box") <= len(images), report.table()
     ceilings = CEILINGS[kind]
     over = {s: (stages[s], ceilings.get(s, 0)) for s in STAGES if stages[s] > ceilings.get(s, 0)}
     assert not over, f"host syncs over the ceiling (count, ceiling): {over}\n{report.table()}"

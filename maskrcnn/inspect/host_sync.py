@@ -160,8 +160,11 @@ class _Recorder:
         self.events.append(SyncEvent(kind=kind, op=op, stage=stage, where=where, cpu_only=cpu_only))
 
     def _locate(self, frame) -> tuple[str, str, str | None]:
-        where = stage = cpu_only = None
-        first = None
+        """(stage, where, cpu_only) of the op run from `frame`. where: the innermost maskrcnn line;
+        when that is in ops/, also the first caller outside ops/ ("ops/nms.py:17 batched_nms <
+        model/rpn.py:201 suppress"); without a maskrcnn frame, the innermost frame outside torch."""
+        stage = cpu_only = first = None
+        lines: list[str] = []
         while frame is not None:
             code = frame.f_code
             module = frame.f_globals.get("__name__", "")
@@ -169,15 +172,15 @@ class _Recorder:
             filename = code.co_filename
             if filename != _THIS_FILE and not filename.startswith(("<", *_LIBRARY_DIRS)):
                 first = first or f"{Path(filename).name}:{frame.f_lineno} {code.co_name}"
-                if where is None and filename.startswith(_PACKAGE_DIR):
+                if filename.startswith(_PACKAGE_DIR) and (not lines or lines[-1].startswith("ops/")):
                     rel = Path(filename).relative_to(_PACKAGE_DIR).as_posix()
-                    where = f"{rel}:{frame.f_lineno} {code.co_name}"
-            if stage is None:
-                stage = self._stage_of(frame, module)
-            if stage is not None and where is not None:
+                    if not lines or not rel.startswith("ops/"):
+                        lines.append(f"{rel}:{frame.f_lineno} {code.co_name}")
+            stage = stage or self._stage_of(frame, module)
+            if stage is not None and lines and not lines[-1].startswith("ops/"):
                 break
             frame = frame.f_back
-        return stage or "other", where or first or "?", cpu_only
+        return stage or "other", " < ".join(lines) or first or "?", cpu_only
 
     def _stage_of(self, frame, module: str) -> str | None:
         name = frame.f_code.co_name
