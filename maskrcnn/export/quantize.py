@@ -97,12 +97,16 @@ def _check_keep_float(keep_float: Sequence[str]) -> None:
 
 
 def stage_nodes(graph, stage: str) -> list[str]:
-    """The names of the quantisable nodes (`OP_TYPES`) of `graph` (an onnx GraphProto) in `stage`."""
+    """The names of the quantisable nodes (`OP_TYPES`) of `graph` (an onnx GraphProto) in `stage`:
+    a prefix that starts with "/" is one of a node's name, any other one of a weight's name."""
     prefixes = STAGES[stage]
+    names = tuple(p for p in prefixes if p.startswith("/"))
+    weights = tuple(p for p in prefixes if not p.startswith("/"))
     return [
         node.name
         for node in graph.node
-        if node.op_type in OP_TYPES and any(name.startswith(prefixes) for name in (node.name, *node.input))
+        if node.op_type in OP_TYPES
+        and (node.name.startswith(names) or any(name.startswith(weights) for name in node.input[1:]))
     ]
 
 

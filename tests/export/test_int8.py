@@ -103,6 +103,9 @@ def test_int8_export_stays_within_2_ap_points_of_fp32(trained, tmp_path, capsys)
     graph32 = onnx.load(str(fp32)).graph
     assert DEFAULT_KEEP_FLOAT == ()
     assert _quantized_stages(proto, graph32) == dict.fromkeys(STAGES, True)
+    found = [name for stage in STAGES for name in stage_nodes(graph32, stage)]
+    convolutions = [n.name for n in graph32.node if n.op_type in ("Conv", "ConvTranspose", "Gemm")]
+    assert sorted(found) == sorted(convolutions)  # the stages divide the graph's layers between them
     # ... and `keep_float` keeps the named ones float, RoiAlign reading the float features
     kept = ("box_predictor", "rpn_objectness", ROI_ALIGN_INPUTS)
     images = calibration_images_from("shapes:64", count=4)
