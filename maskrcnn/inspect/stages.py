@@ -5,7 +5,7 @@ produced in an `Inspection`.
 anchors, NMS candidates and proposals (read from its `ProposalRecord`), its matcher and anchor
 targets; the RoI heads' `predict` (detections in the input frame, each with the index of
 the proposal it was refined from) and `to_original`; the mask branch's logits and the keypoint
-branch's heatmaps. Nothing is
+branch's heatmaps (read from its `HeadsRecord`). Nothing is
 recomputed here. With ground truth, it is mapped through the model's own preprocessing (the
 resize) before anchors are matched, exactly as in training.
 """
@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..data.keypoint_meta import keypoint_names, keypoint_skeleton
+from ..model.roi_heads import HeadsRecord
 from ..model.roi_pooler import MultiScaleRoIPooler
 from ..model.rpn import ProposalRecord
 from ..ops.boxes import box_area, box_iou
@@ -99,13 +100,6 @@ def _anchor_shapes(model: Any) -> tuple[list[list[float]], list[float]]:
     return [[float(v) for v in s] for s in sizes], [round(float(r), 2) for r in heights / widths]
 
 
-def _class_logits(mask_branch: Any, features: list[Tensor], boxes: Tensor, labels: Tensor) -> Tensor:
-    """(D, M, M) log-odds of each detection's class mask (sigmoid(logit) = its probability)."""
-    if len(boxes) == 0:
-        return torch.zeros((0, mask_branch.resolution, mask_branch.resolution))
-    return mask_branch.class_masks(features, [boxes], labels, as_logits=True)
-
-
 def _keypoint_metadata(model: Any) -> tuple[list[str], tuple[tuple[int, int], ...]]:
     """The names and skeleton of a keypoint model's keypoints, from its config (COCO's for 17)."""
     cfg = model.config
@@ -145,10 +139,10 @@ def inspect_model(
     features = model.backbone(batch.tensor)
 
     rpn = model.rpn
-    record = ProposalRecord()
-    (proposals,), _ = rpn(features, [size], padded, record=record)
-    (candidates,) = record.candidates
-    feature_sizes, anchors = record.feature_sizes, record.anchors
+    rpn_record = ProposalRecord()
+    (proposals,), _ = rpn(features, [size], padded, record=rpn_record)
+    (candidates,) = rpn_record.candidates
+    feature_sizes, anchors = rpn_record.feature_sizes, rpn_record.anchors
     all_anchors = torch.cat(anchors, dim=0)
 
     anchor_labels = anchor_matches = None
@@ -162,11 +156,12 @@ def inspect_model(
             anchor_matches = torch.full((len(all_anchors),), -1, dtype=torch.int64)
 
     heads = model.roi_heads
-    (in_frame,) = heads.predict(features, [proposals], [size])
+    record = HeadsRecord()
+    (in_frame,) = heads.predict(features, [proposals], [size], record=record)
     (detections,) = heads.to_original([in_frame], [size], batch.original_sizes)
     mask_branch = heads.branch("mask")
     if mask_branch is not None:
-        logits = _class_logits(mask_branch, features, in_frame.boxes, in_frame.labels)
+        logits = record.mask_logits
         det_levels = mask_branch.pooler.levels(in_frame.boxes).cpu()
     else:
         notes.append("this model has no mask branch")
@@ -175,7 +170,7 @@ def inspect_model(
     keypoint_branch = heads.branch("keypoint")
     heatmaps, names, skeleton = None, [], ()
     if keypoint_branch is not None:
-        heatmaps = keypoint_branch(features, [in_frame.boxes]).float().cpu() if len(in_frame) else None
+        heatmaps = record.keypoint_heatmaps.float().cpu() if len(in_frame) else None
         names, skeleton = _keypoint_metadata(model)
     rgb = F.interpolate(image[None].float(), size=size, mode="bilinear", align_corners=False)[0]
     rpn_first = int(round(np.log2(rpn.anchor_generator.strides[0])))

@@ -158,14 +158,22 @@ class MaskBranch(nn.Module):
         each label's mask (or log-odds, `as_logits`). Trace-safe for one image, none included."""
         return class_masks(self(features, boxes), labels, mask_loss=self.mask_loss, as_logits=as_logits)
 
-    def predict(self, features: list[Tensor], detections: list[Detections]) -> list[Detections]:
-        """Adds `mask_probs` (D, M, M) to each image's detections (boxes in the input frame)."""
+    def predict(
+        self, features: list[Tensor], detections: list[Detections], *, record=None
+    ) -> list[Detections]:
+        """Adds `mask_probs` (D, M, M) to each image's detections (boxes in the input frame);
+        `record` (a `roi_heads.HeadsRecord`) gets the class masks' log-odds."""
         boxes = [d.boxes for d in detections]
         labels = torch.cat([d.labels for d in detections])
         if len(labels):
-            probs = self.class_masks(features, boxes, labels)
+            logits = self(features, boxes)
+            probs = class_masks(logits, labels, mask_loss=self.mask_loss)
+            if record is not None:
+                record.mask_logits = class_masks(logits, labels, mask_loss=self.mask_loss, as_logits=True)
         else:
             probs = features[0].new_zeros((0, self.resolution, self.resolution))
+            if record is not None:
+                record.mask_logits = probs
         return [
             dataclasses.replace(d, mask_probs=p)
             for d, p in zip(detections, probs.split([len(b) for b in boxes]))
