@@ -11,8 +11,9 @@ data, so an image without detections runs the same graph and gives empty outputs
          mask_probs (D, M, M) of each detection's class (pasting happens outside the graph),
          keypoint_heatmaps (D, J, S, S) logits (decoded outside the graph, `decode_keypoints`)
 
-`InferenceGraph(model)` wraps a `MaskRCNN`; in eager mode it gives the same numbers as
-`MaskRCNN.predict` on one image (with torchvision's RoIAlign kernels).
+`InferenceGraph(model)` wraps a `MaskRCNN`; in eager mode it runs `MaskRCNN.predict`'s own code
+on one image (same numbers); traced, the RoI poolers use torchvision's RoIAlign kernels (not the
+sparse one) and NMS both of torchvision's algorithms with the choice made in the graph.
 """
 
 from __future__ import annotations
