@@ -60,7 +60,7 @@ def load(
     (for training-style use), or for a `.onnx` file written by `maskrcnn export` an
     `maskrcnn.export.runtime.OnnxModel` run by ONNX Runtime (`pip install maskrcnn[onnx]`)."""
     from . import weights
-    from .engine.checkpoint import load_model
+    from .checkpoints import load_model
     from .errors import UserError
     from .predictor import Predictor
 
@@ -70,7 +70,7 @@ def load(
             raise UserError(f"sha256= is for paths and URLs; the registry holds the hash of {path_or_url!r}")
         return Predictor(weights.load_model(str(path_or_url), map_location=device), device=device)
     if str(path_or_url).lower().endswith(".onnx"):  # an exported graph, run by ONNX Runtime
-        from .engine.checkpoint import resolve_weights
+        from .checkpoints import resolve_weights
         from .export.runtime import OnnxModel
 
         onnx_path = resolve_weights(path_or_url, sha256=sha256)

@@ -59,7 +59,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 def _cmd_weights(args: argparse.Namespace) -> int:
     from . import weights
-    from .engine.checkpoint import cache_dir
+    from .checkpoints import cache_dir
 
     for name in args.fetch or []:
         entry = weights.get(name)
@@ -389,7 +389,7 @@ def _check_shared_options(args: argparse.Namespace) -> None:
     if score_thresh is not None and not 0.0 <= score_thresh <= 1.0:
         raise UserError(f"--score-thresh must be in [0, 1], got {score_thresh}")
     if getattr(args, "device", None) is not None:
-        from .engine.train import resolve_device
+        from .devices import resolve_device
 
         try:
             resolve_device(args.device)

@@ -17,7 +17,7 @@ Kinds of entries
               and the published AP come from detectron2's MODEL_ZOO.md (convert/detectron2_zoo.py).
     backbone: an ImageNet ResNet (conv1 .. layer4) that `maskrcnn train` loads into a fresh model.
 
-Cache ($MASKRCNN_HOME/checkpoints, else ~/.cache/maskrcnn/checkpoints: `checkpoint.cache_dir`)
+Cache ($MASKRCNN_HOME/checkpoints, else ~/.cache/maskrcnn/checkpoints: `checkpoints.cache_dir`)
     <file>.pth              the download, verified against its hash (torch hub: progress bar, a
                             temporary file renamed only after the hash check)
     <file stem>.maskrcnn.pt our converted checkpoint (models), written atomically: once it exists,
@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import checkpoints
 from .convert.detectron2_zoo import ZOO, ZOO_BASE
 from .engine import checkpoint
 from .engine.conversion import CONVERTERS
@@ -211,11 +212,11 @@ def get(name: str, *, kind: str | None = None, what: str = "weights") -> Entry:
 
 
 def download_path(entry: Entry) -> Path:
-    return checkpoint.cache_dir() / entry.file_name
+    return checkpoints.cache_dir() / entry.file_name
 
 
 def converted_path(entry: Entry) -> Path:
-    return checkpoint.cache_dir() / (Path(entry.file_name).stem + CONVERTED_SUFFIX)
+    return checkpoints.cache_dir() / (Path(entry.file_name).stem + CONVERTED_SUFFIX)
 
 
 def cache_state(entry: Entry) -> str:
@@ -280,7 +281,7 @@ def fetch(entry: Entry, *, progress: bool = True) -> Path:
     """The entry's file in the cache, downloaded and verified first if needed (a corrupted download
     is a UserError naming the URL, and leaves nothing behind)."""
     url, expected = source(entry)
-    path = checkpoint.resolve_weights(url, sha256=expected or None, progress=progress)
+    path = checkpoints.resolve_weights(url, sha256=expected or None, progress=progress)
     if entry.md5_prefix and not expected:  # a mirror's SHA256SUMS digest replaces the md5 prefix
         _check_md5(path, entry.md5_prefix, url)
     return path
@@ -322,7 +323,7 @@ def converted(name: str, *, progress: bool = True) -> Path:
 
 def load_model(name: str, *, map_location: str = "cpu", progress: bool = True):
     """Our MaskRCNN holding the named published weights (fetched and converted on first use)."""
-    return checkpoint.load_model(converted(name, progress=progress), map_location=map_location)
+    return checkpoints.load_model(converted(name, progress=progress), map_location=map_location)
 
 
 def load_backbone(model, weights: str, *, progress: bool = True) -> None:

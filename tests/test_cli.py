@@ -43,7 +43,7 @@ def converted(tmp_path_factory) -> Path:
 
 
 def test_convert_writes_a_loadable_checkpoint(converted):
-    from maskrcnn.engine.checkpoint import read_checkpoint
+    from maskrcnn.checkpoints import read_checkpoint
 
     ckpt = read_checkpoint(converted)
     assert ckpt["format"] == "maskrcnn"

@@ -29,7 +29,7 @@ import torch
 
 import maskrcnn
 from maskrcnn import cli
-from maskrcnn.engine.checkpoint import read_checkpoint
+from maskrcnn.checkpoints import read_checkpoint
 from maskrcnn.engine.resume import rng_state, set_rng_state
 from maskrcnn.errors import UserError
 from maskrcnn.safe_load import load_weights_file

@@ -37,6 +37,7 @@ from .presets import (
     torchvision_v2,
 )
 from .schema import (
+    CHOICES,
     AnchorConfig,
     BackboneConfig,
     Config,
@@ -53,6 +54,7 @@ from .schema import (
 from .upgrade import SCHEMA_VERSION, rename_key, upgrade_config
 
 __all__ = [
+    "CHOICES",
     "PRESETS",
     "SCHEMA_VERSION",
     "AnchorConfig",
@@ -165,8 +167,17 @@ def from_dict(data: dict, cls: type = Config, base: Any = None, where: str = "")
         if is_dataclass(current):
             changes[key] = from_dict(value, type(current), current, path)
         else:
-            changes[key] = _coerce(value, hints[key], path)
+            changes[key] = _check_choice(_coerce(value, hints[key], path), path)
     return dataclasses.replace(base, **changes)
+
+
+def _check_choice(value: Any, path: str) -> Any:
+    """`value` if `path` has no fixed set of values (`CHOICES`) or it is one of them."""
+    allowed = CHOICES.get(path)
+    if allowed is not None and value not in allowed:
+        listed = ", ".join(str(v) for v in allowed)
+        raise UserError(f"config key {path!r}: {value!r} is not one of the allowed values: {listed}")
+    return value
 
 
 def apply_overrides(cfg: Config, overrides: list[str]) -> Config:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = [
+    "CHOICES",
     "AnchorConfig",
     "BackboneConfig",
     "Config",
@@ -25,6 +26,35 @@ __all__ = [
     "TrainConfig",
     "replace",
 ]
+
+NORMS = ("none", "frozen_bn", "bn", "gn")
+BOX_LOSSES = ("smooth_l1", "l1")
+
+# The values a setting may take, by its dotted key: checked when a config is read (`from_dict`,
+# so YAML files, overrides, checkpoints and ONNX metadata alike), so a typo fails at once with one
+# line listing these instead of when (or silently if) the code that uses it runs. The model's and
+# engine's own lists (e.g. `model.layers.NORMS`) must agree: tests/test_config_choices.py checks.
+CHOICES: dict[str, tuple[Any, ...]] = {
+    "model.input.channel_order": ("rgb", "bgr"),
+    "model.input.resize": ("torchvision", "detectron2"),
+    "model.backbone.depth": (18, 34, 50, 101),
+    "model.backbone.norm": NORMS,
+    "model.backbone.fpn_norm": NORMS,
+    "model.rpn.box_loss": BOX_LOSSES,
+    "model.roi_heads.pooler": ("roi_align", "roi_pool"),
+    "model.roi_heads.roi_align_impl": ("auto", "torchvision", "sparse"),
+    "model.roi_heads.level_mapping": ("torchvision", "detectron2"),
+    "model.roi_heads.box_head": ("fc", "conv"),
+    "model.roi_heads.box_head_norm": NORMS,
+    "model.roi_heads.box_loss": BOX_LOSSES,
+    "model.roi_heads.mask_head_norm": NORMS,
+    "model.roi_heads.mask_loss": ("sigmoid", "softmax"),
+    "model.roi_heads.mask_paste": ("torchvision", "detectron2"),
+    "model.roi_heads.keypoint_score": ("logit", "softmax"),
+    "solver.optimizer": ("sgd", "adamw"),
+    "solver.schedule": ("multistep", "cosine"),
+    "train.freeze": ("none", "backbone", "backbone+fpn", "backbone+fpn+rpn"),
+}
 
 
 @dataclass(frozen=True)

@@ -6,8 +6,9 @@
     class_names: K names, category_ids: K dataset category ids (label i+1 <-> category_ids[i]),
     model: the state dict.
 
-`engine.checkpoint` writes and reads these files; the converters (torchvision, detectron2), a layer
-below it, build the same dict here, so that a converted checkpoint records its schema as well.
+`engine.checkpoint` writes and `maskrcnn.checkpoints` reads these files; the converters
+(torchvision, detectron2) build the same dict here, so that a converted checkpoint records its
+schema as well.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Weights files that are not our checkpoints, as `engine.checkpoint.read_checkpoint` meets them
+"""Weights files that are not our checkpoints, as `maskrcnn.checkpoints.read_checkpoint` meets them
 (already read by `maskrcnn.safe_load`): `to_checkpoint(obj, source=...)` turns what it can
 convert into our checkpoint dict and says what to do with the rest.
 

@@ -182,10 +182,10 @@ def run_demo(
     """Train the small shapes model on the CPU, evaluate it on held-out shapes, draw overlays.
     `keypoints`: the keypoint demo (preset shapes_keypoints, the shapes' corners as keypoints: see
     `maskrcnn.data.shapes`), evaluated with box and keypoint AP instead of box and mask AP."""
+    from ..checkpoints import load_model
     from ..data.shapes import ShapesDataset
     from ..evaluation.report import format_table
     from ..files import atomic_write_json
-    from .checkpoint import load_model
     from .train import train
 
     start = time.perf_counter()

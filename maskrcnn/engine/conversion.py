@@ -67,9 +67,10 @@ def convert_detectron2(
 ) -> str:
     """Convert `source` (model_final.pth or a zoo .pkl, read safely) into our checkpoint `target`,
     written atomically and only once the converted model loads; returns the line that says what."""
+    from ..checkpoints import model_from_checkpoint
     from ..convert.detectron2 import from_detectron2
     from ..safe_load import load_weights_file
-    from .checkpoint import atomic_save, model_from_checkpoint
+    from .checkpoint import atomic_save
 
     names = read_class_names(classes) if classes else None
     obj = load_weights_file(source)
@@ -115,10 +116,10 @@ def _torchvision_maskrcnn(version: str) -> Callable[[Path, Any], Any]:
 
 def _detectron2(path: Path, entry):
     """A detectron2 zoo file -> our model (architecture from its tensors, then the entry's overrides)."""
+    from ..checkpoints import model_from_checkpoint
     from ..config import apply_overrides, from_dict, to_dict
     from ..convert.detectron2 import from_detectron2
     from ..safe_load import load_weights_file
-    from .checkpoint import model_from_checkpoint
 
     ckpt = from_detectron2(load_weights_file(path), source=str(path))
     cfg = apply_overrides(from_dict(ckpt["config"]), list(entry.overrides))

@@ -1,7 +1,7 @@
 """Starting a run from trained weights: `maskrcnn train --init W` (config key `train.init`).
 
 W is a weights name (`maskrcnn weights`), a path or URL of our checkpoint, or a torchvision Mask
-R-CNN / Keypoint R-CNN state dict (any file `engine.checkpoint.read_checkpoint` reads, so the foreign
+R-CNN / Keypoint R-CNN state dict (any file `maskrcnn.checkpoints.read_checkpoint` reads, so the foreign
 formats it converts too). The model is built from the training config, with the classes of the
 training data (K of them); then, tensor by tensor of its state dict:
 
@@ -41,11 +41,11 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from ..checkpoints import read_checkpoint, resolve_weights, upgraded_state
 from ..config import Config, from_dict, to_dict
 from ..distributed import DistInfo
 from ..errors import UserError
 from ..files import atomic_write_json
-from .checkpoint import read_checkpoint, resolve_weights, upgraded_state
 
 BACKGROUND = "\0background"  # the name of the background slot (no class can be called so)
 COUNTER = "num_batches_tracked"  # BatchNorm's step counter: absent from FrozenBatchNorm2d and W's of it

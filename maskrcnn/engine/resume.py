@@ -30,10 +30,11 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from ..checkpoints import read_checkpoint
 from ..config import Config, from_dict, to_dict
 from ..distributed import DistInfo, barrier
 from ..errors import UserError
-from .checkpoint import atomic_save, model_state, read_checkpoint
+from .checkpoint import atomic_save, model_state
 
 RESUME_MODES = ("auto", "always", "never")
 

@@ -35,6 +35,7 @@ from ..data.keypoint_meta import keypoint_flip_map, oks_sigmas, with_dataset_key
 from ..data.loader import build_train_loader
 from ..data.specs import build_dataset
 from ..data.transforms import Compose, HorizontalFlip, LargeScaleJitter
+from ..devices import resolve_device
 from ..distributed import DistInfo, all_finite, barrier, cleanup, init_distributed
 from ..errors import UserError
 from ..files import atomic_write_text, remove_partial_writes
@@ -51,20 +52,6 @@ __all__ = ["MetricsWriter", "NonFiniteLossError", "Trainer", "TrainState", "trai
 
 class NonFiniteLossError(RuntimeError):
     pass
-
-
-def resolve_device(name: str) -> str:
-    """`auto` -> cuda when a GPU is there, else cpu; a device this machine lacks is a UserError."""
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(name)
-    except RuntimeError as e:
-        raise UserError(f"device {name!r} is not a device name ({e})") from None
-    if device.type == "cuda" and not (device.index or 0) < torch.cuda.device_count():
-        found = f"{torch.cuda.device_count()} CUDA device(s)" if torch.cuda.is_available() else "no CUDA"
-        raise UserError(f"device {name!r} is not available: this machine has {found}")
-    return name
 
 
 def build_transforms(cfg: Config, *, num_keypoints: int = 0):

@@ -9,7 +9,9 @@ The graph (`maskrcnn.export.graph.InferenceGraph`, traced by torch.onnx's TorchS
     inputs:  image (3, H, W) float32 in [0, 1], RGB; H and W dynamic, one image per run
              score_thresh () float32: the box branch's score threshold (the config's by default)
     outputs: boxes (D, 4) float32 xyxy in original-image pixels, scores (D,) float32,
-             labels (D,) int64 in 1..K, mask_probs (D, M, M) float32 (models with a mask branch)
+             labels (D,) int64 in 1..K, mask_probs (D, M, M) float32 (models with a mask branch),
+             keypoint_heatmaps (D, J, S, S) float32 logits (models with a keypoint branch; the
+             runtime decodes them with `decode_keypoints`, as `KeypointBranch.predict` does)
 
 D is dynamic and may be 0. The file's metadata_props hold what `maskrcnn.load` needs besides the
 graph: `maskrcnn` (the format version), `class_names` and `category_ids` (JSON lists) and `config`
@@ -33,7 +35,7 @@ from .graph import InferenceGraph
 DEFAULT_OPSET = 17  # RoiAlign's half_pixel mode (aligned=True) needs 16
 FORMAT_VERSION = "1"
 INPUTS = ("image", "score_thresh")
-OUTPUTS = ("boxes", "scores", "labels", "mask_probs")
+OUTPUTS = ("boxes", "scores", "labels", "mask_probs", "keypoint_heatmaps")
 
 
 def require_onnx():
@@ -58,10 +60,12 @@ def _example_image(height: int = 480, width: int = 640) -> torch.Tensor:
 
 def inference_settings(model) -> dict:
     """The model's settings that act outside the graph: the default score threshold, the mask
-    threshold of pasting, and the resize and padding rule of `padded_size`."""
+    threshold of pasting, the keypoint score, and the resize and padding rule of `padded_size`."""
     p = model.preprocessor
     mask = model.roi_heads.branch("mask")
+    keypoint = model.roi_heads.branch("keypoint")
     return {
+        "keypoint_score": None if keypoint is None else keypoint.score,
         "score_thresh": float(model.roi_heads.box.score_thresh),
         "mask_threshold": None if mask is None else float(mask.threshold),
         "mask_paste": None if mask is None else mask.paste,
@@ -82,7 +86,7 @@ def export_onnx(model, path: str | Path, *, opset: int = DEFAULT_OPSET) -> Path:
     try:
         graph = InferenceGraph(model)
         example = (_example_image(), torch.tensor(0.0))  # threshold 0: every branch of the graph runs
-        outputs = OUTPUTS if graph.mask is not None else OUTPUTS[:3]
+        outputs = graph.output_names
         dynamic = {"image": {1: "height", 2: "width"}, **{name: {0: "detections"} for name in outputs}}
         tmp = Path(path).with_name(f".{Path(path).name}.trace")
         try:

@@ -6,8 +6,10 @@ command's `--weights model.onnx` run it like the PyTorch model.
     detections = model.predict([image])              # image: (3, H, W) float in [0, 1] or uint8
 
 One image per session run (the graph takes one image); the 28×28 mask probabilities are pasted
-into the image outside the graph with `maskrcnn.model.postprocess.paste_masks`, as `predict` does.
-Shapes: D detections, (H, W) the image's size, M the mask resolution.
+into the image outside the graph with `maskrcnn.model.mask_paste.paste_masks`, and keypoint
+heatmaps decoded with `maskrcnn.model.keypoint_branch.decode_keypoints` in the model's input frame
+then scaled to the image, as `predict` does.
+Shapes: D detections, (H, W) the image's size, M the mask resolution, J keypoints, S heatmap side.
 """
 
 from __future__ import annotations
@@ -22,8 +24,11 @@ from torch import Tensor
 
 from ..config import Config, from_dict
 from ..errors import UserError
-from ..model.postprocess import paste_masks
+from ..model.keypoint_branch import decode_keypoints
+from ..model.mask_paste import paste_masks
 from ..model.preprocess import padded_shape, resized_shape
+from ..ops.boxes import scale_boxes
+from ..ops.keypoints import scale_keypoints
 from ..structures import Detections
 from .onnx import FORMAT_VERSION
 
@@ -104,9 +109,20 @@ class OnnxModel:
 
     def padded_size(self, height: int, width: int) -> tuple[int, int]:
         """The padded input size of an image of this size (as `MaskRCNN.padded_size`)."""
+        return padded_shape([self.input_size(height, width)], self.settings["size_divisible"])
+
+    def input_size(self, height: int, width: int) -> tuple[int, int]:
+        """The resized size the graph gives an image of this size (the model's input frame)."""
         s = self.settings
-        size = resized_shape(height, width, min_size=s["min_size"], max_size=s["max_size"])
-        return padded_shape([size], s["size_divisible"])
+        return resized_shape(height, width, min_size=s["min_size"], max_size=s["max_size"])
+
+    def _keypoints(self, heatmaps: Tensor, boxes: Tensor, original: tuple[int, int]) -> Tensor:
+        """(D, J, S, S) heatmaps, (D, 4) boxes in original pixels -> (D, J, 3) keypoints in original
+        pixels: decoded in the input frame, as `KeypointBranch.predict` and `to_original` do."""
+        size = self.input_size(*original)
+        in_frame = scale_boxes(boxes, original, size)
+        keypoints = decode_keypoints(heatmaps, in_frame, score=self.settings.get("keypoint_score") or "logit")
+        return scale_keypoints(keypoints, size, original)
 
     def predict(self, images: list[Tensor], *, score_thresh: float | None = None) -> list[Detections]:
         """One Detections per (3, H, W) image (float in [0, 1] or uint8), in original-image pixels,
@@ -131,6 +147,8 @@ class OnnxModel:
                     threshold=self.settings["mask_threshold"],
                     mode=self.settings.get("mask_paste") or "torchvision",
                 )
+            if "keypoint_heatmaps" in out:
+                det.keypoints = self._keypoints(out["keypoint_heatmaps"], det.boxes, tuple(image.shape[-2:]))
             results.append(det)
         return results
 

@@ -1,11 +1,11 @@
 """Running the model stage by stage on one image (`inspect_model`), keeping what every stage
 produced in an `Inspection`.
 
-`inspect_model` goes through the model's own stages and keeps what each returns: the RPN's head,
-anchor generator, `candidates` (what enters NMS) and `suppress` (the proposals), its matcher and
-anchor targets; the RoI heads' `predict` (detections in the input frame, each with the index of
+`inspect_model` goes through the model's own stages and keeps what each returns: the RPN's
+anchors, NMS candidates and proposals (read from its `ProposalRecord`), its matcher and anchor
+targets; the RoI heads' `predict` (detections in the input frame, each with the index of
 the proposal it was refined from) and `to_original`; the mask branch's logits and the keypoint
-branch's heatmaps. Nothing is
+branch's heatmaps (read from its `HeadsRecord`). Nothing is
 recomputed here. With ground truth, it is mapped through the model's own preprocessing (the
 resize) before anchors are matched, exactly as in training.
 """
@@ -21,9 +21,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..data.keypoint_meta import keypoint_names, keypoint_skeleton
-from ..model.mask_head import mask_channel
-from ..model.roi_pooler import MultiScaleRoIPooler, assign_levels
-from ..model.rpn import flatten_predictions
+from ..model.roi_heads import HeadsRecord
+from ..model.roi_pooler import MultiScaleRoIPooler
+from ..model.rpn import ProposalRecord
 from ..ops.boxes import box_area, box_iou
 from ..structures import Detections, Targets
 from ..visualize import to_rgb_array
@@ -85,27 +85,7 @@ class Inspection:
 
 def pooled_levels(pooler: MultiScaleRoIPooler, boxes: Tensor) -> Tensor:
     """(R, 4) boxes -> (R,) index of the pooler's level each box is pooled from (the pooler's rule)."""
-    if len(pooler.scales) == 1:
-        return torch.zeros(len(boxes), dtype=torch.int64, device=boxes.device)
-    return assign_levels(
-        boxes,
-        min_level=pooler.min_level,
-        max_level=pooler.max_level,
-        canonical_box_size=pooler.canonical_box_size,
-        canonical_level=pooler.canonical_level,
-        mapping=pooler.level_mapping,
-    )
-
-
-def _level_ranges(pooler: MultiScaleRoIPooler) -> list[tuple[float, float]]:
-    """sqrt(area) interval [lo, hi) of boxes pooled from each level (FPN eq. 1, clamped)."""
-    count = pooler.max_level - pooler.min_level + 1
-    ranges = []
-    for i in range(count):
-        k = pooler.min_level + i
-        lo = pooler.canonical_box_size * 2.0 ** (k - pooler.canonical_level)
-        ranges.append((0.0 if i == 0 else lo, float("inf") if i == count - 1 else 2 * lo))
-    return ranges
+    return pooler.levels(boxes)
 
 
 def _anchor_shapes(model: Any) -> tuple[list[list[float]], list[float]]:
@@ -118,20 +98,6 @@ def _anchor_shapes(model: Any) -> tuple[list[list[float]], list[float]]:
     sizes = [sorted({round(float(v)) for v in box_area(c).sqrt()}) for c in cells]
     heights, widths = cells[0][:, 3] - cells[0][:, 1], cells[0][:, 2] - cells[0][:, 0]
     return [[float(v) for v in s] for s in sizes], [round(float(r), 2) for r in heights / widths]
-
-
-def _class_logits(mask_branch: Any, features: list[Tensor], boxes: Tensor, labels: Tensor) -> Tensor:
-    """(D, M, M) logit of each detection's class mask (sigmoid(logit) = its probability)."""
-    m = mask_branch.resolution
-    if len(boxes) == 0:
-        return torch.zeros((0, m, m))
-    logits = mask_branch(features, [boxes])
-    index = torch.arange(len(labels), device=labels.device)
-    channel = mask_channel(labels, num_channels=logits.shape[1], mask_loss=mask_branch.mask_loss)
-    if mask_branch.mask_loss == "softmax":
-        p = logits.softmax(dim=1)[index, channel].clamp(1e-6, 1 - 1e-6)
-        return torch.log(p) - torch.log1p(-p)
-    return logits[index, channel]
 
 
 def _keypoint_metadata(model: Any) -> tuple[list[str], tuple[tuple[int, int], ...]]:
@@ -173,14 +139,11 @@ def inspect_model(
     features = model.backbone(batch.tensor)
 
     rpn = model.rpn
-    objectness, deltas = rpn.head(features)
-    feature_sizes = [tuple(int(v) for v in f.shape[-2:]) for f in features]
-    anchors = rpn.anchor_generator(feature_sizes, padded, features[0].device)
-    counts = [len(a) for a in anchors]
+    rpn_record = ProposalRecord()
+    (proposals,), _ = rpn(features, [size], padded, record=rpn_record)
+    (candidates,) = rpn_record.candidates
+    feature_sizes, anchors = rpn_record.feature_sizes, rpn_record.anchors
     all_anchors = torch.cat(anchors, dim=0)
-    objectness, deltas = flatten_predictions(objectness, deltas)
-    (candidates,) = rpn.candidates(objectness, deltas, all_anchors, counts, [size])
-    proposals = rpn.suppress(candidates)
 
     anchor_labels = anchor_matches = None
     if resized is not None:
@@ -193,12 +156,13 @@ def inspect_model(
             anchor_matches = torch.full((len(all_anchors),), -1, dtype=torch.int64)
 
     heads = model.roi_heads
-    (in_frame,) = heads.predict(features, [proposals], [size])
+    record = HeadsRecord()
+    (in_frame,) = heads.predict(features, [proposals], [size], record=record)
     (detections,) = heads.to_original([in_frame], [size], batch.original_sizes)
     mask_branch = heads.branch("mask")
     if mask_branch is not None:
-        logits = _class_logits(mask_branch, features, in_frame.boxes, in_frame.labels)
-        det_levels = pooled_levels(mask_branch.pooler, in_frame.boxes).cpu()
+        logits = record.mask_logits
+        det_levels = mask_branch.pooler.levels(in_frame.boxes).cpu()
     else:
         notes.append("this model has no mask branch")
         logits, det_levels = torch.zeros((0, 1, 1)), torch.zeros(0, dtype=torch.int64)
@@ -206,7 +170,7 @@ def inspect_model(
     keypoint_branch = heads.branch("keypoint")
     heatmaps, names, skeleton = None, [], ()
     if keypoint_branch is not None:
-        heatmaps = keypoint_branch(features, [in_frame.boxes]).float().cpu() if len(in_frame) else None
+        heatmaps = record.keypoint_heatmaps.float().cpu() if len(in_frame) else None
         names, skeleton = _keypoint_metadata(model)
     rgb = F.interpolate(image[None].float(), size=size, mode="bilinear", align_corners=False)[0]
     rpn_first = int(round(np.log2(rpn.anchor_generator.strides[0])))
@@ -236,8 +200,8 @@ def inspect_model(
         pooled_level_names=[
             f"P{heads.box.pooler.min_level + i}" for i in range(len(heads.box.pooler.scales))
         ],
-        proposal_levels=pooled_levels(heads.box.pooler, proposals.boxes).cpu(),
-        level_ranges=_level_ranges(heads.box.pooler),
+        proposal_levels=heads.box.pooler.levels(proposals.boxes).cpu(),
+        level_ranges=heads.box.pooler.level_ranges(),
         detections=detections.to("cpu"),
         det_input_boxes=in_frame.boxes.cpu(),
         det_sources=in_frame.proposal_index.cpu(),

@@ -15,6 +15,8 @@ import math
 import torch
 from torch import Tensor, nn
 
+from .traceable import tracing
+
 
 def cell_anchors(
     sizes: tuple[float, ...], aspect_ratios: tuple[float, ...], *, rounded: bool = True
@@ -67,27 +69,35 @@ class AnchorGenerator(nn.Module):
     def num_anchors_per_location(self) -> int:
         return int(self.cell_anchors[0].shape[0])
 
-    def level_strides(self, feature_sizes: list[tuple[int, int]], padded_size: tuple[int, int]):
+    def level_strides(self, feature_sizes: list[tuple], padded_size: tuple) -> list[tuple]:
+        """(y, x) stride of each level; sizes may be ints or 0-dim tensors (traced sizes)."""
         if self.image_size_strides:
             return [(padded_size[0] // h, padded_size[1] // w) for h, w in feature_sizes]
         return [(s, s) for s in self.strides]
 
-    def forward(
-        self, feature_sizes: list[tuple[int, int]], padded_size: tuple[int, int], device
-    ) -> list[Tensor]:
-        key = (tuple(feature_sizes), tuple(padded_size), str(device))
-        if key in self._cache:
-            return self._cache[key]
+    def grid_anchors(self, feature_sizes: list[tuple], padded_size: tuple, device) -> list[Tensor]:
+        """(H_l * W_l * A, 4) anchors per level for the given (H_l, W_l) feature sizes and padded
+        input size; the sizes may be ints or 0-dim int64 tensors (graph values while tracing)."""
         anchors = []
         strides = self.level_strides(feature_sizes, padded_size)
         for (h, w), (stride_y, stride_x), base in zip(feature_sizes, strides, self.cell_anchors):
             shifts_x = torch.arange(w, dtype=torch.int32, device=device) * stride_x
             shifts_y = torch.arange(h, dtype=torch.int32, device=device) * stride_y
-            shift_y, shift_x = torch.meshgrid(shifts_y, shifts_x, indexing="ij")
-            shift_x, shift_y = shift_x.reshape(-1), shift_y.reshape(-1)
-            shifts = torch.stack((shift_x, shift_y, shift_x, shift_y), dim=1)
+            shift_x = shifts_x[None, :].expand(h, w).reshape(-1)
+            shift_y = shifts_y[:, None].expand(h, w).reshape(-1)
+            shifts = torch.stack((shift_x, shift_y, shift_x, shift_y), dim=1).to(torch.int32)
             # (H*W, 1, 4) + (1, A, 4) -> (H*W*A, 4)
             anchors.append((shifts.view(-1, 1, 4) + base.to(device).view(1, -1, 4)).reshape(-1, 4))
+        return anchors
+
+    def forward(self, feature_sizes: list[tuple], padded_size: tuple, device) -> list[Tensor]:
+        """`grid_anchors`, cached by size in eager mode (not while tracing: sizes are graph values)."""
+        if tracing():
+            return self.grid_anchors(feature_sizes, padded_size, device)
+        key = (tuple(feature_sizes), tuple(padded_size), str(device))
+        if key in self._cache:
+            return self._cache[key]
+        anchors = self.grid_anchors(feature_sizes, padded_size, device)
         if len(self._cache) > 64:
             self._cache.clear()
         self._cache[key] = anchors

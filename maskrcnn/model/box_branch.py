@@ -13,15 +13,66 @@ from __future__ import annotations
 import dataclasses
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..ops.box_coder import BoxCoder
-from ..ops.boxes import scale_boxes
+from ..ops.boxes import nonempty_boxes
 from ..structures import Detections
 from .losses import fast_rcnn_loss
-from .postprocess import detect_boxes
 from .roi_pooler import MultiScaleRoIPooler
 from .targets import SampledRoIs
+from .traceable import clip_boxes, grouped_nms, scale_boxes
+
+
+def detect_image(
+    class_logits: Tensor,
+    box_deltas: Tensor,
+    proposals: Tensor,
+    image_size: tuple,
+    *,
+    box_coder: BoxCoder,
+    score_thresh: float | Tensor,
+    nms_thresh: float,
+    detections_per_image: int,
+    min_size: float = 1e-2,
+    min_size_exclusive: bool = False,
+) -> Detections:
+    """One image's (R, K+1) logits, (R, 4*(K+1)) deltas and (R, 4) proposals -> Detections
+    (boxes, scores, labels and `proposal_index`, the proposal each detection was refined from) in
+    the proposals' frame: every (RoI, class) pair with score > score_thresh decoded, clipped, boxes
+    narrower or lower than min_size dropped (<= min_size when exclusive), per-class NMS, the best
+    `detections_per_image`. Trace-safe: `image_size` and `score_thresh` may be tensors."""
+    scores = F.softmax(class_logits, -1)
+    # candidates in (RoI, class) row-major order, background excluded
+    roi, cls = torch.where(scores[:, 1:] > score_thresh)
+    cls = cls + 1
+    cand_scores = scores[roi, cls]
+    # (R, 4*(K+1)) -> (R, K+1, 4), then one row of 4 per candidate
+    cand_deltas = box_deltas.reshape(box_deltas.shape[0], -1, 4)[roi, cls]
+    boxes = clip_boxes(box_coder.decode(cand_deltas, proposals[roi])[:, 0], image_size)
+    keep = nonempty_boxes(boxes, min_size, exclusive=min_size_exclusive)
+    boxes, cand_scores, cls, roi = boxes[keep], cand_scores[keep], cls[keep], roi[keep]
+    num_classes = class_logits.shape[1] - 1
+    keep = grouped_nms(boxes, cand_scores, cls, nms_thresh, group_ids=range(1, num_classes + 1))
+    keep = keep[:detections_per_image]
+    return Detections(boxes=boxes[keep], scores=cand_scores[keep], labels=cls[keep], proposal_index=roi[keep])
+
+
+def detect_boxes(
+    class_logits: Tensor, box_deltas: Tensor, proposals: list[Tensor], image_sizes: list[tuple], **settings
+) -> list[Detections]:
+    """(R, K+1) logits and (R, 4*(K+1)) deltas of the batch's per-image proposals -> `detect_image`
+    of each image (`settings`: its keyword arguments). Trace-safe for one image (no split)."""
+    if len(proposals) > 1:
+        counts = [len(p) for p in proposals]
+        class_logits, box_deltas = class_logits.split(counts), box_deltas.split(counts)
+    else:
+        class_logits, box_deltas = [class_logits], [box_deltas]
+    return [
+        detect_image(logits, deltas, props, size, **settings)
+        for logits, deltas, props, size in zip(class_logits, box_deltas, proposals, image_sizes)
+    ]
 
 
 class BoxBranch(nn.Module):
@@ -78,10 +129,10 @@ class BoxBranch(nn.Module):
         proposals: list[Tensor],
         image_sizes: list[tuple[int, int]],
         *,
-        score_thresh: float | None = None,
+        score_thresh: float | Tensor | None = None,
     ) -> list[Detections]:
         """Per-image proposals -> Detections in the input frame (with `proposal_index`).
-        `score_thresh` replaces the branch's own threshold for this call."""
+        `score_thresh` replaces the branch's own threshold for this call (a tensor while tracing)."""
         class_logits, box_deltas = self(features, proposals)
         return detect_boxes(
             class_logits,
@@ -99,5 +150,5 @@ class BoxBranch(nn.Module):
     def to_original(
         self, det: Detections, *, input_size: tuple[int, int], original_size: tuple[int, int]
     ) -> Detections:
-        """Boxes from the resized input frame to original-image pixels."""
+        """Boxes from the resized input frame to original-image pixels (sizes may be traced)."""
         return dataclasses.replace(det, boxes=scale_boxes(det.boxes, input_size, original_size))

@@ -176,14 +176,19 @@ class KeypointBranch(nn.Module):
             valid.append(v)
         return {"loss_keypoint": keypoint_loss(logits, torch.cat(cells), torch.cat(valid))}
 
-    def predict(self, features: list[Tensor], detections: list[Detections]) -> list[Detections]:
-        """Adds `keypoints` (D, J, 3): x, y (input frame) and score, to each image's detections."""
+    def predict(
+        self, features: list[Tensor], detections: list[Detections], *, record=None
+    ) -> list[Detections]:
+        """Adds `keypoints` (D, J, 3): x, y (input frame) and score, to each image's detections;
+        `record` (a `roi_heads.HeadsRecord`) gets the heatmaps."""
         boxes = [d.boxes for d in detections]
         if sum(len(b) for b in boxes):
             heatmaps = self(features, boxes)
         else:
             j = self.head.predictor.out_channels
             heatmaps = features[0].new_zeros((0, j, 1, 1))
+        if record is not None:
+            record.keypoint_heatmaps = heatmaps
         keypoints = decode_keypoints(heatmaps, torch.cat(boxes), score=self.score)
         return [
             dataclasses.replace(d, keypoints=k)

@@ -1,6 +1,7 @@
 """Loss functions: pure functions of predictions and targets (no module state).
 
-L = L_rpn_cls + L_rpn_box + L_cls + L_box + L_mask (Mask R-CNN §3, "Multi-task loss").
+L = L_rpn_cls + L_rpn_box + L_cls + L_box + L_mask (Mask R-CNN §3, "Multi-task loss"); the
+mask loss lives with its branch (`mask_branch.mask_loss`), as the keypoint loss does.
 Normalizations follow Detectron/torchvision: box losses are summed over positives and divided
 by the number of sampled anchors / RoIs.
 """
@@ -10,8 +11,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-
-from .mask_head import mask_channel
 
 
 def box_regression_loss(pred: Tensor, target: Tensor, *, kind: str, beta: float) -> Tensor:
@@ -72,27 +71,3 @@ def fast_rcnn_loss(
     per_class = box_deltas.reshape(box_deltas.shape[0], -1, 4)
     loss = box_regression_loss(per_class[pos, gt_labels[pos]], gt_deltas[pos], kind=box_loss, beta=beta)
     return {"loss_cls": loss_cls, "loss_box": loss / max(gt_labels.numel(), 1)}
-
-
-def mask_loss(
-    mask_logits: Tensor, gt_labels: Tensor, gt_masks: Tensor, *, mask_loss: str = "sigmoid"
-) -> Tensor:
-    """Mask loss on positive RoIs (Mask R-CNN §3): mean per-pixel binary cross-entropy on the
-    ground-truth class's M×M logits only ("sigmoid"); "softmax" is the paper's multinomial ablation,
-    a per-pixel cross-entropy over background + K classes.
-
-    mask_logits (R, C, M, M) with C = K (per-class), 1 (class-agnostic) or K+1 (softmax);
-    gt_labels (R,) in 1..K; gt_masks (R, M, M) in [0, 1].
-    """
-    if gt_masks.numel() == 0:
-        return mask_logits.sum() * 0
-    if mask_loss == "softmax":
-        pixel_labels = torch.where(
-            gt_masks >= 0.5, gt_labels[:, None, None], torch.zeros_like(gt_labels)[:, None, None]
-        )
-        return F.cross_entropy(mask_logits, pixel_labels)
-    if mask_loss != "sigmoid":
-        raise ValueError(f"unknown mask loss {mask_loss!r}; choose sigmoid or softmax")
-    channel = mask_channel(gt_labels, num_channels=mask_logits.shape[1], mask_loss=mask_loss)
-    selected = mask_logits[torch.arange(gt_labels.shape[0], device=gt_labels.device), channel]
-    return F.binary_cross_entropy_with_logits(selected, gt_masks.to(selected.dtype))

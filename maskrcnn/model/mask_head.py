@@ -36,14 +36,3 @@ class MaskHead(nn.Module):
         for conv in self.convs:
             x = conv(x)
         return self.predictor(torch.relu(self.deconv(x)))
-
-
-def mask_channel(labels: Tensor, *, num_channels: int, mask_loss: str) -> Tensor:
-    """(D,) labels in 1..K -> (D,) the head's output channel that holds each label's mask: the
-    one place that knows the channel layout (K per-class maps, 1 class-agnostic map, or background
-    + K maps for the softmax ablation)."""
-    if mask_loss == "softmax":
-        return labels
-    if num_channels == 1:
-        return torch.zeros_like(labels)
-    return labels - 1

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from ..ops.boxes import scale_boxes
 from ..ops.keypoints import scale_keypoints
 from ..structures import ImageBatch, Targets
+from .traceable import spatial_size
 
 RESIZE_RULES = ("torchvision", "detectron2")
 
@@ -29,7 +30,16 @@ def resized_shape(
     height: int, width: int, *, min_size: float, max_size: float, rule: str = "torchvision"
 ) -> tuple[int, int]:
     """The resized (h, w): torchvision's floor(side * factor), or detectron2's ResizeShortestEdge
-    (shorter side to min_size, both scaled down if the longer exceeds max_size, rounded)."""
+    (shorter side to min_size, both scaled down if the longer exceeds max_size, rounded). With
+    `height` and `width` 0-dim int64 tensors (traced sizes), torchvision's rule in float64 tensor
+    arithmetic, as Python computes it, giving 0-dim int64 tensors."""
+    if isinstance(height, Tensor) or isinstance(width, Tensor):
+        if rule != "torchvision":
+            raise ValueError(f"resize rule {rule!r} has no traced form; only torchvision's")
+        h, w = torch.as_tensor(height).to(torch.float64), torch.as_tensor(width).to(torch.float64)
+        low, high = h.new_full((), float(min_size)), h.new_full((), float(max_size))
+        factor = torch.minimum(low / torch.minimum(h, w), high / torch.maximum(h, w))
+        return torch.floor(h * factor).to(torch.int64), torch.floor(w * factor).to(torch.int64)
     if rule == "detectron2":
         scale = min_size * 1.0 / min(height, width)
         new_h, new_w = (min_size * 1.0, scale * width) if height < width else (scale * height, min_size * 1.0)
@@ -97,13 +107,8 @@ class Preprocessor(nn.Module):
                 raise TypeError(f"image {i}: expected a float tensor in [0, 1], got {image.dtype}")
             h, w = image.shape[-2:]
             originals.append((int(h), int(w)))
-            image = self.normalize(image)
-            size = self.output_size(h, w, self._choose_min_size())
-            antialias = self.resize == "detectron2" and (size[0] < h or size[1] < w)
-            image = F.interpolate(
-                image[None], size=size, mode="bilinear", align_corners=False, antialias=antialias
-            )[0]
-            resized.append(image)
+            image, size = self.resize_image(image, self._choose_min_size())
+            resized.append(image[0])
             sizes.append(size)
             if targets is not None:
                 new_targets.append(self._resize_targets(Targets.from_any(targets[i]), (h, w), size))
@@ -118,6 +123,26 @@ class Preprocessor(nn.Module):
         if self.pixel_scale != 1.0:
             image = image * self.pixel_scale
         return (image - self.pixel_mean.to(image.dtype)) / self.pixel_std.to(image.dtype)
+
+    def resize_image(self, image: Tensor, min_size: int | None = None) -> tuple[Tensor, tuple]:
+        """(3, H, W) RGB in [0, 1] -> the normalized, resized (1, 3, h, w) image and its (h, w) (at
+        inference's size unless `min_size` is given). Trace-safe with the torchvision rule: (h, w)
+        are then 0-dim tensors."""
+        height, width = spatial_size(image)
+        image = self.normalize(image)
+        size = self.output_size(height, width, min_size)
+        antialias = self.resize == "detectron2" and (size[0] < height or size[1] < width)
+        image = F.interpolate(
+            image[None], size=size, mode="bilinear", align_corners=False, antialias=antialias
+        )
+        return image, size
+
+    def pad_one(self, image: Tensor) -> Tensor:
+        """One (1, 3, h, w) resized image -> (1, 3, Hp, Wp) zero-padded to multiples of
+        `size_divisible` (what `pad` gives for a batch of one); trace-safe."""
+        h, w = spatial_size(image)
+        d = self.size_divisible
+        return F.pad(image, (0, (w + d - 1) // d * d - w, 0, (h + d - 1) // d * d - h))
 
     def output_size(self, height: int, width: int, min_size: int | None = None) -> tuple[int, int]:
         """The resized size of an image (at inference's size unless `min_size` is given)."""

@@ -16,7 +16,8 @@ Shapes: N images, P_i proposals of image i, R sampled RoIs, R+ positives, D_i de
 
 from __future__ import annotations
 
-from typing import Protocol
+from dataclasses import dataclass
+from typing import Optional, Protocol
 
 from torch import Tensor, nn
 
@@ -25,6 +26,15 @@ from .box_branch import BoxBranch
 from .matcher import Matcher
 from .sampler import BalancedSampler
 from .targets import PositiveRoIs, sample_rois
+
+
+@dataclass
+class HeadsRecord:
+    """What the branches computed on the way to their fields, filled in when one is passed to
+    `RoIHeads.predict(record=...)` (what `maskrcnn.inspect` shows); over the batch's D detections."""
+
+    mask_logits: Optional[Tensor] = None  # (D, M, M) log-odds of each detection's class mask
+    keypoint_heatmaps: Optional[Tensor] = None  # (D, J, S, S) heatmap logits
 
 
 class RoIBranch(Protocol):
@@ -36,8 +46,11 @@ class RoIBranch(Protocol):
         """Its losses on the positive RoIs of a batch."""
         ...
 
-    def predict(self, features: list[Tensor], detections: list[Detections]) -> list[Detections]:
-        """Each image's detections (input frame) with the branch's fields added."""
+    def predict(
+        self, features: list[Tensor], detections: list[Detections], *, record: HeadsRecord | None = None
+    ) -> list[Detections]:
+        """Each image's detections (input frame) with the branch's fields added (and what it
+        computed on the way in `record`, when given)."""
         ...
 
     def to_original(
@@ -98,13 +111,15 @@ class RoIHeads(nn.Module):
         image_sizes: list[tuple[int, int]],
         *,
         score_thresh: float | None = None,
+        record: HeadsRecord | None = None,
     ) -> list[Detections]:
-        """Detections of every image in the input frame, each branch's fields filled in."""
+        """Detections of every image in the input frame, each branch's fields filled in; `record`:
+        filled with the branches' intermediate results."""
         detections = self.box.predict(
             features, [p.boxes for p in proposals], image_sizes, score_thresh=score_thresh
         )
         for branch in self.branches:
-            detections = branch.predict(features, detections)
+            detections = branch.predict(features, detections, record=record)
         return detections
 
     def to_original(

@@ -7,23 +7,24 @@ head:      [P_l (N, D, H_l, W_l)] -> objectness [(N, A, H_l, W_l)], deltas [(N, 
 proposals: per level, the top `pre_nms_topk` anchors by objectness are decoded, clipped,
            filtered by size and score; NMS runs per level (batched); the best `post_nms_topk`
            per image remain (torchvision's rule; Detectron's training-time rule is per batch).
+           Trace-safe (`traceable`): the exported graph runs this same code.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
 
 from ..ops.box_coder import BoxCoder
-from ..ops.boxes import clip_boxes, nonempty_boxes
-from ..ops.nms import batched_nms
+from ..ops.boxes import nonempty_boxes
 from ..structures import Proposals, Targets
 from .anchors import AnchorGenerator
 from .losses import rpn_loss
 from .matcher import Matcher, match_labels
 from .sampler import BalancedSampler
+from .traceable import capped, clip_boxes, grouped_nms, spatial_size
 
 
 @dataclass
@@ -60,16 +61,25 @@ class RPNHead(nn.Module):
         return objectness, deltas
 
 
-def flatten_predictions(objectness: list[Tensor], deltas: list[Tensor]) -> tuple[Tensor, Tensor]:
-    """Per-level head outputs -> objectness (N, A_all) and deltas (N, A_all, 4), anchor order."""
-    flat_obj, flat_deltas = [], []
-    for obj, dl in zip(objectness, deltas):
-        n, a, h, w = obj.shape
-        # (N, A, H, W) -> (N, H, W, A) -> (N, H*W*A)
-        flat_obj.append(obj.permute(0, 2, 3, 1).reshape(n, -1))
-        # (N, A*4, H, W) -> (N, A, 4, H, W) -> (N, H, W, A, 4) -> (N, H*W*A, 4)
-        flat_deltas.append(dl.view(n, a, 4, h, w).permute(0, 3, 4, 1, 2).reshape(n, -1, 4))
-    return torch.cat(flat_obj, dim=1), torch.cat(flat_deltas, dim=1)
+def flatten_level(objectness: Tensor, deltas: Tensor) -> tuple[Tensor, Tensor]:
+    """One level's head outputs (N, A, H, W), (N, 4A, H, W) -> objectness (N, H*W*A) and deltas
+    (N, H*W*A, 4) in anchor order (row, column, anchor); trace-safe (no size arithmetic)."""
+    n, a = objectness.shape[:2]
+    # (N, A, H, W) -> (N, H, W, A) -> (N, H*W*A)
+    flat_obj = objectness.permute(0, 2, 3, 1).reshape(n, -1)
+    # (N, A*4, H, W) -> (N, A, 4, H*W) -> (N, H*W, A, 4) -> (N, H*W*A, 4)
+    flat_deltas = deltas.reshape(n, a, 4, -1).permute(0, 3, 1, 2).reshape(n, -1, 4)
+    return flat_obj, flat_deltas
+
+
+@dataclass
+class ProposalRecord:
+    """What the RPN computed on the way to its proposals, filled in when one is passed to
+    `RegionProposalNetwork.forward(record=...)` (what `maskrcnn.inspect` shows)."""
+
+    feature_sizes: list = field(default_factory=list)  # (H_l, W_l) per level
+    anchors: list = field(default_factory=list)  # per level (A_l, 4)
+    candidates: list = field(default_factory=list)  # per image Candidates (what enters NMS)
 
 
 class RegionProposalNetwork(nn.Module):
@@ -110,26 +120,32 @@ class RegionProposalNetwork(nn.Module):
     def forward(
         self,
         features: list[Tensor],
-        image_sizes: list[tuple[int, int]],
-        padded_size: tuple[int, int],
+        image_sizes: list[tuple],
+        padded_size: tuple,
         targets: list[Targets] | None = None,
+        *,
+        record: ProposalRecord | None = None,
     ) -> tuple[list[Proposals], dict[str, Tensor]]:
         """Proposals per image (in resized-image pixels); losses when targets are given.
 
-        image_sizes: (h, w) of each image inside the padded batch of size `padded_size`.
+        image_sizes: (h, w) of each image inside the padded batch of size `padded_size` (ints, or
+        0-dim tensors while tracing). `record`: filled with the anchors and NMS candidates.
         """
         objectness, deltas = self.head(features)
-        feature_sizes = [tuple(f.shape[-2:]) for f in features]
+        feature_sizes = [spatial_size(f) for f in features]
         anchors = self.anchor_generator(feature_sizes, padded_size, features[0].device)
-        anchors_per_level = [len(a) for a in anchors]
-        all_anchors = torch.cat(anchors, dim=0)  # (A_all, 4)
-        objectness, deltas = flatten_predictions(objectness, deltas)
-
-        proposals = self.select_proposals(
-            objectness.detach(), deltas.detach(), all_anchors, anchors_per_level, image_sizes
+        flat = [flatten_level(obj, dl) for obj, dl in zip(objectness, deltas)]
+        objectness, deltas = [f[0] for f in flat], [f[1] for f in flat]
+        candidates = self.candidates(
+            [o.detach() for o in objectness], [d.detach() for d in deltas], anchors, image_sizes
         )
+        proposals = [self.suppress(c, num_levels=len(anchors)) for c in candidates]
+        if record is not None:
+            record.feature_sizes, record.anchors, record.candidates = feature_sizes, anchors, candidates
         losses: dict[str, Tensor] = {}
         if targets is not None:
+            all_anchors = torch.cat(anchors, dim=0)  # (A_all, 4)
+            objectness, deltas = torch.cat(objectness, dim=1), torch.cat(deltas, dim=1)
             gt_labels, gt_deltas = self.anchor_targets(all_anchors, targets)
             sampled_pos, sampled_neg = self.sampler(list(gt_labels))
             losses = rpn_loss(
@@ -144,50 +160,35 @@ class RegionProposalNetwork(nn.Module):
             )
         return proposals, losses
 
-    def select_proposals(
-        self,
-        objectness: Tensor,
-        deltas: Tensor,
-        anchors: Tensor,
-        anchors_per_level: list[int],
-        image_sizes: list[tuple[int, int]],
-    ) -> list[Proposals]:
-        """Top-k per level -> decode -> clip -> drop tiny/low-score -> per-level NMS -> top-k per image."""
-        candidates = self.candidates(objectness, deltas, anchors, anchors_per_level, image_sizes)
-        return [self.suppress(c) for c in candidates]
-
     def candidates(
         self,
-        objectness: Tensor,
-        deltas: Tensor,
-        anchors: Tensor,
-        anchors_per_level: list[int],
-        image_sizes: list[tuple[int, int]],
+        objectness: list[Tensor],
+        deltas: list[Tensor],
+        anchors: list[Tensor],
+        image_sizes: list[tuple],
     ) -> list[Candidates]:
         """What enters NMS, per image: the top `pre_nms_topk` anchors of each level by objectness,
         decoded, clipped to the image, without tiny boxes and scores below `score_thresh`.
 
-        objectness (N, A_all) logits, deltas (N, A_all, 4), anchors (A_all, 4)."""
+        Per level: objectness (N, A_l) logits, deltas (N, A_l, 4), anchors (A_l, 4). Trace-safe."""
         pre_k = self.pre_nms_topk[0] if self.training else self.pre_nms_topk[1]
-        num_images = objectness.shape[0]
-        top_index, top_level = [], []
-        offset = 0
-        for level, count in enumerate(anchors_per_level):
-            level_scores = objectness[:, offset : offset + count]  # (N, A_l)
-            _, idx = level_scores.topk(min(pre_k, count), dim=1)
-            top_index.append(idx + offset)
+        top_scores, top_deltas, top_anchors, top_level = [], [], [], []
+        for level, (obj, dl, anchor) in enumerate(zip(objectness, deltas, anchors)):
+            scores, idx = obj.topk(capped(obj, pre_k, dim=1), dim=1)  # (N, k)
+            top_scores.append(scores)
+            top_deltas.append(dl.gather(1, idx[..., None].expand(-1, -1, 4)))
+            top_anchors.append(anchor[idx])
             top_level.append(torch.full_like(idx, level))
-            offset += count
-        top_index = torch.cat(top_index, dim=1)  # (N, T)
-        top_level = torch.cat(top_level, dim=1)
-        batch = torch.arange(num_images, device=objectness.device)[:, None]
-        scores = objectness[batch, top_index].sigmoid()  # (N, T)
+        scores = torch.cat(top_scores, dim=1).sigmoid()  # (N, T)
+        levels = torch.cat(top_level, dim=1)
         # decode only the selected anchors: (N*T, 4) -> (N, T, 4)
-        boxes = self.box_coder.decode(deltas[batch, top_index].reshape(-1, 4), anchors[top_index.reshape(-1)])
-        boxes = boxes.reshape(num_images, -1, 4)
+        boxes = self.box_coder.decode(
+            torch.cat(top_deltas, dim=1).reshape(-1, 4), torch.cat(top_anchors, dim=1).reshape(-1, 4)
+        )
+        boxes = boxes.reshape(scores.shape[0], -1, 4)
 
         results = []
-        for boxes_i, scores_i, level_i, size in zip(boxes, scores, top_level, image_sizes):
+        for boxes_i, scores_i, level_i, size in zip(boxes, scores, levels, image_sizes):
             boxes_i = clip_boxes(boxes_i, size)
             keep = nonempty_boxes(boxes_i, self.min_size, exclusive=self.min_size_exclusive)
             boxes_i, scores_i, level_i = boxes_i[keep], scores_i[keep], level_i[keep]
@@ -195,11 +196,12 @@ class RegionProposalNetwork(nn.Module):
             results.append(Candidates(boxes=boxes_i[keep], scores=scores_i[keep], levels=level_i[keep]))
         return results
 
-    def suppress(self, candidates: Candidates) -> Proposals:
+    def suppress(self, candidates: Candidates, *, num_levels: int) -> Proposals:
         """NMS within each level, then the best `post_nms_topk` of the image."""
         post_k = self.post_nms_topk[0] if self.training else self.post_nms_topk[1]
         c = candidates
-        keep = batched_nms(c.boxes, c.scores, c.levels, self.nms_thresh)[:post_k]
+        keep = grouped_nms(c.boxes, c.scores, c.levels, self.nms_thresh, group_ids=range(num_levels))
+        keep = keep[:post_k]
         return Proposals(boxes=c.boxes[keep], scores=c.scores[keep])
 
     def anchor_targets(self, anchors: Tensor, targets: list[Targets]) -> tuple[Tensor, Tensor]:

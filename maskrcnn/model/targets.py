@@ -1,5 +1,6 @@
-"""Training targets of the RoI heads: match proposals to ground truth, sample RoIs, encode
-regression targets, and crop-and-resize ground-truth masks onto positive RoIs.
+"""Training targets of the RoI heads: match proposals to ground truth, sample RoIs, encode box
+regression targets. Each branch builds its own targets on the positive RoIs
+(`mask_branch.mask_targets`, `keypoint_branch.keypoint_targets`).
 
 Shapes: per image P_i proposals and G_i ground-truth instances; R sampled RoIs in all; R+ positives.
 """
@@ -12,7 +13,6 @@ import torch
 from torch import Tensor
 
 from ..ops.box_coder import BoxCoder
-from ..ops.roi_align import roi_align
 from ..structures import Targets
 from .matcher import Matcher, match_labels
 from .sampler import BalancedSampler
@@ -71,28 +71,3 @@ def sample_rois(
         gt_boxes.append(boxes[m[keep]])
     gt_deltas = box_coder.encode(torch.cat(gt_boxes), torch.cat(out_boxes))
     return SampledRoIs(boxes=out_boxes, gt_labels=out_labels, matched_gt=out_matched, gt_deltas=gt_deltas)
-
-
-def mask_targets(
-    gt_masks: list[Tensor], boxes: list[Tensor], matched_gt: list[Tensor], *, resolution: int, aligned: bool
-) -> Tensor:
-    """Per image: the (G_i, H, W) masks and R+_i positive RoIs with their matched instance ->
-    (R+, M, M) soft targets in [0, 1] (RoIAlign of the binary mask onto each RoI)."""
-    out = []
-    for masks, b, m in zip(gt_masks, boxes, matched_gt):
-        if len(b) == 0:
-            continue
-        rois = torch.cat((m.to(b.dtype)[:, None], b), dim=1)
-        crops = roi_align(
-            masks[:, None].to(b.dtype),
-            rois,
-            resolution,
-            spatial_scale=1.0,
-            sampling_ratio=-1,
-            aligned=aligned,
-        )
-        out.append(crops[:, 0])
-    if not out:
-        device = boxes[0].device if boxes else "cpu"
-        return torch.zeros((0, resolution, resolution), device=device)
-    return torch.cat(out)

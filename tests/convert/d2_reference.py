@@ -14,8 +14,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from maskrcnn.checkpoints import model_from_checkpoint
 from maskrcnn.convert.detectron2 import from_detectron2
-from maskrcnn.engine.checkpoint import model_from_checkpoint
 from tests.helpers import SHARED_DATA
 
 D2_ROOT = SHARED_DATA.parent / "detectron2"

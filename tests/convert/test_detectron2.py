@@ -173,7 +173,7 @@ def test_keypoint_rcnn_parity(config, seed, images, tmp_path, shared_data):
 
 def test_cli_converts_a_zoo_pkl_with_class_names(r50, tmp_path, capsys):
     from maskrcnn import cli
-    from maskrcnn.engine.checkpoint import read_checkpoint
+    from maskrcnn.checkpoints import read_checkpoint
 
     classes = tmp_path / "classes.txt"
     names = [f"thing{i}" for i in range(80)]

@@ -11,8 +11,8 @@ from PIL import Image
 
 import maskrcnn
 from maskrcnn import cli
+from maskrcnn.checkpoints import read_checkpoint
 from maskrcnn.convert.detectron2 import coco_80
-from maskrcnn.engine.checkpoint import read_checkpoint
 from maskrcnn.predict_records import detection_records
 from tests.helpers import coco_data
 

@@ -8,7 +8,7 @@ import torch
 
 from maskrcnn.model.anchors import AnchorGenerator
 from maskrcnn.model.keypoint_branch import decode_keypoints
-from maskrcnn.model.postprocess import paste_masks
+from maskrcnn.model.mask_paste import paste_masks
 from maskrcnn.model.roi_pooler import assign_levels
 from maskrcnn.ops.boxes import nonempty_boxes
 

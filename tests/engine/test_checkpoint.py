@@ -12,14 +12,9 @@ import torchvision
 
 import maskrcnn
 import maskrcnn.config.upgrade as schema_upgrade
+from maskrcnn.checkpoints import FORMAT, read_checkpoint, resolve_weights
 from maskrcnn.config import SCHEMA_VERSION, apply_overrides, get_preset, rename_key
-from maskrcnn.engine.checkpoint import (
-    FORMAT,
-    load_backbone_weights,
-    read_checkpoint,
-    resolve_weights,
-    save_model,
-)
+from maskrcnn.engine.checkpoint import load_backbone_weights, save_model
 from maskrcnn.errors import UserError
 from maskrcnn.model import build_model
 from maskrcnn.predict import load_image

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from maskrcnn.engine.checkpoint import read_checkpoint
+from maskrcnn.checkpoints import read_checkpoint
 from tests.helpers import single_thread_env, train_args
 
 SCHEDULE = [

@@ -11,7 +11,7 @@ import os
 
 import pytest
 
-from maskrcnn.engine.checkpoint import cache_dir, resolve_weights
+from maskrcnn.checkpoints import cache_dir, resolve_weights
 
 PAYLOAD = os.urandom(3 << 20)  # 3 MiB: several of torch hub's read chunks
 DIGEST = hashlib.sha256(PAYLOAD).hexdigest()

@@ -18,9 +18,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from maskrcnn.checkpoints import load_model, read_checkpoint
 from maskrcnn.cli import main
 from maskrcnn.config import apply_overrides, get_preset
-from maskrcnn.engine.checkpoint import load_model, read_checkpoint, save_model
+from maskrcnn.engine.checkpoint import save_model
 from maskrcnn.engine.freeze import set_train_mode
 from maskrcnn.engine.init import init_model
 from maskrcnn.engine.train import Trainer, train

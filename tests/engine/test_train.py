@@ -16,10 +16,10 @@ import torch
 from torch import nn
 
 import maskrcnn
+from maskrcnn.checkpoints import read_checkpoint
 from maskrcnn.cli import build_parser, main
 from maskrcnn.config import SCHEMA_VERSION, SolverConfig, resolve
 from maskrcnn.data.shapes import ShapesDataset
-from maskrcnn.engine.checkpoint import read_checkpoint
 from maskrcnn.engine.optim import lr_factor
 from maskrcnn.engine.train import Trainer, train_loader
 from tests.helpers import TINY_NET, single_thread_env, train_args

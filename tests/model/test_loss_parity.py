@@ -9,8 +9,9 @@ from torchvision.models.detection.roi_heads import fastrcnn_loss, maskrcnn_loss
 from maskrcnn.config import apply_overrides
 from maskrcnn.convert.torchvision import config_for, convert_state_dict
 from maskrcnn.model import build_model
-from maskrcnn.model.losses import fast_rcnn_loss, mask_loss, rpn_loss
-from maskrcnn.model.targets import mask_targets, sample_rois
+from maskrcnn.model.losses import fast_rcnn_loss, rpn_loss
+from maskrcnn.model.mask_branch import mask_loss, mask_targets
+from maskrcnn.model.targets import sample_rois
 from tests.helpers import coco2_train
 
 from .tv_reference import assert_losses_match, torchvision_model

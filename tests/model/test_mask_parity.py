@@ -13,7 +13,7 @@ import torch
 from torchvision.models.detection.roi_heads import paste_masks_in_image
 
 from maskrcnn.inputs import load_image
-from maskrcnn.model.postprocess import paste_masks
+from maskrcnn.model.mask_paste import paste_masks
 
 from .tv_reference import converted, torchvision_model
 

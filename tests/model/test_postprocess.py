@@ -10,7 +10,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from maskrcnn.model.postprocess import _expand_boxes, detect_boxes, paste_masks, select_mask_probs
+from maskrcnn.model.box_branch import detect_boxes
+from maskrcnn.model.mask_branch import class_masks
+from maskrcnn.model.mask_paste import _expand_boxes, paste_masks
 from maskrcnn.ops.box_coder import BoxCoder
 
 
@@ -110,15 +112,15 @@ def test_paste_masks_zero_detections():
     assert out.shape == (0, 37, 53) and out.dtype == torch.bool
 
 
-def test_select_mask_probs_picks_the_label_channel():
+def test_class_masks_picks_the_label_channel():
     logits = torch.zeros(2, 3, 2, 2)
     logits[0, 1] = 2.0  # detection 0 has label 2 -> channel 1
     logits[1, 2] = -1.0  # detection 1 has label 3 -> channel 2
-    out = select_mask_probs(logits, torch.tensor([2, 3]))
+    out = class_masks(logits, torch.tensor([2, 3]), mask_loss="sigmoid")
     torch.testing.assert_close(out[0], torch.full((2, 2), 1 / (1 + math.exp(-2.0))))
     torch.testing.assert_close(out[1], torch.full((2, 2), 1 / (1 + math.exp(1.0))))
     # class-agnostic (one channel) uses channel 0 for every label
-    out = select_mask_probs(logits[:, :1], torch.tensor([2, 3]))
+    out = class_masks(logits[:, :1], torch.tensor([2, 3]), mask_loss="sigmoid")
     torch.testing.assert_close(out, torch.full((2, 2, 2), 0.5))
 
 

@@ -1,14 +1,13 @@
-"""Inference post-processing: pure functions from head outputs to detections.
+"""Mask pasting: the M×M mask probabilities of the detections into the image at their boxes.
 
-1. Box head: softmax scores (R, K+1) and per-class deltas -> every (RoI, class) pair with score
-   > score_thresh is decoded, clipped, tiny boxes dropped, per-class NMS, top `detections_per_image`.
-2. Masks: the 28×28 probability map of each detection's predicted class.
-3. Pasting: every mask is resampled into its box at image resolution in one batched operation
-   (separable bilinear interpolation as matrix products), chunked to bound memory. The result
-   equals pasting one mask at a time with F.interpolate (torchvision's paste_masks_in_image),
-   including its one-pixel zero border and integer box rounding; or, with `mode="detectron2"`,
-   sampling the mask bilinearly at every pixel centre relative to the exact (float) box, zero
-   outside the mask, thresholded with >= (detectron2's grid_sample-based paste_masks_in_image).
+Every mask is resampled into its box at image resolution in one batched operation (separable
+bilinear interpolation as matrix products), chunked to bound memory. The result equals pasting one
+mask at a time with F.interpolate (torchvision's paste_masks_in_image), including its one-pixel
+zero border and integer box rounding; or, with `mode="detectron2"`, sampling the mask bilinearly
+at every pixel centre relative to the exact (float) box, zero outside the mask, thresholded with
+>= (detectron2's grid_sample-based paste_masks_in_image).
+
+Shapes: D detections, M the mask side, (H, W) the image.
 """
 
 from __future__ import annotations
@@ -16,62 +15,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-
-from ..ops.box_coder import BoxCoder
-from ..ops.boxes import clip_boxes, nonempty_boxes
-from ..ops.nms import batched_nms
-from ..structures import Detections
-from .mask_head import mask_channel
-
-
-def detect_boxes(
-    class_logits: Tensor,
-    box_deltas: Tensor,
-    proposals: list[Tensor],
-    image_sizes: list[tuple[int, int]],
-    *,
-    box_coder: BoxCoder,
-    score_thresh: float,
-    nms_thresh: float,
-    detections_per_image: int,
-    min_size: float = 1e-2,
-    min_size_exclusive: bool = False,
-) -> list[Detections]:
-    """(R, K+1) logits, (R, 4*(K+1)) deltas, per-image proposals -> per image Detections (boxes,
-    scores, labels and `proposal_index`, the proposal each detection was refined from) in the
-    proposals' frame. Boxes need width and height >= min_size (> min_size when exclusive)."""
-    scores_all = F.softmax(class_logits, -1)
-    counts = [len(p) for p in proposals]
-    results = []
-    for scores, deltas, props, size in zip(
-        scores_all.split(counts), box_deltas.split(counts), proposals, image_sizes
-    ):
-        # candidates in (RoI, class) row-major order, background excluded
-        roi, cls = torch.where(scores[:, 1:] > score_thresh)
-        cls = cls + 1
-        cand_scores = scores[roi, cls]
-        # (R, 4*(K+1)) -> (R, K+1, 4), then one row of 4 per candidate
-        cand_deltas = deltas.reshape(deltas.shape[0], -1, 4)[roi, cls]
-        boxes = box_coder.decode(cand_deltas, props[roi])[:, 0]
-        boxes = clip_boxes(boxes, size)
-        keep = nonempty_boxes(boxes, min_size, exclusive=min_size_exclusive)
-        boxes, cand_scores, cls, roi = boxes[keep], cand_scores[keep], cls[keep], roi[keep]
-        keep = batched_nms(boxes, cand_scores, cls, nms_thresh)[:detections_per_image]
-        results.append(
-            Detections(
-                boxes=boxes[keep], scores=cand_scores[keep], labels=cls[keep], proposal_index=roi[keep]
-            )
-        )
-    return results
-
-
-def select_mask_probs(mask_logits: Tensor, labels: Tensor, *, mask_loss: str = "sigmoid") -> Tensor:
-    """(D, C, M, M) logits and (D,) labels in 1..K -> (D, M, M) probabilities of each label's mask."""
-    index = torch.arange(len(labels), device=labels.device)
-    channel = mask_channel(labels, num_channels=mask_logits.shape[1], mask_loss=mask_loss)
-    if mask_loss == "softmax":
-        return mask_logits.softmax(dim=1)[index, channel]
-    return mask_logits[index, channel].sigmoid()
 
 
 def _expand_boxes(boxes: Tensor, scale: float) -> Tensor:
