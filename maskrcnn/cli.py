@@ -13,6 +13,27 @@ def _shares_line(shares: list) -> str:
     return f"{len(shares)} processes: {', '.join(runs)}"
 
 
+def set_precision(predictor, precision: str, device: str) -> None:
+    """`--precision`: set on the predictor (a UserError for an ONNX model in bf16); the one-line
+    note goes to stderr when `device` has no native bf16 and fp32 runs instead."""
+    from .hardware import resolve_precision
+
+    predictor.set_precision(precision)
+    note = resolve_precision(precision, device)[1]
+    if note:
+        print(f"note: {note}", file=sys.stderr, flush=True)
+
+
+def add_precision_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--precision",
+        choices=("fp32", "bf16"),
+        default="fp32",
+        help="bf16: the trunk and RPN head in bfloat16 where the CPU (AVX-512 BF16 / AMX) or GPU has "
+        "native bf16, else fp32 with a note (default fp32)",
+    )
+
+
 def _cmd_predict(args: argparse.Namespace) -> int:
     from . import load
     from .distributed import cleanup, init_distributed
@@ -21,6 +42,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
     items, problems = collect_inputs(args.inputs, glob=args.glob)
     model = load(args.weights)
+    set_precision(model, args.precision, args.device)
     dist = init_distributed(args.device)  # torchrun: this process predicts its share of the inputs
     try:
         report = run_predictions(
@@ -120,6 +142,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
     dataset = build_dataset(args.data)
     model = load(args.weights)
+    set_precision(model, args.precision, args.device)
     dist = init_distributed(args.device)  # torchrun: this process predicts its share of the images
     shares: list = []
     try:
@@ -228,6 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--glob", default=None, help="pattern for files in folder inputs (default: image files)")
     p.add_argument("--save-masks", action="store_true", help="also write one PNG per detected instance")
     p.add_argument("--no-overlays", action="store_true", help="do not draw overlay images")
+    add_precision_argument(p)
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("inputs", nargs="+", help="image files, folders (searched recursively) and video files")
     p.set_defaults(func=_cmd_predict)
@@ -242,6 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="report folder")
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--device", default="cpu")
+    add_precision_argument(p)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_cmd_evaluate)
 
