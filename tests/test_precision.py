@@ -85,10 +85,10 @@ def test_bf16_detections_close_to_fp32(resnet50, shared_data):
     assert next(resnet50.parameters()).dtype == torch.float32  # the model itself is untouched
 
 
-def test_predictor_falls_back_with_a_note_and_refuses_onnx(resnet50, monkeypatch):
+def test_predictor_falls_back_with_a_note_and_refuses_onnx(tiny_weights, monkeypatch):
     monkeypatch.setenv(ASSUME_NO_BF16_ENV, "1")
     with pytest.warns(RuntimeWarning, match="bf16 would be slower here"):
-        predictor = Predictor(resnet50, precision="bf16")
+        predictor = Predictor(maskrcnn.load(str(tiny_weights)).model, precision="bf16")
     assert (predictor.requested_precision, predictor.precision) == ("bf16", "fp32")
     with pytest.raises(UserError, match="precision must be one of fp32, bf16"):
         predictor.set_precision("int8")
@@ -128,3 +128,17 @@ def test_predict_and_evaluate_take_precision(tiny_weights, shared_data, tmp_path
     assert cli.main([*args, "--precision", "bf16"]) == 0
     assert (out / "metrics.json").is_file() or any(out.iterdir())
     assert ("note:" in capsys.readouterr().err) is (not NATIVE)
+
+
+def test_serve_takes_precision_and_reports_what_runs(tiny_weights, monkeypatch):
+    from maskrcnn.serve.app import model_info
+
+    args = cli.build_parser().parse_args(["serve", "--weights", str(tiny_weights), "--precision", "bf16"])
+    assert args.precision == "bf16"
+    predictor = maskrcnn.load(str(tiny_weights))
+    monkeypatch.setenv(ASSUME_NO_BF16_ENV, "1")
+    assert predictor.set_precision(args.precision).startswith("bf16 would be slower here")
+    assert model_info(predictor)["precision"] == "fp32"  # GET /v1/model: what runs, not what was asked
+    monkeypatch.delenv(ASSUME_NO_BF16_ENV)
+    predictor.set_precision("bf16")
+    assert model_info(predictor)["precision"] == ("bf16" if NATIVE else "fp32")
