@@ -140,6 +140,8 @@ def run_inference(
                     reference = outputs
                 else:
                     row.update(compare(outputs, reference))
+                # what the row computes in (`dtype` is the --dtypes pass it belongs to)
+                row["precision"] = variant.onnx or ("bf16" if variant.bf16 else dtype)
                 if variant.onnx:
                     row.update(onnx.details.get(variant.onnx, {}))
                 rows.append(row)

@@ -46,14 +46,15 @@ def format_report(result: dict) -> str:
             "",
             f"inference on {len(result['images'])} coco-mini val images "
             f"(shorter side {settings['min_size']}, max {settings['max_size']}); medians",
-            f"{'variant':<22} {'dtype':<5} {'batch':>5} {'median ms':>10} {'img/s':>7} {'vs tv':>6} "
+            f"{'variant':<22} {'prec.':<5} {'batch':>5} {'median ms':>10} {'img/s':>7} {'vs tv':>6} "
             f"{'peak MiB':>8} {'dets':>5} {'same n':>6} {'differ':>6} {'max|Δbox|':>9} {'max|Δscore|':>11}",
         ]
         speedups = _speedups(inference, ("dtype", "batch"))
         for i, r in enumerate(inference):
             same = r.get("detections_match_torchvision")
             lines.append(
-                f"{r['variant']:<22} {r['dtype']:<5} {r['batch']:>5} {r['median_ms']:>10.1f} "
+                f"{r['variant']:<22} {r.get('precision', r['dtype']):<5} {r['batch']:>5} "
+                f"{r['median_ms']:>10.1f} "
                 f"{r['images_per_s']:>7.2f} {speedups.get(i, 0):>5.2f}x {_mem(r['peak_mem_mb']):>8} "
                 f"{sum(r['detections']):>5} {'-' if same is None else ('yes' if same else 'NO'):>6} "
                 f"{r.get('detections_differing', '-'):>6} "
@@ -142,8 +143,9 @@ def _summary_lines(inference: list[dict], accuracy: list[dict]) -> list[str]:
         f" {m[:18] + ' box/mask AP':>30}" for m in models
     )
     lines = ["", "summary: batch 1 on the timed images; AP of the trained models (Δ in AP points)", header]
-    names = ["torchvision", "detectron2", *SPEED_ROW.values()]
-    for name in names:
+    shown = {"torchvision": "torchvision eager fp32", "detectron2": "detectron2 eager fp32"}
+    shown.update({row: f"ours {precision}" for precision, row in SPEED_ROW.items()})
+    for name in ["torchvision", "detectron2", *SPEED_ROW.values()]:
         r = speed.get(name)
         precision = next((k for k, v in SPEED_ROW.items() if v == name), None)
         cells = ""
@@ -154,10 +156,10 @@ def _summary_lines(inference: list[dict], accuracy: list[dict]) -> list[str]:
                 text += f" ({_points(a['box_AP_change'])}/{_points(a.get('mask_AP_change'))})"
             cells += f" {text:>30}"
         if r is None:
-            lines.append(f"{name:<24} {'-':>10} {'-':>6} {'-':>5}{cells}")
+            lines.append(f"{shown[name]:<24} {'-':>10} {'-':>6} {'-':>5}{cells}")
         else:
             lines.append(
-                f"{name:<24} {r['median_ms']:>10.1f} {tv['median_ms'] / r['median_ms']:>5.2f}x "
+                f"{shown[name]:<24} {r['median_ms']:>10.1f} {tv['median_ms'] / r['median_ms']:>5.2f}x "
                 f"{sum(r['detections']):>5}{cells}"
             )
     return lines
