@@ -152,7 +152,7 @@ class Predictor:
         regions = self.precision == "bf16" and BF16_REGIONS is not None
         if not self.fold_bn and not regions:
             return self.model
-        key = (weights_key(self.model), self.precision, self.fold_bn)
+        key = (weights_key(self.model), self.precision, self.fold_bn, self.device.type)
         if self._folded is None or self._folded[0] != key:
             model = fold_batchnorm(self.model) if self.fold_bn else self.model
             if regions:

@@ -7,19 +7,22 @@ No timing thresholds: only that every measurement ran and its numbers are sane.
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 import torch
 
 from maskrcnn.benchmark.demo_counterpart import torchvision_counterpart
+from maskrcnn.benchmark.detectron2_row import build_detectron2, detectron2_dir
 from maskrcnn.benchmark.onnx_row import int8_tools
 from maskrcnn.benchmark.report import format_report
 from maskrcnn.benchmark.speed import Settings
 from maskrcnn.benchmark.speed import main as speed_main
 from maskrcnn.benchmark.timing import compare
-from maskrcnn.benchmark.workloads import coco_train_batches, default_coco_dir, shapes_batches
+from maskrcnn.benchmark.workloads import coco_models, coco_train_batches, default_coco_dir, shapes_batches
 from maskrcnn.cli import main as cli_main
 from maskrcnn.config import get_preset
+from maskrcnn.convert.detectron2 import convert_state_dict as convert_d2
 from maskrcnn.errors import UserError
 from maskrcnn.hardware import REPORTED_FLAGS, cpu_isa_flags, has_native_bf16
 from maskrcnn.model import build_model
@@ -153,3 +156,21 @@ def test_benchmark_help_lists_its_options(capsys):
     assert info.value.code == 0
     text = capsys.readouterr().out
     assert text.startswith("usage: maskrcnn benchmark") and "--coco" in text and "--device" in text
+
+
+def test_detectron2_row_holds_our_weights():
+    """detectron2's model of the benchmark carries exactly our weights: converting its state dict with
+    the project's converter gives ours back (except torchvision's unused background box rows)."""
+    settings = Settings(min_size=160, max_size=224, detections=10, proposals=100)
+    _, ours = coco_models(settings)
+    root = detectron2_dir(settings)
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    d2 = build_detectron2(ours, settings, root)
+    back, state = convert_d2(d2.state_dict()), ours.state_dict()
+    assert {name for name, _ in ours.named_parameters()} <= set(back) <= set(state)
+    for key, value in back.items():
+        expected = state[key]
+        if key.startswith("roi_heads.box.predictor.bbox_pred."):
+            value, expected = value[4:], expected[4:]  # detectron2 has no background regression
+        assert torch.equal(value, expected.to(value.dtype)), key
