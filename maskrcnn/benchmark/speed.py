@@ -14,9 +14,13 @@ torchvision. Variants: torchvision, ours, ours with channels-last memory.
 CPU: batch-1 fp32 inference (plus ours with torchvision's RoIAlign kernels, to show what the sparse
 path gives). Inference on both also runs ours with BatchNorm folded into the convs (what `Predictor`
 runs) and, on the CPU, ours exported to ONNX and run by onnxruntime (fp32, batch 1; skipped with a
-note when onnx/onnxruntime are not installed), each compared with torchvision's detections (boxes
-and scores). Both: the `shapes_demo` training step against a same-size torchvision model
-(benchmarks/demo_counterpart.py), with a profile of torchvision's RoIAlign in that step.
+note when onnx/onnxruntime are not installed) in fp32 and statically quantised to int8, detectron2's
+own model with the same weights (`detectron2_row`), and ours in bf16 as `Predictor(precision="bf16")`
+runs it (where the CPU has native bf16), each compared with torchvision's detections (boxes and
+scores); the header gives the CPU model and its ISA flags. `--accuracy WEIGHTS DATA [CALIBRATION]`
+adds box / mask AP of trained models in each precision (`accuracy`) and a summary table. Both: the
+`shapes_demo` training step against a same-size torchvision model (benchmarks/demo_counterpart.py),
+with a profile of torchvision's RoIAlign in that step.
 
 Warm-up calls first, then `--runs` timed calls: CUDA events on the GPU, perf_counter on the CPU;
 medians. Prints a table and writes a JSON file.
@@ -24,6 +28,7 @@ medians. Prints a table and writes a JSON file.
     maskrcnn benchmark                                   # CPU (4 min at 1 thread on a busy 2-core box)
     maskrcnn benchmark --device cuda --out gpu.json      # GPU, 20 runs per measurement
     python benchmarks/bench_speed.py --device cuda       # the same from a checkout
+    maskrcnn benchmark --accuracy runs/demo/model_final.pt shapes:100:1000003 shapes:64
 
 The images are coco-mini's (`--coco DIR`, default `../shared/data/coco-mini` from the current
 folder, else beside the checkout the package was installed from).
