@@ -7,7 +7,8 @@
     onnxruntime int8       quantised as `maskrcnn export --int8` writes it, calibrated on
                            `--calibration-images` images of CALIBRATION (default DATA, with a note)
 
-Each row has AP and the change from eager fp32 in AP points (x100), and the evaluation's seconds.
+Each row has AP and the change from eager fp32 in AP points (x100), int8 also the change from the
+same graph in fp32 (what quantisation alone costs), and the evaluation's seconds.
 Models to measure: the demo model (`maskrcnn demo --out D`: D/model_final.pt on `shapes:100:1000003`,
 its held-out shapes; calibration `shapes:64`) and the fine-tuned ones of benchmarks/finetune.py
 (`--work W`: W/balloon-init/model_final.pt on `via:../shared/data/balloon/val`, ...).
@@ -75,9 +76,13 @@ def run_accuracy(s: Settings, *, notes: list[str], log: Callable[[str], None] = 
                     **(onnx.details.get(precision.split()[-1], {}) if precision.startswith("onnx") else {}),
                 }
                 reference = reference or row
+                onnx_fp32 = next((r for r in rows[::-1] if r["precision"] == "onnxruntime fp32"), None)
                 for key in ("box_AP", "mask_AP"):
                     if row[key] is not None and reference[key] is not None:
                         row[f"{key}_change"] = 100.0 * (row[key] - reference[key])  # AP points
+                    if precision == "onnxruntime int8" and onnx_fp32 and onnx_fp32["model"] == name:
+                        # the same graph in fp32: what quantisation alone costs
+                        row[f"{key}_change_vs_onnx_fp32"] = 100.0 * (row[key] - onnx_fp32[key])
                 rows.append(row)
         finally:
             onnx.close()

@@ -118,6 +118,12 @@ def _accuracy_lines(rows: list[dict]) -> list[str]:
             f"{_points(r.get('box_AP_change')):>6} {_ap(r['mask_AP']):>7} "
             f"{_points(r.get('mask_AP_change')):>6} "
             f"{r['seconds']:>7.1f}"
+            + (
+                f"  (vs onnxruntime fp32: {_points(r['box_AP_change_vs_onnx_fp32'])} / "
+                f"{_points(r.get('mask_AP_change_vs_onnx_fp32'))})"
+                if r.get("box_AP_change_vs_onnx_fp32") is not None
+                else ""
+            )
         )
     return lines
 
