@@ -13,6 +13,27 @@ def _shares_line(shares: list) -> str:
     return f"{len(shares)} processes: {', '.join(runs)}"
 
 
+def set_precision(predictor, precision: str, device: str) -> None:
+    """`--precision`: set on the predictor (a UserError for an ONNX model in bf16); the one-line
+    note goes to stderr when `device` has no native bf16 and fp32 runs instead."""
+    from .hardware import resolve_precision
+
+    predictor.set_precision(precision)
+    note = resolve_precision(precision, device)[1]
+    if note:
+        print(f"note: {note}", file=sys.stderr, flush=True)
+
+
+def add_precision_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--precision",
+        choices=("fp32", "bf16"),
+        default="fp32",
+        help="bf16: the trunk and RPN head in bfloat16 where the CPU (AVX-512 BF16 / AMX) or GPU has "
+        "native bf16, else fp32 with a note (default fp32)",
+    )
+
+
 def _cmd_predict(args: argparse.Namespace) -> int:
     from . import load
     from .distributed import cleanup, init_distributed
@@ -21,6 +42,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
     items, problems = collect_inputs(args.inputs, glob=args.glob)
     model = load(args.weights)
+    set_precision(model, args.precision, args.device)
     dist = init_distributed(args.device)  # torchrun: this process predicts its share of the inputs
     try:
         report = run_predictions(
@@ -141,6 +163,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
     dataset = build_dataset(args.data)
     model = load(args.weights)
+    set_precision(model, args.precision, args.device)
     dist = init_distributed(args.device)  # torchrun: this process predicts its share of the images
     shares: list = []
     try:
@@ -249,6 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--glob", default=None, help="pattern for files in folder inputs (default: image files)")
     p.add_argument("--save-masks", action="store_true", help="also write one PNG per detected instance")
     p.add_argument("--no-overlays", action="store_true", help="do not draw overlay images")
+    add_precision_argument(p)
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("inputs", nargs="+", help="image files, folders (searched recursively) and video files")
     p.set_defaults(func=_cmd_predict)
@@ -263,6 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="report folder")
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--device", default="cpu")
+    add_precision_argument(p)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_cmd_evaluate)
 
@@ -389,7 +414,7 @@ def _check_shared_options(args: argparse.Namespace) -> None:
     if score_thresh is not None and not 0.0 <= score_thresh <= 1.0:
         raise UserError(f"--score-thresh must be in [0, 1], got {score_thresh}")
     if getattr(args, "device", None) is not None:
-        from .devices import resolve_device
+        from .hardware import resolve_device
 
         try:
             resolve_device(args.device)

@@ -9,25 +9,52 @@ It runs the model with frozen BatchNorm folded into the convolutions (`maskrcnn.
 cached copy sharing the other weights, rebuilt when `predictor.model`'s tensors change): the same
 detections up to float rounding, faster on the CPU. `predictor.model` itself is never folded.
 
+`precision="bf16"` runs the layers that compute features (ResNet, FPN, the RPN's and the heads'
+hidden layers: `BF16_REGIONS`) under bfloat16 autocast where the device computes bf16 natively
+(`maskrcnn.hardware`: AVX-512 BF16 / AMX CPUs, CUDA GPUs with bf16), their outputs cast back to
+float32; the layers that give scores, box deltas and mask logits, RoIAlign and all post-processing
+(box decoding, NMS, mask pasting) stay float32. Elsewhere it runs fp32
+and `predictor.precision_note` says why (a one-line note). Detections are float32 either way.
+
     predictor = maskrcnn.load("model_final.pt")         # or Predictor(model, device="cuda")
     detections = predictor.predict(["a.jpg", pil_image], score_thresh=0.5, classes=["person"])
+    predictor.set_precision("bf16")                     # -> None, or the note when it runs fp32
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+import fnmatch
+import warnings
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
+from torch import nn
 
 from .errors import UserError
+from .hardware import PRECISIONS, resolve_precision
 from .inputs import as_image_tensor
 from .model import MaskRCNN
 from .model.fold import fold_batchnorm, weights_key
 from .structures import Detections
 
-__all__ = ["Predictor", "resolve_classes"]
+__all__ = ["BF16_REGIONS", "Predictor", "autocast_regions", "region_names", "resolve_classes"]
+
+# The submodules that run under bf16 autocast (fnmatch patterns of MaskRCNN's module names, the
+# outermost match taken; None: the whole predict). Every layer that computes features does (trunk,
+# FPN, the RPN's 3x3 convs, the box head's FCs, the mask / keypoint heads' convs); the layers whose
+# outputs decide the detections (objectness, box deltas, class scores, mask logits), RoIAlign and
+# all post-processing stay float32 (measured in benchmarks/README.md, "bf16").
+BF16_REGIONS: tuple[str, ...] | None = (
+    "backbone",
+    "rpn.head.convs.*",
+    "roi_heads.box.head",
+    "roi_heads.*.head.convs.*",
+    "roi_heads.mask.head.deconv",
+)
 
 
 def resolve_classes(
@@ -65,6 +92,7 @@ class Predictor:
         device: str | torch.device = "cpu",
         batch_size: int = 8,
         fold_bn: bool = True,
+        precision: str = "fp32",
     ):
         if batch_size < 1:
             raise UserError(f"batch size must be >= 1, got {batch_size}")
@@ -72,7 +100,13 @@ class Predictor:
         self.device = torch.device(device)
         self.batch_size = batch_size
         self.fold_bn = fold_bn
-        self._folded: tuple[tuple, MaskRCNN] | None = None  # (weights_key of self.model, folded copy)
+        self._folded: tuple[tuple, MaskRCNN] | None = None  # (key of self.model's weights, run copy)
+        self.requested_precision = "fp32"  # what the user asked for
+        self.precision = "fp32"  # what runs on this device (bf16 falls back to fp32 without it)
+        self.precision_note: str | None = None
+        note = self.set_precision(precision)
+        if note:
+            warnings.warn(note, RuntimeWarning, stacklevel=2)
 
     @property
     def class_names(self) -> list[str]:
@@ -89,16 +123,42 @@ class Predictor:
     def to(self, device: str | torch.device) -> Predictor:
         self.model.to(device)
         self.device = torch.device(device)
+        self.set_precision(self.requested_precision)  # bf16 may run on one device and not another
         return self
+
+    def set_precision(self, precision: str) -> str | None:
+        """Compute in `precision` (fp32 | bf16) from now on. Returns the one-line note (also kept as
+        `precision_note`) when bf16 is asked for on a device without native bf16, which then runs
+        fp32; None otherwise. A model that is not a torch module (ONNX Runtime's) is a UserError."""
+        if precision not in PRECISIONS:
+            raise UserError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        if precision != "fp32" and not isinstance(self.model, nn.Module):
+            runtime = getattr(self.model, "backend", "another runtime")
+            raise UserError(
+                f"precision {precision}: this model runs in {runtime}, in the precision it was exported "
+                "in; bf16 is for PyTorch checkpoints "
+                "(for a faster ONNX model: maskrcnn export --int8)"
+            )
+        self.requested_precision = precision
+        self.precision, self.precision_note = resolve_precision(precision, self.device)
+        return self.precision_note
 
     def inference_model(self) -> MaskRCNN:
         """The module `predict` runs: `self.model` with BatchNorm folded (cached until its tensors
-        change), or `self.model` itself when folding is off, it is not a MaskRCNN, or in training."""
-        if not self.fold_bn or not isinstance(self.model, MaskRCNN) or self.model.training:
+        change) and, in bf16, with `BF16_REGIONS` under autocast; `self.model` itself when folding
+        is off in fp32, it is not a MaskRCNN, or in training."""
+        if not isinstance(self.model, MaskRCNN) or self.model.training:
             return self.model
-        key = weights_key(self.model)
+        regions = self.precision == "bf16" and BF16_REGIONS is not None
+        if not self.fold_bn and not regions:
+            return self.model
+        key = (weights_key(self.model), self.precision, self.fold_bn, self.device.type)
         if self._folded is None or self._folded[0] != key:
-            self._folded = (key, fold_batchnorm(self.model))
+            model = fold_batchnorm(self.model) if self.fold_bn else self.model
+            if regions:
+                names = region_names(model, BF16_REGIONS)
+                model = autocast_regions(model, names, device_type=self.device.type)
+            self._folded = (key, model)
         return self._folded[1]
 
     def labels_for(self, classes: Iterable[str]) -> set[int]:
@@ -132,12 +192,86 @@ class Predictor:
             groups[self.model.padded_size(int(image.shape[-2]), int(image.shape[-1]))].append(i)
         results: list[Detections | None] = [None] * len(tensors)
         model = self.inference_model()
+        whole = self.precision == "bf16" and BF16_REGIONS is None and isinstance(model, nn.Module)
         for indices in groups.values():
             for start in range(0, len(indices), size):
                 chunk = indices[start : start + size]
                 batch = [tensors[i].to(self.device) for i in chunk]
-                for i, det in zip(chunk, model.predict(batch, score_thresh=score_thresh)):
+                if whole:
+                    with torch.autocast(self.device.type, dtype=torch.bfloat16):
+                        detections = [_as_float32(d) for d in model.predict(batch, score_thresh=score_thresh)]
+                else:
+                    detections = model.predict(batch, score_thresh=score_thresh)
+                for i, det in zip(chunk, detections):
                     results[i] = det if keep is None else det.select(torch.isin(det.labels, keep))
         return results  # type: ignore[return-value]
 
     __call__ = predict
+
+
+class AutocastRegion(nn.Module):
+    """`module` run under bf16 autocast, its floating-point outputs (tensors, or lists / tuples of
+    them) cast back to float32. Attributes other than its own are read from `module`."""
+
+    def __init__(self, module: nn.Module, *, device_type: str):
+        super().__init__()
+        self.module = module
+        self.device_type = device_type
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        with torch.autocast(self.device_type, dtype=torch.bfloat16):
+            out = self.module(*args, **kwargs)
+        return _float32(out)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(super().__getattr__("module"), name)
+
+
+def region_names(model: nn.Module, patterns: Iterable[str]) -> list[str]:
+    """The names of `model`'s submodules that match one of `patterns` (fnmatch), outermost only."""
+    patterns = list(patterns)
+    names: list[str] = []
+    for name, _ in model.named_modules():
+        if any(name.startswith(n + ".") for n in names):
+            continue
+        if any(fnmatch.fnmatchcase(name, p) for p in patterns):
+            names.append(name)
+    return names
+
+
+def autocast_regions(model: nn.Module, regions: Iterable[str], *, device_type: str) -> nn.Module:
+    """A copy of `model` whose submodules at the dotted names `regions` run in bf16
+    (`AutocastRegion`); the modules on the way are shallow copies, every other module, parameter
+    and buffer is `model`'s own. `model` is not changed."""
+    root = _shallow(model)
+    for name in regions:
+        *path, last = name.split(".")
+        parent = root
+        for part in path:
+            child = _shallow(getattr(parent, part))
+            setattr(parent, part, child)
+            parent = child
+        setattr(parent, last, AutocastRegion(getattr(parent, last), device_type=device_type))
+    return root
+
+
+def _shallow(module: nn.Module) -> nn.Module:
+    out = copy.copy(module)
+    out._modules = dict(module._modules)  # its own child table: replacing a child leaves `module` alone
+    return out
+
+
+def _float32(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.float() if value.is_floating_point() else value
+    if isinstance(value, (list, tuple)):
+        return type(value)(_float32(v) for v in value)
+    return value
+
+
+def _as_float32(det: Detections) -> Detections:
+    fields = {f: getattr(det, f) for f in ("boxes", "scores", "mask_probs", "keypoints")}
+    return dataclasses.replace(det, **{k: _float32(v) for k, v in fields.items() if v is not None})

@@ -14,9 +14,13 @@ torchvision. Variants: torchvision, ours, ours with channels-last memory.
 CPU: batch-1 fp32 inference (plus ours with torchvision's RoIAlign kernels, to show what the sparse
 path gives). Inference on both also runs ours with BatchNorm folded into the convs (what `Predictor`
 runs) and, on the CPU, ours exported to ONNX and run by onnxruntime (fp32, batch 1; skipped with a
-note when onnx/onnxruntime are not installed), each compared with torchvision's detections (boxes
-and scores). Both: the `shapes_demo` training step against a same-size torchvision model
-(benchmarks/demo_counterpart.py), with a profile of torchvision's RoIAlign in that step.
+note when onnx/onnxruntime are not installed) in fp32 and statically quantised to int8, detectron2's
+own model with the same weights (`detectron2_row`), and ours in bf16 as `Predictor(precision="bf16")`
+runs it (where the CPU has native bf16), each compared with torchvision's detections (boxes and
+scores); the header gives the CPU model and its ISA flags. `--accuracy WEIGHTS DATA [CALIBRATION]`
+adds box / mask AP of trained models in each precision (`accuracy`) and a summary table. Both: the
+`shapes_demo` training step against a same-size torchvision model (benchmarks/demo_counterpart.py),
+with a profile of torchvision's RoIAlign in that step.
 
 Warm-up calls first, then `--runs` timed calls: CUDA events on the GPU, perf_counter on the CPU;
 medians. Prints a table and writes a JSON file.
@@ -24,6 +28,7 @@ medians. Prints a table and writes a JSON file.
     maskrcnn benchmark                                   # CPU (4 min at 1 thread on a busy 2-core box)
     maskrcnn benchmark --device cuda --out gpu.json      # GPU, 20 runs per measurement
     python benchmarks/bench_speed.py --device cuda       # the same from a checkout
+    maskrcnn benchmark --accuracy runs/demo/model_final.pt shapes:100:1000003 shapes:64
 
 The images are coco-mini's (`--coco DIR`, default `../shared/data/coco-mini` from the current
 folder, else beside the checkout the package was installed from).
@@ -34,6 +39,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import resource
 import sys
 from collections.abc import Callable
@@ -45,13 +51,14 @@ from torch import Tensor, nn
 
 from ..config import get_preset
 from ..errors import UserError
+from ..hardware import REPORTED_FLAGS, cpu_isa_flags, cpu_model
 from ..model import build_model
-from ..model.fold import fold_batchnorm
-from ..model.roi_pooler import MultiScaleRoIPooler
+from .accuracy import run_accuracy
 from .demo_counterpart import torchvision_counterpart
-from .onnx_row import OnnxRow, onnxruntime_version
+from .inference import OURS, configure, run_inference, variants
+from .onnx_row import onnxruntime_version
 from .report import format_report
-from .timing import autocast, compare, device_name, free_memory, measure, profile_roi_align, timing_row
+from .timing import autocast, device_name, free_memory, measure, profile_roi_align, timing_row
 from .workloads import Batch, coco_dir, coco_models, coco_train_batches, shapes_batches, val_images
 
 TRAIN_INPUTS = {"lsj1024": ((1024,), 1024), "multiscale800": ((640, 672, 704, 736, 768, 800), 1333)}
@@ -75,6 +82,10 @@ class Settings:
     profile: bool = True
     seed: int = 0
     coco: str = ""  # the coco-mini folder ("": default_coco_dir())
+    detectron2: str = ""  # detectron2's source folder ("": ../shared/detectron2)
+    calibration: str = ""  # dataset spec the int8 row is calibrated on ("": coco-mini train)
+    calibration_images: int = 16
+    accuracy: tuple[tuple[str, ...], ...] = ()  # (weights, data spec[, calibration spec]) per model
 
     @classmethod
     def for_device(cls, device: str, **changes: Any) -> Settings:
@@ -84,100 +95,6 @@ class Settings:
         else:
             base = cls(device)
         return dataclasses.replace(base, **{k: v for k, v in changes.items() if v is not None})
-
-
-@dataclasses.dataclass(frozen=True)
-class Variant:
-    name: str
-    torchvision: bool = False
-    roi_align: str = "auto"  # ours only: auto | torchvision | sparse
-    channels_last: bool = False
-    fold: bool = False  # ours only, inference only: BatchNorm folded into the convs (maskrcnn.model.fold)
-    onnx: bool = False  # ours only, inference only, CPU: exported to ONNX and run by onnxruntime
-
-
-TV = Variant("torchvision", torchvision=True)
-OURS = Variant("ours")
-OURS_TV_ROI = Variant("ours, tv roi_align", roi_align="torchvision")
-OURS_NHWC = Variant("ours, channels_last", channels_last=True)
-OURS_FOLDED = Variant("ours, folded BN", fold=True)
-OURS_ORT = Variant("ours, onnxruntime", onnx=True)
-
-
-def variants(device: torch.device, *, inference: bool = False) -> list[Variant]:
-    """On the GPU `auto` already means torchvision's kernels, so that variant would repeat `ours`.
-    Folded BN and ONNX Runtime are inference-only rows (the ONNX one on the CPU only)."""
-    if device.type != "cpu":
-        return [TV, OURS, OURS_NHWC] + ([OURS_FOLDED] if inference else [])
-    return [TV, OURS_TV_ROI, OURS, OURS_NHWC] + ([OURS_FOLDED, OURS_ORT] if inference else [])
-
-
-def configure(model: nn.Module, variant: Variant) -> nn.Module:
-    """Our model set up as the variant says (torchvision's as it is); folding returns a folded copy."""
-    if not variant.torchvision:
-        for module in model.modules():
-            if isinstance(module, MultiScaleRoIPooler):
-                module.impl = variant.roi_align
-        model.set_channels_last(variant.channels_last)
-        if variant.fold:
-            return fold_batchnorm(model.eval())
-    return model
-
-
-# ---------------------------------------------------------------------------- measurements
-
-
-def run_inference(
-    tv: nn.Module, ours: nn.Module, images: list[Tensor], s: Settings, notes: list[str]
-) -> list[dict]:
-    """Rows of every inference variant at every dtype and batch size; why a row was left out is
-    appended to `notes` (the ONNX Runtime row runs fp32 at batch 1 only)."""
-    device = torch.device(s.device)
-    images = [im.to(device) for im in images]
-    rows = []
-    onnx = OnnxRow(ours, threads=torch.get_num_threads())
-    for dtype in s.dtypes:
-        for batch in s.batch_sizes:
-            inputs = [images[i : i + batch] for i in range(0, len(images) - batch + 1, batch)]
-            if not inputs:
-                raise ValueError(f"batch {batch} needs at least {batch} images, got {len(images)}")
-            reference = None
-            for variant in variants(device, inference=True):
-                if variant.onnx:
-                    if dtype != "fp32" or batch != 1:
-                        continue
-                    model, fn = None, onnx.predictor()
-                    if fn is None:
-                        notes.append(f"{variant.name}: skipped: {onnx.skipped}")
-                        continue
-                else:
-                    model = configure(tv if variant.torchvision else ours, variant).to(device)
-                    fn = _predictor(model, variant.torchvision, device, dtype)
-                times, outputs, peak = measure(fn, inputs, runs=s.runs, warmup=s.warmup, device=device)
-                if model is not None:
-                    model.to("cpu")
-                outputs = {k: [tuple(t.cpu() for t in d) for d in out] for k, out in outputs.items()}
-                row = timing_row(variant.name, dtype, batch, times, peak)
-                row["detections"] = [len(d[0]) for k in sorted(outputs) for d in outputs[k]]
-                if variant.torchvision:
-                    reference = outputs
-                else:
-                    row.update(compare(outputs, reference))
-                rows.append(row)
-                free_memory(device)
-    configure(ours, OURS)
-    onnx.close()
-    return rows
-
-
-def _predictor(model: nn.Module, is_tv: bool, device: torch.device, dtype: str) -> Callable:
-    def predict(batch: list[Tensor]) -> list[tuple[Tensor, Tensor, Tensor]]:
-        with torch.no_grad(), autocast(device, dtype):
-            if is_tv:
-                return [(d["boxes"], d["labels"], d["scores"]) for d in model.eval()(batch)]
-            return [(d.boxes, d.labels, d.scores) for d in model.predict(batch)]
-
-    return predict
 
 
 def run_training(
@@ -244,6 +161,9 @@ def run_benchmark(s: Settings, log: Callable[[str], None] = print) -> dict:
     result: dict[str, Any] = {
         "device": device_name(device),
         "device_type": device.type,
+        "cpu": cpu_model(),
+        "cpu_flags": sorted(cpu_isa_flags(), key=REPORTED_FLAGS.index),
+        "load_average_start": list(os.getloadavg()),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "torchvision": torchvision.__version__,
@@ -253,6 +173,12 @@ def run_benchmark(s: Settings, log: Callable[[str], None] = print) -> dict:
         "profile": {},
         "notes": [],
     }
+    if not s.calibration:
+        coco = coco_dir(s)
+        s = dataclasses.replace(
+            s, calibration=f"coco:{coco / 'annotations/instances_train2017.json'}:{coco / 'train2017'}"
+        )
+        result["settings"]["calibration"] = s.calibration
     tv, ours = coco_models(s)
     if s.images and s.runs:
         names, images = val_images(s)
@@ -279,6 +205,9 @@ def run_benchmark(s: Settings, log: Callable[[str], None] = print) -> dict:
         rows, profile = run_training("shapes_demo", tv, ours, shapes_batches(s.demo_batch, 2), s)
         result["training"] += rows
         result["profile"]["shapes_demo"] = profile
+    if s.accuracy:
+        result["accuracy"] = run_accuracy(s, notes=result["notes"], log=log)
+    result["load_average_end"] = list(os.getloadavg())
     result["process_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     return result
 
@@ -307,6 +236,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-profile", dest="profile", action="store_false", default=None)
     p.add_argument("--threads", type=int, help="torch.set_num_threads (CPU)")
     p.add_argument("--coco", help="the coco-mini folder (default ../shared/data/coco-mini)")
+    p.add_argument("--detectron2", help="detectron2's source folder (default ../shared/detectron2)")
+    p.add_argument(
+        "--calibration", help="dataset spec or image folder for the int8 row (default coco-mini train)"
+    )
+    p.add_argument("--calibration-images", type=int, help="int8 calibration images (default 16)")
+    p.add_argument(
+        "--accuracy",
+        nargs="+",
+        action="append",
+        metavar="ARG",
+        help="WEIGHTS DATA [CALIBRATION]: box / mask AP of that trained model on DATA (a dataset spec) "
+        "in eager fp32, eager bf16, ONNX Runtime fp32 and int8 (calibrated on CALIBRATION, default "
+        "DATA); repeatable. --images 0 skips the speed rows",
+    )
     p.add_argument(
         "--out", default="bench_speed.json", help="JSON file to write (default ./bench_speed.json)"
     )
@@ -318,12 +261,16 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     options = vars(args).copy()
+    options["accuracy"] = tuple(tuple(a) for a in options["accuracy"]) if options["accuracy"] else None
     out = Path(options.pop("out"))
     options.pop("threads")
     settings = Settings.for_device(options.pop("device"), **options)
     unknown = set(settings.dtypes) - {"fp32", "bf16"} | set(settings.coco_train) - set(TRAIN_INPUTS)
     if unknown:
         raise UserError(f"unknown --dtypes / --coco-train values: {sorted(unknown)}")
+    for spec in settings.accuracy:
+        if not 2 <= len(spec) <= 3:
+            raise UserError(f"--accuracy takes WEIGHTS DATA [CALIBRATION], got {' '.join(spec)}")
     coco_dir(settings)  # fail now, not after minutes of other measurements
     result = run_benchmark(settings, log=lambda text: print(text, file=sys.stderr, flush=True))
     print(format_report(result))

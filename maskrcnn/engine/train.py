@@ -35,10 +35,10 @@ from ..data.keypoint_meta import keypoint_flip_map, oks_sigmas, with_dataset_key
 from ..data.loader import build_train_loader
 from ..data.specs import build_dataset
 from ..data.transforms import Compose, HorizontalFlip, LargeScaleJitter
-from ..devices import resolve_device
 from ..distributed import DistInfo, all_finite, barrier, cleanup, init_distributed
 from ..errors import UserError
 from ..files import atomic_write_text, remove_partial_writes
+from ..hardware import resolve_device
 from ..model import build_model
 from .data_check import check_training_data
 from .freeze import freeze, set_train_mode

@@ -66,6 +66,7 @@ def model_info(predictor: Any) -> dict[str, Any]:
     return {
         "backend": backend_of(predictor),
         "device": str(predictor.device),
+        "precision": getattr(predictor, "precision", "fp32"),  # what runs: bf16 falls back to fp32
         "num_classes": len(predictor.class_names),
         "class_names": list(predictor.class_names),
         "category_ids": [int(i) for i in predictor.category_ids],
