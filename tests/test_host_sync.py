@@ -28,14 +28,14 @@ KEYPOINTS = [
     "model.roi_heads.keypoint_head_convs=2",
 ]
 # today's counts for the batch of 2 (see the module docstring to update them); where they come from:
-#   rpn 6:  per image, nonempty_boxes' where, the score threshold's where, one NMS
-#   box 11: per image, the score threshold's where, nonempty_boxes' where, one NMS; + 4 level wheres
-#           (the pooler's torch.where per FPN level) and 1 upload (assign_levels' eps tensor)
-#   mask 5: the pooler's 4 level wheres + 1 upload;  keypoint 25: the same 5, plus decode_keypoints'
-#           2 int(max) per chunk step (9 steps for 10 detections) and 2 at the end of its chunk
+#   rpn 3:  one .tolist() of the kept counts (size and score filters as one mask), one NMS per image
+#   box 7:  per image, the score threshold's where, nonempty_boxes' where, one NMS; + 1 for the
+#           pooler (the per-level box counts, one .tolist())
+#   mask 1: the pooler's one .tolist();  keypoint 2: the same 1, plus decode_keypoints' one .tolist()
+#           of the detections' output sizes
 CEILINGS = {
-    "mask": {"rpn": 6, "box": 11, "mask": 5},
-    "keypoint": {"rpn": 6, "box": 11, "keypoint": 25},
+    "mask": {"rpn": 3, "box": 7, "mask": 1},
+    "keypoint": {"rpn": 3, "box": 7, "keypoint": 2},
 }
 
 

@@ -114,16 +114,17 @@ def decode_keypoints(
     widths = (boxes[:, 2] - boxes[:, 0]).clamp(min=1)
     heights = (boxes[:, 3] - boxes[:, 1]).clamp(min=1)
     out_w, out_h = widths.ceil(), heights.ceil()
+    # every detection's output size read at once (one wait for the host), the chunking on ints
+    sizes = [(int(h), int(w)) for h, w in torch.stack((out_h, out_w), dim=1).tolist()]
     start = 0
     while start < d:
         # as many detections as fit the memory bound at this chunk's largest size (at least one)
-        end = start + 1
+        (hm, wm), end = sizes[start], start + 1
         while end < d:
-            hm, wm = int(out_h[start : end + 1].max()), int(out_w[start : end + 1].max())
-            if (end + 1 - start) * j * hm * wm * 4 > max_chunk_bytes:
+            grown_h, grown_w = max(hm, sizes[end][0]), max(wm, sizes[end][1])
+            if (end + 1 - start) * j * grown_h * grown_w * 4 > max_chunk_bytes:
                 break
-            end += 1
-        hm, wm = int(out_h[start:end].max()), int(out_w[start:end].max())
+            hm, wm, end = grown_h, grown_w, end + 1
         col_taps, col_w = _cubic_weights(out_w[start:end], s, wm)
         row_taps, row_w = _cubic_weights(out_h[start:end], s, hm)
         maps = heatmaps[start:end].float()

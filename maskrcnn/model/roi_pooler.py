@@ -37,8 +37,8 @@ def assign_levels(
     if mapping == "detectron2":
         level = torch.floor(canonical_level + torch.log2(size / canonical_box_size + 1e-8))
         return torch.clamp(level, min=min_level, max=max_level).to(torch.int64) - min_level
-    eps = torch.tensor(1e-6, dtype=size.dtype, device=size.device)
-    level = torch.floor(canonical_level + torch.log2(size / canonical_box_size) + eps)
+    # a Python float, not a tensor made from host data (an upload); added in the tensor's dtype
+    level = torch.floor(canonical_level + torch.log2(size / canonical_box_size) + 1e-6)
     level = torch.clamp(level, min=min_level, max=max_level)
     return level.to(torch.int64) - min_level
 
@@ -138,13 +138,18 @@ class MultiScaleRoIPooler(nn.Module):
                 sampling_ratio=self.sampling_ratio,
                 aligned=self.aligned,
             )
-        pooled, order = [], []
-        for level, (feature, scale) in enumerate(zip(features, self.scales)):
-            index = torch.where(levels == level)[0]
-            pooled.append(self._pool(feature, rois[index], scale).to(features[0].dtype))
-            order.append(index)
+        if tracing():  # a where per level keeps the graph's box counts dynamic
+            index = [torch.where(levels == level)[0] for level in range(len(features))]
+        else:  # the boxes sorted by level and split by counts: one wait for the host, not one a level
+            order = torch.argsort(levels, stable=True)
+            counts = (levels[None, :] == torch.arange(len(features), device=levels.device)[:, None]).sum(1)
+            index = list(order.split(counts.tolist()))
+        pooled = [
+            self._pool(feature, rois[i], scale).to(features[0].dtype)
+            for i, feature, scale in zip(index, features, self.scales)
+        ]
         # rows back into box order with one gather (a scatter per level into the (R, C, S, S)
         # result cost onnxruntime ~0.35 s per 800 px image): inverse[order[j]] = j
-        order = torch.cat(order)
+        order = torch.cat(index)
         inverse = torch.zeros_like(order).scatter(0, order, torch.ones_like(order).cumsum(0) - 1)
         return torch.cat(pooled)[inverse]

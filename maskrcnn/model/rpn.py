@@ -18,13 +18,13 @@ import torch
 from torch import Tensor, nn
 
 from ..ops.box_coder import BoxCoder
-from ..ops.boxes import nonempty_boxes
+from ..ops.boxes import nonempty_boxes, nonempty_mask
 from ..structures import Proposals, Targets
 from .anchors import AnchorGenerator
 from .losses import rpn_loss
 from .matcher import Matcher, match_labels
 from .sampler import BalancedSampler
-from .traceable import capped, clip_boxes, grouped_nms, spatial_size
+from .traceable import capped, clip_boxes, grouped_nms, spatial_size, tracing
 
 
 @dataclass
@@ -187,7 +187,16 @@ class RegionProposalNetwork(nn.Module):
         )
         boxes = boxes.reshape(scores.shape[0], -1, 4)
 
-        results = []
+        if not tracing():  # both filters as one mask, kept in order: one wait for the batch
+            boxes = torch.stack([clip_boxes(b, size) for b, size in zip(boxes, image_sizes)])
+            ok = nonempty_mask(boxes, self.min_size, exclusive=self.min_size_exclusive)
+            ok &= scores >= self.score_thresh
+            first = torch.argsort((~ok).to(torch.uint8), dim=1, stable=True)  # (N, T): kept ones first
+            return [
+                Candidates(boxes=b[f[:n]], scores=s[f[:n]], levels=lv[f[:n]])
+                for b, s, lv, f, n in zip(boxes, scores, levels, first, ok.sum(1).tolist())
+            ]
+        results = []  # traced: the graph's counts stay dynamic
         for boxes_i, scores_i, level_i, size in zip(boxes, scores, levels, image_sizes):
             boxes_i = clip_boxes(boxes_i, size)
             keep = nonempty_boxes(boxes_i, self.min_size, exclusive=self.min_size_exclusive)

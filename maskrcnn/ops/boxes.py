@@ -25,13 +25,18 @@ def clip_boxes(boxes: Tensor, image_size: tuple[int, int]) -> Tensor:
     return torch.stack((x, y), dim=-1).reshape(boxes.shape)
 
 
+def nonempty_mask(boxes: Tensor, min_size: float, *, exclusive: bool = False) -> Tensor:
+    """(..., 4) boxes -> (...) bool: width and height both >= min_size (> min_size when exclusive)."""
+    widths = boxes[..., 2] - boxes[..., 0]
+    heights = boxes[..., 3] - boxes[..., 1]
+    if exclusive:
+        return (widths > min_size) & (heights > min_size)
+    return (widths >= min_size) & (heights >= min_size)
+
+
 def nonempty_boxes(boxes: Tensor, min_size: float, *, exclusive: bool = False) -> Tensor:
     """Indices of boxes whose width and height are both >= min_size (> min_size when exclusive)."""
-    widths = boxes[:, 2] - boxes[:, 0]
-    heights = boxes[:, 3] - boxes[:, 1]
-    if exclusive:
-        return torch.where((widths > min_size) & (heights > min_size))[0]
-    return torch.where((widths >= min_size) & (heights >= min_size))[0]
+    return torch.where(nonempty_mask(boxes, min_size, exclusive=exclusive))[0]
 
 
 def scale_boxes(boxes: Tensor, from_size: tuple[int, int], to_size: tuple[int, int]) -> Tensor:

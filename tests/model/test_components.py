@@ -17,6 +17,7 @@ from maskrcnn.model.layers import FrozenBatchNorm2d
 from maskrcnn.model.matcher import BACKGROUND, IGNORE, Matcher
 from maskrcnn.model.roi_pooler import assign_levels
 from maskrcnn.model.sampler import BalancedSampler
+from maskrcnn.ops.boxes import box_area
 
 
 def square(side: float, x: float = 0.0) -> list[float]:
@@ -364,3 +365,20 @@ def test_build_resnet18_group_norm_trains_and_predicts():
     model.eval()
     (det,) = model([image])
     assert det.masks.shape[1:] == (100, 120)
+
+
+def test_assign_levels_epsilon_is_added_in_float32_as_the_tensor_epsilon_was():
+    # the torchvision epsilon is a Python float (no tensor made from host data): it must give the
+    # float32 sums, and so the levels, that a float32 eps tensor gave, on sizes around every boundary
+    torch.manual_seed(0)
+    boundaries = torch.tensor([56.0, 112.0, 224.0, 448.0, 896.0])
+    near = (boundaries[:, None] * (1 + torch.linspace(-1e-5, 1e-5, 2001))[None, :]).flatten()
+    sides = torch.cat((near, torch.rand(20000) * 1500, boundaries))
+    boxes = torch.stack((torch.zeros_like(sides), torch.zeros_like(sides), sides, sides), dim=1)
+    raw = 4 + torch.log2(torch.sqrt(box_area(boxes)) / 224)
+    eps = torch.tensor(1e-6, dtype=torch.float32)
+    assert torch.equal(raw + 1e-6, raw + eps)
+    want = torch.clamp(torch.floor(raw + eps), min=2, max=5).to(torch.int64) - 2
+    got = assign_levels(boxes, min_level=2, max_level=5)
+    assert torch.equal(got, want)
+    assert set(got.tolist()) == {0, 1, 2, 3}

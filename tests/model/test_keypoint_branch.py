@@ -38,6 +38,33 @@ def test_decoding_no_detections_gives_an_empty_result():
     assert decode_keypoints(torch.zeros(0, 17, S, S), torch.zeros(0, 4)).shape == (0, 17, 3)
 
 
+def test_decoding_in_chunks_gives_the_whole_result():
+    # the chunks are sized on the host from the boxes' output sizes (read once); any memory bound,
+    # down to one detection a chunk, must give the same keypoints bit for bit, for both scores
+    g = torch.Generator().manual_seed(0)
+    heatmaps = torch.randn(9, 4, S, S, generator=g)
+    xy = torch.rand(9, 2, generator=g) * 300
+    wh = torch.tensor(
+        [
+            [3.0, 140.0],
+            [90.5, 20.2],
+            [0.4, 0.7],
+            [200.0, 210.0],
+            [55.0, 55.0],
+            [13.3, 99.9],
+            [150.0, 3.0],
+            [77.7, 77.7],
+            [12.0, 160.0],
+        ]
+    )
+    boxes = torch.cat((xy, xy + wh), dim=1)
+    for score in ("logit", "softmax"):
+        whole = decode_keypoints(heatmaps, boxes, score=score)
+        # 4 bytes x 4 joints x 210 x 200: a bound of 2 such maps, of about 3, of one byte
+        for bound in (2 * 4 * 4 * 210 * 200, 4 * 4 * 160 * 210 * 3, 1):
+            assert torch.equal(decode_keypoints(heatmaps, boxes, max_chunk_bytes=bound, score=score), whole)
+
+
 def test_targets_of_border_invisible_and_outside_keypoints():
     rois = torch.tensor([[0.0, 0.0, 56.0, 56.0], [10.0, 10.0, 38.0, 38.0]])
     keypoints = torch.tensor(

@@ -14,6 +14,7 @@ from maskrcnn.model.box_branch import detect_boxes
 from maskrcnn.model.mask_branch import class_masks
 from maskrcnn.model.mask_paste import _expand_boxes, paste_masks
 from maskrcnn.ops.box_coder import BoxCoder
+from maskrcnn.ops.boxes import nonempty_boxes
 
 
 def paste_masks_reference(
@@ -203,3 +204,31 @@ def test_detect_boxes_per_image_split_clip_and_limit():
     torch.testing.assert_close(s0, torch.tensor([e(6) / (e(6) + 3)]))
     assert l1.tolist() == [3] and torch.equal(b1, torch.tensor([[100.0, 100.0, 150.0, 150.0]]))
     torch.testing.assert_close(s1, torch.tensor([0.95]))
+
+
+@pytest.mark.parametrize("exclusive", [False, True])
+def test_rpn_candidates_filter_size_and_score_in_order_per_image(exclusive):
+    # the size and score filters run as one mask over the batch: per image, the same boxes in the
+    # same order as clipping, then dropping small boxes, then low scores, one after the other
+    from maskrcnn.config import apply_overrides, get_preset
+    from maskrcnn.model import build_model
+    from tests.helpers import TINY
+
+    torch.manual_seed(0)
+    rpn = build_model(apply_overrides(get_preset("default"), TINY), class_names=["a", "b"]).eval().rpn
+    sizes, counts = [(90, 120), (64, 50)], (300, 80, 20)
+    objectness = [torch.randn(2, a) for a in counts]
+    deltas = [torch.randn(2, a, 4) * 0.5 for a in counts]
+    anchors = [torch.cat((xy := torch.rand(a, 2) * 130 - 10, xy + torch.rand(a, 2) * 40), 1) for a in counts]
+    rpn.min_size, rpn.score_thresh, rpn.min_size_exclusive = 0.0, 0.0, False
+    unfiltered = rpn.candidates(objectness, deltas, anchors, sizes)
+    rpn.min_size, rpn.score_thresh, rpn.min_size_exclusive = 6.0, 0.5, exclusive
+    for got, every in zip(rpn.candidates(objectness, deltas, anchors, sizes), unfiltered):
+        assert len(every.boxes) == sum(min(rpn.pre_nms_topk[1], a) for a in counts)
+        keep = nonempty_boxes(every.boxes, 6.0, exclusive=exclusive)
+        assert 0 < len(keep) < len(every.boxes)
+        boxes, scores, levels = every.boxes[keep], every.scores[keep], every.levels[keep]
+        keep = torch.where(scores >= 0.5)[0]
+        assert 0 < len(keep) < len(boxes)
+        assert torch.equal(got.boxes, boxes[keep]) and torch.equal(got.scores, scores[keep])
+        assert torch.equal(got.levels, levels[keep])

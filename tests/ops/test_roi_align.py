@@ -17,6 +17,8 @@ RoIAlign (maskrcnn/ops/sparse_roi_align.py), which must reproduce the same rules
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 
@@ -202,3 +204,29 @@ def test_sparse_pooler_auto_choice_and_empty_input():
     assert out.shape == (0, 8, 7, 7)
     out.sum().backward()
     assert all(f.grad is not None and f.grad.abs().sum() == 0 for f in leaves)
+
+
+def test_pooler_sorted_split_gives_each_box_its_level_and_the_traced_form():
+    # eager: the boxes sorted by level and split by counts (one host wait); traced: a where per level.
+    # Both must give each box exactly RoIAlign on its own level, in the boxes' order
+    from maskrcnn.model.roi_pooler import MultiScaleRoIPooler
+
+    features, strides, boxes = random_fpn_rois(2, num_images=1)
+    boxes = [torch.cat((boxes[0], torch.tensor([[10.0, 5.0, 630.0, 470.0]])))]  # one box on P5
+    pooler = MultiScaleRoIPooler(output_size=7, strides=strides, sampling_ratio=2, aligned=True)
+    out = pooler(features, boxes)
+    rois = boxes_to_rois(boxes)
+    levels = pooler.levels(rois[:, 1:])
+    assert set(levels.tolist()) == {0, 1, 2, 3}
+    for i, level in enumerate(levels.tolist()):
+        scale = 1 / strides[level]
+        alone = roi_align(
+            features[level], rois[i : i + 1], 7, spatial_scale=scale, sampling_ratio=2, aligned=True
+        )
+        assert torch.equal(out[i : i + 1], alone), i
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        traced = torch.jit.trace(lambda b, *f: pooler(list(f), [b]), (boxes[0], *features), check_trace=False)
+    assert torch.equal(traced(boxes[0], *features), out)
+    few = boxes[0][levels == 0][:3]  # another box count through the traced graph: one level only
+    assert torch.equal(traced(few, *features), pooler(features, [few]))
