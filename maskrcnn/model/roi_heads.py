@@ -50,7 +50,8 @@ class RoIBranch(Protocol):
         self, features: list[Tensor], detections: list[Detections], *, record: HeadsRecord | None = None
     ) -> list[Detections]:
         """Each image's detections (input frame) with the branch's fields added (and what it
-        computed on the way in `record`, when given)."""
+        computed on the way in `record`, which is passed only when one is given: a branch may
+        leave the keyword out)."""
         ...
 
     def to_original(
@@ -118,8 +119,10 @@ class RoIHeads(nn.Module):
         detections = self.box.predict(
             features, [p.boxes for p in proposals], image_sizes, score_thresh=score_thresh
         )
+        # a branch without `record` (one of yours, say) runs everywhere but under inspect
+        extra = {} if record is None else {"record": record}
         for branch in self.branches:
-            detections = branch.predict(features, detections, record=record)
+            detections = branch.predict(features, detections, **extra)
         return detections
 
     def to_original(
