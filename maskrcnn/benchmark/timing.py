@@ -4,16 +4,16 @@ RoIAlign profile."""
 
 from __future__ import annotations
 
-import platform
 import statistics
 import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
-from pathlib import Path
 from typing import Any, Optional
 
 import torch
 from torch import Tensor
+
+from ..hardware import cpu_model
 
 
 def autocast(device: torch.device, dtype: str) -> AbstractContextManager:
@@ -133,10 +133,4 @@ def free_memory(device: torch.device) -> None:
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "cpu"
+    return cpu_model()
