@@ -24,7 +24,6 @@ and `predictor.precision_note` says why (a one-line note). Detections are float3
 from __future__ import annotations
 
 import copy
-import dataclasses
 import fnmatch
 import warnings
 from collections import defaultdict
@@ -44,11 +43,11 @@ from .structures import Detections
 __all__ = ["BF16_REGIONS", "Predictor", "autocast_regions", "region_names", "resolve_classes"]
 
 # The submodules that run under bf16 autocast (fnmatch patterns of MaskRCNN's module names, the
-# outermost match taken; None: the whole predict). Every layer that computes features does (trunk,
+# outermost match taken). Every layer that computes features does (trunk,
 # FPN, the RPN's 3x3 convs, the box head's FCs, the mask / keypoint heads' convs); the layers whose
 # outputs decide the detections (objectness, box deltas, class scores, mask logits), RoIAlign and
 # all post-processing stay float32 (measured in benchmarks/README.md, "bf16").
-BF16_REGIONS: tuple[str, ...] | None = (
+BF16_REGIONS: tuple[str, ...] = (
     "backbone",
     "rpn.head.convs.*",
     "roi_heads.box.head",
@@ -149,7 +148,7 @@ class Predictor:
         is off in fp32, it is not a MaskRCNN, or in training."""
         if not isinstance(self.model, MaskRCNN) or self.model.training:
             return self.model
-        regions = self.precision == "bf16" and BF16_REGIONS is not None
+        regions = self.precision == "bf16"
         if not self.fold_bn and not regions:
             return self.model
         key = (weights_key(self.model), self.precision, self.fold_bn, self.device.type)
@@ -192,17 +191,11 @@ class Predictor:
             groups[self.model.padded_size(int(image.shape[-2]), int(image.shape[-1]))].append(i)
         results: list[Detections | None] = [None] * len(tensors)
         model = self.inference_model()
-        whole = self.precision == "bf16" and BF16_REGIONS is None and isinstance(model, nn.Module)
         for indices in groups.values():
             for start in range(0, len(indices), size):
                 chunk = indices[start : start + size]
                 batch = [tensors[i].to(self.device) for i in chunk]
-                if whole:
-                    with torch.autocast(self.device.type, dtype=torch.bfloat16):
-                        detections = [_as_float32(d) for d in model.predict(batch, score_thresh=score_thresh)]
-                else:
-                    detections = model.predict(batch, score_thresh=score_thresh)
-                for i, det in zip(chunk, detections):
+                for i, det in zip(chunk, model.predict(batch, score_thresh=score_thresh)):
                     results[i] = det if keep is None else det.select(torch.isin(det.labels, keep))
         return results  # type: ignore[return-value]
 
@@ -270,8 +263,3 @@ def _float32(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return type(value)(_float32(v) for v in value)
     return value
-
-
-def _as_float32(det: Detections) -> Detections:
-    fields = {f: getattr(det, f) for f in ("boxes", "scores", "mask_probs", "keypoints")}
-    return dataclasses.replace(det, **{k: _float32(v) for k, v in fields.items() if v is not None})
