@@ -29,13 +29,13 @@ KEYPOINTS = [
 ]
 # today's counts for the batch of 2 (see the module docstring to update them); where they come from:
 #   rpn 3:  one .tolist() of the kept counts (size and score filters as one mask), one NMS per image
-#   box 7:  per image, the score threshold's where, nonempty_boxes' where, one NMS; + 1 for the
-#           pooler (the per-level box counts, one .tolist())
+#   box 5:  per image, one where (score above the threshold and a nonempty box as one mask) and one
+#           NMS; + 1 for the pooler (the per-level box counts, one .tolist())
 #   mask 1: the pooler's one .tolist();  keypoint 2: the same 1, plus decode_keypoints' one .tolist()
 #           of the detections' output sizes
 CEILINGS = {
-    "mask": {"rpn": 3, "box": 7, "mask": 1},
-    "keypoint": {"rpn": 3, "box": 7, "keypoint": 2},
+    "mask": {"rpn": 3, "box": 5, "mask": 1},
+    "keypoint": {"rpn": 3, "box": 5, "keypoint": 2},
 }
 
 

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..ops.box_coder import BoxCoder
-from ..ops.boxes import nonempty_boxes
+from ..ops.boxes import nonempty_mask
 from ..structures import Detections
 from .losses import fast_rcnn_loss
 from .roi_pooler import MultiScaleRoIPooler
@@ -44,15 +44,14 @@ def detect_image(
     narrower or lower than min_size dropped (<= min_size when exclusive), per-class NMS, the best
     `detections_per_image`. Trace-safe: `image_size` and `score_thresh` may be tensors."""
     scores = F.softmax(class_logits, -1)
-    # candidates in (RoI, class) row-major order, background excluded
-    roi, cls = torch.where(scores[:, 1:] > score_thresh)
+    # every (RoI, class) box decoded and clipped, as torchvision does: (R, 4*(K+1)) -> (R, K+1, 4);
+    # then one selection of the candidates (score above the threshold, box not empty), background
+    # excluded, in (RoI, class) row-major order: one wait for the host on a GPU, not two
+    boxes = clip_boxes(box_coder.decode(box_deltas, proposals)[:, 1:], image_size)
+    ok = (scores[:, 1:] > score_thresh) & nonempty_mask(boxes, min_size, exclusive=min_size_exclusive)
+    roi, cls = torch.where(ok)
+    boxes, cand_scores = boxes[roi, cls], scores[roi, cls + 1]
     cls = cls + 1
-    cand_scores = scores[roi, cls]
-    # (R, 4*(K+1)) -> (R, K+1, 4), then one row of 4 per candidate
-    cand_deltas = box_deltas.reshape(box_deltas.shape[0], -1, 4)[roi, cls]
-    boxes = clip_boxes(box_coder.decode(cand_deltas, proposals[roi])[:, 0], image_size)
-    keep = nonempty_boxes(boxes, min_size, exclusive=min_size_exclusive)
-    boxes, cand_scores, cls, roi = boxes[keep], cand_scores[keep], cls[keep], roi[keep]
     num_classes = class_logits.shape[1] - 1
     keep = grouped_nms(boxes, cand_scores, cls, nms_thresh, group_ids=range(1, num_classes + 1))
     keep = keep[:detections_per_image]
