@@ -100,7 +100,7 @@ class BoxKalmanFilter:
 @dataclass(frozen=True)
 class TrackerConfig:
     high_score: float = 0.5  # detections at least this start tracks and are assigned first
-    match_iou: float = 0.3  # the least IoU of an assigned (track, detection) pair
+    match_iou: float = 0.2  # the least IoU of an assigned (track, detection) pair (ByteTrack's 0.8 cost)
     max_lost: int = 30  # frames a track is kept without a detection
 
 
