@@ -151,7 +151,8 @@ class PredictionSet:
         return self._images[index].height, self._images[index].width
 
     def num_instances(self) -> int:
-        return sum(len(im.labels) for im in self._images)
+        """Instances with pixels (what the writers write)."""
+        return sum(int(mask_utils.area(rle) > 0) for im in self._images for rle in im.rles)
 
     def load_targets(self, index: int) -> tuple[Targets, torch.Tensor]:
         im = self._images[index]
