@@ -43,10 +43,9 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     items, problems = collect_inputs(args.inputs, glob=args.glob)
     formats = [f.strip() for f in args.to.split(",")] if args.to else []
     if formats:  # checked before any work: an existing pre-label folder is never overwritten
-        from .prelabel import check_prelabel_folder
+        from .prelabel import check_prelabel_request
 
-        for to in formats:
-            check_prelabel_folder(args.out, to)
+        check_prelabel_request(args.out, formats, items)
     model = load(args.weights)
     set_precision(model, args.precision, args.device)
     dist = init_distributed(args.device)  # torchrun: this process predicts its share of the inputs
@@ -304,7 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "spec", help="dataset spec, e.g. via:DIR, masks:DIR, labelme:DIR, yolo:DIR[:SPLIT], shapes:N"
     )
-    p.add_argument("output", help="the COCO JSON file to write, or (--to labelme, yolo) the new folder")
+    p.add_argument("output", help="the COCO JSON file to write, or (--to labelme, yolo, cvat) the new folder")
     p.add_argument(
         "--to",
         choices=("coco", "labelme", "yolo", "cvat"),

@@ -47,6 +47,7 @@ __all__ = [
     "PRELABEL_FORMATS",
     "PredictionSet",
     "check_prelabel_folder",
+    "check_prelabel_request",
     "write_prelabels",
     "write_report_prelabels",
 ]
@@ -176,6 +177,17 @@ def check_prelabel_folder(out: str | Path, to: str) -> Path:
     if folder.exists() and not (folder.is_dir() and not any(folder.iterdir())):
         raise UserError(f"{folder}: exists and is not empty; refusing to overwrite it (choose a new --out)")
     return folder
+
+
+def check_prelabel_request(out: str | Path, formats: Sequence[str], items: Sequence[InputItem]) -> None:
+    """`predict --to`, before any prediction: every format known, its folder new or empty, and some
+    image inputs (videos get no annotation set); else a UserError."""
+    for to in formats:
+        check_prelabel_folder(out, to)
+    if not any(item.kind == "image" for item in items):
+        raise UserError(
+            "--to writes the predictions of image inputs, and there are none (videos get no pre-labels)"
+        )
 
 
 def _write_coco(dataset: PredictionSet, directory: Path) -> Path:

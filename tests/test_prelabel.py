@@ -103,5 +103,9 @@ def test_an_existing_prelabel_folder_or_unknown_format_is_refused_before_any_wor
     assert err.startswith(f"error: {out / 'yolo'}: exists and is not empty") and err.count("\n") == 1
     assert cli.main([*args, "labelme,via", str(inputs)]) == 1
     assert capsys.readouterr().err.startswith("error: --to: unknown format 'via'; expected labelme, coco")
+    video = tmp_path / "clip.mp4"
+    video.write_bytes(b"")
+    assert cli.main([*args, "coco", str(video)]) == 1
+    assert "--to writes the predictions of image inputs, and there are none" in capsys.readouterr().err
     assert sorted(p.name for p in out.iterdir()) == ["yolo"]  # no predictions.json, no coco/
     assert (out / "yolo/data.yaml").read_text() == "names: [mine]\n"
