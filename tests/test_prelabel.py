@@ -33,10 +33,10 @@ SPECS = {
 
 @pytest.fixture(scope="module")
 def inputs(shared_data, tmp_path_factory) -> Path:
-    """A folder of 3 coco-mini photos and `turned.jpg`, a small photo stored landscape (160 x 120)
+    """A folder of 2 coco-mini photos and `turned.jpg`, a small photo stored landscape (160 x 120)
     whose EXIF orientation 6 shows it portrait (120 x 160)."""
     folder = tmp_path_factory.mktemp("prelabel-in")
-    photos = sorted((shared_data / "coco-mini/val2017").iterdir())[:3]
+    photos = sorted((shared_data / "coco-mini/val2017").iterdir())[:2]
     for photo in photos:
         (folder / photo.name).symlink_to(photo)
     exif = Image.Exif()
@@ -70,11 +70,12 @@ def prelabelled(tiny_weights, inputs, tmp_path_factory) -> tuple[Path, str]:
 @pytest.mark.parametrize("to", list(SPECS))
 def test_predictions_read_back_as_the_same_instances(to, prelabelled, inputs):
     out, stdout = prelabelled
-    assert f"wrote {out / to} ({to} pre-labels): 4 images, 20 instances" in stdout
     dataset = build_dataset(SPECS[to].format(out=out))
     assert dataset.class_names == ["cat", "dog"]
     expected = _expected(out)
-    assert sum(map(len, expected.values())) >= 16  # the tiny model's 5 per image, less empty masks
+    count = sum(map(len, expected.values()))
+    assert count >= 12  # the tiny model's 5 per image, less any whose mask covers no pixel
+    assert f"wrote {out / to} ({to} pre-labels): 3 images, {count} instances" in stdout
     assert assert_same_instances(expected, dataset_instances(dataset), min_iou=0.95) >= 0.95
     for index in range(len(dataset)):  # each image is the one predicted on (as displayed)
         name = Path(dataset.file_name(index)).name
