@@ -257,6 +257,7 @@ class _Run:
         video_path, json_path = self.out / f"{base}.mp4", self.out / f"{base}_frames.json"
         video_path.parent.mkdir(parents=True, exist_ok=True)
         result: dict = {"video": item.name, "fps": None, "width": None, "height": None, "frames": []}
+        tracker = Tracker() if self.track else None
         try:
             with VideoReader(item.path) as reader:
                 result["fps"] = float(reader.fps)
@@ -267,7 +268,6 @@ class _Run:
                     disable=not (self.progress and frame_bar),
                     leave=False,
                 )
-                tracker = Tracker() if self.track else None
                 with VideoWriter(video_path, fps=reader.fps) as writer, bar:
                     pending: list[tuple[int, float, np.ndarray]] = []
                     for frame in reader:
