@@ -41,6 +41,11 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from .predict import run_predictions
 
     items, problems = collect_inputs(args.inputs, glob=args.glob)
+    formats = [f.strip() for f in args.to.split(",")] if args.to else []
+    if formats:  # checked before any work: an existing pre-label folder is never overwritten
+        from .prelabel import check_prelabel_request
+
+        check_prelabel_request(args.out, formats, items)
     model = load(args.weights)
     set_precision(model, args.precision, args.device)
     dist = init_distributed(args.device)  # torchrun: this process predicts its share of the inputs
@@ -57,6 +62,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             overlays=not args.no_overlays,
             progress=not args.no_progress,
             dist=dist,
+            track=args.track,
         )
     finally:
         cleanup(dist)
@@ -65,6 +71,13 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     out = Path(args.out)
     images = f"{report.images} image{'' if report.images == 1 else 's'}"
     print(f"wrote {out / 'predictions.json'}: {len(report.records)} detections on {images}")
+    if formats:
+        from .prelabel import write_report_prelabels
+
+        for to in formats:
+            print(write_report_prelabels(report, items, out, to=to, predictor=model))
+    for name, count in report.tracks.items():
+        print(f"tracked {name}: {count} track{'' if count == 1 else 's'}")
     if report.shares:
         print(f"wrote {out / 'shards.json'}: {_shares_line(report.shares)}")
     for video, frames, count in report.videos:
@@ -233,6 +246,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--glob", default=None, help="pattern for files in folder inputs (default: image files)")
     p.add_argument("--save-masks", action="store_true", help="also write one PNG per detected instance")
     p.add_argument("--no-overlays", action="store_true", help="do not draw overlay images")
+    p.add_argument(
+        "--to",
+        metavar="FORMATS",
+        default=None,
+        help="labelme, coco, yolo, cvat (comma-separated for several): also write the image predictions "
+        "as an annotation set in OUT/FORMAT/ (pre-labels)",
+    )
+    p.add_argument(
+        "--track",
+        action="store_true",
+        help="link detections across video frames and a folder's images: track_id, colours, summary",
+    )
     add_precision_argument(p)
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("inputs", nargs="+", help="image files, folders (searched recursively) and video files")
@@ -278,12 +303,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "spec", help="dataset spec, e.g. via:DIR, masks:DIR, labelme:DIR, yolo:DIR[:SPLIT], shapes:N"
     )
-    p.add_argument("output", help="the COCO JSON file to write, or (--to labelme, yolo) the new folder")
+    p.add_argument("output", help="the COCO JSON file to write, or (--to labelme, yolo, cvat) the new folder")
     p.add_argument(
         "--to",
-        choices=("coco", "labelme", "yolo"),
+        choices=("coco", "labelme", "yolo", "cvat"),
         default="coco",
-        help="output format (default coco); a labelme or YOLO folder must be new or empty",
+        help="output format (default coco); a labelme, YOLO or CVAT folder must be new or empty",
     )
     p.add_argument(
         "--split", default=None, help="--to yolo: the split to write the images as (default train)"

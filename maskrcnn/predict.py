@@ -12,6 +12,14 @@ Output layout of `run_predictions(model, items, out)`:
     out/<video>.mp4                    each video with its detections drawn on every frame
     out/<video>_frames.json            {"video", "fps", "width", "height", "frames": [{"frame",
                                        "time", "detections": [records without image_id/file_name]}]}
+                                       (with track: "tracks" too, see below)
+    out/tracks.json                    with track and image inputs: the tracks of each folder's images
+
+Tracking (`track=True`, `maskrcnn.tracking`): the frames of each video, and the images of each
+folder (in name order: an image sequence), are linked into tracks; every detection record gets
+"track_id" (0: a low-scoring detection that continues no track), overlays and videos draw each track
+in its own colour, and each video's JSON (each folder's entry of tracks.json) gets "tracks": per
+track its id, category_id, class, first and last frame, length, detections and mean score.
 
 <name> is the input's file name (its path below a folder input) without its suffix, made unique
 (in input order: names depend only on the inputs given, never on which of them fail).
@@ -54,6 +62,7 @@ from .model import MaskRCNN
 from .predict_records import detection_records, detections_to_coco, encode_masks, image_id_for
 from .predictor import Predictor, resolve_classes
 from .structures import Detections
+from .tracking import Tracker
 
 __all__ = [
     "PredictReport",
@@ -101,6 +110,7 @@ class PredictReport:
     images: int = 0  # images predicted
     videos: list[tuple[Path, Path, int]] = field(default_factory=list)  # (video, frames JSON, frames)
     failures: list[tuple[str, str]] = field(default_factory=list)  # (input, reason)
+    tracks: dict[str, int] = field(default_factory=dict)  # with track: video or folder -> its tracks
     shares: list[Share] = field(default_factory=list)  # under torchrun, on rank 0: each process's inputs
 
     def add(self, part: PredictReport) -> None:
@@ -109,6 +119,7 @@ class PredictReport:
         self.images += part.images
         self.videos += part.videos
         self.failures += part.failures
+        self.tracks.update(part.tracks)
 
 
 def _safe(text: str) -> str:
@@ -134,6 +145,7 @@ class _Run:
         overlays: bool,
         save_masks: bool,
         progress: bool,
+        track: bool = False,
     ):
         self.predictor, self.out = predictor, out
         self.score_thresh, self.classes = score_thresh, classes
@@ -145,6 +157,8 @@ class _Run:
         self.report = PredictReport()  # of the part of the inputs being run
         self.parts: dict[int, PredictReport] = {}  # by position in the inputs' order
         self.ran: list[str] = []  # the names of the inputs this process ran
+        self.track = track
+        self.trackers: dict[str, Tracker] = {}  # with track: image folder -> its tracker
 
     def name_outputs(self, images: list[InputItem], videos: list[InputItem]) -> None:
         """Give every input that has output files its name (relative path without suffix) in input
@@ -168,10 +182,22 @@ class _Run:
     def predict(self, images: list[torch.Tensor]) -> list[Detections]:
         return self.predictor.predict(images, score_thresh=self.score_thresh, classes=self.classes)
 
-    def draw(self, image: torch.Tensor, det: Detections) -> Image.Image:
+    def draw(self, image: torch.Tensor, det: Detections, track_ids=None) -> Image.Image:
         from .visualize import draw_detections
 
-        return draw_detections(image, det, class_names=self.class_names, skeleton=self.skeleton)
+        return draw_detections(
+            image, det, class_names=self.class_names, skeleton=self.skeleton, track_ids=track_ids
+        )
+
+    def tracked(self, tracker: Tracker, det: Detections, records: list[dict], **frame) -> list[int]:
+        """Link `det` to `tracker`'s tracks: each record gets its "track_id"; -> the ids."""
+        ids = tracker.update(det.boxes.cpu(), det.scores.cpu(), det.labels.cpu(), **frame).tolist()
+        for record, track_id in zip(records, ids):
+            record["track_id"] = int(track_id)
+        return ids
+
+    def track_summary(self, tracker: Tracker) -> list[dict]:
+        return tracker.summary(class_names=self.class_names, category_ids=self.category_ids)
 
     def write_masks(self, det: Detections, prefix: str) -> None:
         assert self.out is not None
@@ -200,9 +226,14 @@ class _Run:
             bar.update(min(batch_size, len(items) - start))
 
     def image_outputs(self, index: int, item: InputItem, image: torch.Tensor, det: Detections) -> None:
-        self.report.records += detections_to_coco(
+        records = detections_to_coco(
             det, image_id=image_id_for(item.path, index), file_name=item.name, category_ids=self.category_ids
         )
+        ids = None
+        if self.track:  # the images of one folder are a sequence, in input (name) order
+            folder = str(PurePosixPath(item.path.as_posix()).parent)
+            ids = self.tracked(self.trackers.setdefault(folder, Tracker()), det, records)
+        self.report.records += records
         self.report.images += 1
         if self.out is None or not (self.overlays or self.save_masks):
             return
@@ -211,7 +242,7 @@ class _Run:
             jpeg = item.path.suffix.lower() in (".jpg", ".jpeg", ".jfif")
             path = self.out / "overlays" / f"{base}{'.jpg' if jpeg else '.png'}"
             path.parent.mkdir(parents=True, exist_ok=True)
-            self.draw(image, det).save(path, **({"quality": 92} if jpeg else {}))
+            self.draw(image, det, ids).save(path, **({"quality": 92} if jpeg else {}))
         if self.save_masks:
             self.write_masks(det, base)
 
@@ -226,6 +257,7 @@ class _Run:
         video_path, json_path = self.out / f"{base}.mp4", self.out / f"{base}_frames.json"
         video_path.parent.mkdir(parents=True, exist_ok=True)
         result: dict = {"video": item.name, "fps": None, "width": None, "height": None, "frames": []}
+        tracker = Tracker() if self.track else None
         try:
             with VideoReader(item.path) as reader:
                 result["fps"] = float(reader.fps)
@@ -241,26 +273,30 @@ class _Run:
                     for frame in reader:
                         pending.append(frame)
                         if len(pending) == batch_size:
-                            self.video_batch(pending, writer, result, base)
+                            self.video_batch(pending, writer, result, base, tracker=tracker)
                             bar.update(len(pending))
                             pending = []
                     if pending:
-                        self.video_batch(pending, writer, result, base)
+                        self.video_batch(pending, writer, result, base, tracker=tracker)
                         bar.update(len(pending))
         except ValueError as e:
             self.fail(str(item.path), str(e))
         if result["frames"]:  # what was decoded before a failure is kept
+            if self.track:
+                result["tracks"] = self.track_summary(tracker)
+                self.report.tracks[item.name] = len(result["tracks"])
             atomic_write_json(json_path, result)
             self.report.videos.append((video_path, json_path, len(result["frames"])))
 
-    def video_batch(self, pending: list, writer, result: dict, base: str) -> None:
+    def video_batch(self, pending: list, writer, result: dict, base: str, *, tracker=None) -> None:
         frames = [torch.from_numpy(rgb).permute(2, 0, 1) for _, _, rgb in pending]
         dets = self.predict([f.float().div_(255.0) for f in frames])
         for (index, time, rgb), frame, det in zip(pending, frames, dets):
             result["height"], result["width"] = rgb.shape[:2]
             detections = detection_records(det, category_ids=self.category_ids)
+            ids = self.tracked(tracker, det, detections, frame=index) if tracker is not None else None
             result["frames"].append({"frame": index, "time": round(time, 6), "detections": detections})
-            writer.write(np.asarray(self.draw(frame, det)))
+            writer.write(np.asarray(self.draw(frame, det, ids)))
             if self.save_masks:
                 self.write_masks(det, f"{base}/{index:06d}")
 
@@ -287,6 +323,7 @@ def run_predictions(
     overlays: bool = True,
     progress: bool = True,
     dist: DistInfo | None = None,
+    track: bool = False,
 ) -> PredictReport:
     """Predict on image and video inputs and write the outputs described in the module docstring
     (predictions.json included, when `out` is given). Unreadable inputs are skipped and listed in
@@ -295,12 +332,16 @@ def run_predictions(
 
     `dist` (`maskrcnn.distributed.init_distributed` under torchrun): this process runs its share
     (on `cuda:LOCAL_RANK` for a CUDA device) and returns it; rank 0 returns the whole job's report,
-    with `shares`, and writes predictions.json and shards.json. Progress: one bar, on rank 0."""
+    with `shares`, and writes predictions.json and shards.json. Progress: one bar, on rank 0.
+    `track`: link detections across video frames and folder images (module docstring); image
+    sequences are tracked in one process only (under torchrun their batches would be split)."""
     if batch_size < 1:
         raise UserError(f"batch size must be >= 1, got {batch_size}")
     if score_thresh is not None and not 0.0 <= score_thresh <= 1.0:
         raise UserError(f"score threshold must be in [0, 1], got {score_thresh}")
     info = dist or DistInfo()
+    if track and info.enabled and any(i.kind == "image" for i in items):
+        raise UserError("tracking image sequences runs in one process: run it without torchrun")
     if device is not None:
         device = process_device(str(device), info)
     predictor = model if isinstance(model, Predictor) else Predictor(model, device=device or "cpu")
@@ -319,6 +360,7 @@ def run_predictions(
         overlays=overlays,
         save_masks=save_masks,
         progress=progress,
+        track=track,
     )
     images = [i for i in items if i.kind == "image"]
     videos = [i for i in items if i.kind == "video"]
@@ -346,6 +388,10 @@ def run_predictions(
     report.shares = gathered[1] if info.enabled else []
     if out_dir is not None:
         atomic_write_json(out_dir / "predictions.json", report.records)
+        if run.trackers:
+            sequences = [{"sequence": k, "tracks": run.track_summary(t)} for k, t in run.trackers.items()]
+            report.tracks.update({s["sequence"]: len(s["tracks"]) for s in sequences})
+            atomic_write_json(out_dir / "tracks.json", sequences, indent=1)
         if info.enabled:
             atomic_write_json(out_dir / "shards.json", [s.as_dict() for s in report.shares], indent=1)
     return report

@@ -34,6 +34,7 @@ __all__ = [
     "draw_pr_curves",
     "draw_targets",
     "instance_colors",
+    "track_colors",
     "relative_luminance",
     "text_color_for",
     "to_rgb_array",
@@ -50,6 +51,16 @@ def instance_colors(n: int) -> np.ndarray:
     """(n, 3) uint8 colours, distinct and deterministic: hue steps by the golden ratio."""
     colors = [colorsys.hsv_to_rgb((0.13 + i * 0.618033988749895) % 1.0, 0.75, 0.95) for i in range(n)]
     return np.round(np.array(colors, dtype=np.float64).reshape(n, 3) * 255).astype(np.uint8)
+
+
+def track_colors(track_ids: Sequence[int]) -> np.ndarray:
+    """(n, 3) uint8 colours of tracked instances: track k > 0 always gets `instance_colors`' k-th
+    colour (the same in every frame), untracked ones (id 0) grey."""
+    ids = np.asarray(track_ids, dtype=np.int64).reshape(-1)
+    table = instance_colors(int(ids.max(initial=0)))
+    out = np.full((len(ids), 3), 160, dtype=np.uint8)
+    out[ids > 0] = table[ids[ids > 0] - 1]
+    return out
 
 
 def relative_luminance(color: Sequence[int]) -> float:
@@ -129,11 +140,12 @@ def _draw_instances(
     texts: list[str],
     alpha: float,
     keypoints: Optional[_Keypoints] = None,
+    colors: Optional[np.ndarray] = None,
 ) -> Image.Image:
     rgb = to_rgb_array(image)
     h, w = rgb.shape[:2]
     n = len(boxes)
-    colors = instance_colors(n)
+    colors = instance_colors(n) if colors is None else colors
     if masks is not None and len(masks):
         if masks.shape[1:] != (h, w):
             raise ValueError(f"masks are {masks.shape[1]}x{masks.shape[2]} but the image is {h}x{w}")
@@ -203,15 +215,23 @@ def draw_detections(
     alpha: float = 0.5,
     skeleton: Sequence[Sequence[int]] = (),
     keypoint_thresh: Optional[float] = None,
+    track_ids: Optional[Sequence[int]] = None,
 ) -> Image.Image:
     """Overlay detections (masks, boxes, "name score" labels, keypoints and their `skeleton`) on
-    `image`; returns a new RGB image. `keypoint_thresh`: draw only keypoints scoring above it."""
-    shown = detections.select(detections.scores >= score_thresh).to("cpu")
+    `image`; returns a new RGB image. `keypoint_thresh`: draw only keypoints scoring above it.
+    `track_ids` (one per detection): colours by track (`track_colors`) and "#id name score" labels."""
+    keep = detections.scores >= score_thresh
+    shown = detections.select(keep).to("cpu")
     labels, scores = shown.labels.tolist(), shown.scores.detach().tolist()
     texts = [f"{_name(int(lab), class_names)} {s:.2f}" for lab, s in zip(labels, scores)]
+    colors = None
+    if track_ids is not None:
+        ids = np.asarray(track_ids, dtype=np.int64).reshape(-1)[keep.cpu().numpy()]
+        texts = [f"#{k} {t}" if k else t for k, t in zip(ids.tolist(), texts)]
+        colors = track_colors(ids)
     keypoints = _keypoints_of(shown.keypoints, skeleton, keypoint_thresh)
     boxes = shown.boxes.detach().numpy()
-    return _draw_instances(image, boxes, _masks_array(shown.masks), texts, alpha, keypoints)
+    return _draw_instances(image, boxes, _masks_array(shown.masks), texts, alpha, keypoints, colors)
 
 
 def draw_targets(

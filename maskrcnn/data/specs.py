@@ -8,6 +8,7 @@ function that builds the dataset from the arguments:
     masks:DIR                         one folder per image       (MaskFolderDataset)
     labelme:DIR                       labelme JSON files         (LabelmeDataset)
     yolo:DIR | yolo:DIR:SPLIT         YOLO segmentation labels   (YoloDataset)
+    cvat:DIR | cvat:XML:IMAGE_DIR     CVAT for images 1.1 XML    (CvatDataset)
     shapes | shapes:N | shapes:N:SEED synthetic shapes, N=200 and SEED=0 by default (ShapesDataset)
 
 A new format is one module with a dataset class satisfying `maskrcnn.data.dataset.InstanceDataset`
@@ -15,7 +16,7 @@ plus one entry in `DATASET_SPECS`.
 
 `write_coco_json` turns any of these datasets into a COCO ground-truth file (for COCO evaluation
 of datasets that are not COCO to begin with); `write_dataset` writes one in any of `OUTPUT_FORMATS`
-(COCO JSON, or a labelme or YOLO folder: `maskrcnn convert-dataset --to FORMAT`).
+(COCO JSON, or a labelme, YOLO or CVAT folder: `maskrcnn convert-dataset --to FORMAT`).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from pycocotools import mask as mask_utils
 
 from maskrcnn.data.check import dataset_problems
 from maskrcnn.data.coco import CocoDataset
+from maskrcnn.data.cvat import CvatDataset, write_cvat
 from maskrcnn.data.dataset import InstanceDataset, dataset_keypoints
 from maskrcnn.data.labelme import LabelmeDataset
 from maskrcnn.data.mask_folder import MaskFolderDataset
@@ -110,6 +112,18 @@ def _yolo(spec: str, rest: str) -> YoloDataset:
     return YoloDataset(_directory("yolo", spec, folder), split=split)
 
 
+def _cvat(spec: str, rest: str) -> CvatDataset:
+    xml, sep, image_dir = rest.partition(":")
+    if not sep or Path(rest).expanduser().is_dir():  # cvat:DIR (a DIR may hold ':')
+        return CvatDataset(_directory("cvat", spec, rest))
+    if not xml or not image_dir:
+        raise UserError(f"dataset spec {spec!r}: expected cvat:DIR or cvat:ANNOTATIONS.xml:IMAGE_DIR")
+    return CvatDataset(
+        existing_path(xml, "annotation file", spec, is_dir=False),
+        existing_path(image_dir, "image directory", spec, is_dir=True),
+    )
+
+
 def _shapes(spec: str, rest: str) -> ShapesDataset:
     parts = rest.split(":") if rest else []
     if len(parts) > 2:
@@ -128,6 +142,7 @@ DATASET_SPECS: dict[str, DatasetSpec] = {
     "masks": DatasetSpec(("masks:DIR",), _masks),
     "labelme": DatasetSpec(("labelme:DIR",), _labelme),
     "yolo": DatasetSpec(("yolo:DIR", "yolo:DIR:SPLIT"), _yolo),
+    "cvat": DatasetSpec(("cvat:DIR", "cvat:ANNOTATIONS.xml:IMAGE_DIR"), _cvat),
     "shapes": DatasetSpec(("shapes", "shapes:N", "shapes:N:SEED"), _shapes),
 }
 DATASET_KINDS = tuple(DATASET_SPECS)
@@ -225,21 +240,24 @@ def write_coco_json(dataset: InstanceDataset, out_path: Union[str, Path]) -> Pat
     return atomic_write_json(out_path, payload)
 
 
-OUTPUT_FORMATS = ("coco", "labelme", "yolo")
+OUTPUT_FORMATS = ("coco", "labelme", "yolo", "cvat")
 
 
 def write_dataset(
     dataset: InstanceDataset, out: Union[str, Path], *, to: str = "coco", split: str | None = None
 ) -> Path:
     """Write `dataset` as `to`: "coco" (`write_coco_json`: the JSON file `out`), "labelme"
-    (`maskrcnn.data.writing.write_labelme`) or "yolo" (`maskrcnn.data.writing.write_yolo`, its images
-    under `split`, "train" by default): a new folder `out`, written whole or not at all."""
+    (`maskrcnn.data.writing.write_labelme`), "yolo" (`maskrcnn.data.writing.write_yolo`, its images
+    under `split`, "train" by default) or "cvat" (`maskrcnn.data.cvat.write_cvat`): a new folder
+    `out`, written whole or not at all."""
     if to not in OUTPUT_FORMATS:
         raise UserError(f"unknown output format {to!r}; expected one of {', '.join(OUTPUT_FORMATS)}")
     if split is not None and to != "yolo":
         raise UserError(f"a split ({split!r}) is only written by the yolo format, not {to}")
     if to == "labelme":
         return write_labelme(dataset, out)
+    if to == "cvat":
+        return write_cvat(dataset, out)
     if to == "yolo":
         return write_yolo(dataset, out, split=split or "train")
     return write_coco_json(dataset, out)

@@ -85,10 +85,11 @@ def test_an_object_missing_members_is_named_precisely() -> None:
 
 
 def test_kinds_and_usage_come_from_the_one_table() -> None:
-    assert DATASET_KINDS == ("coco", "via", "masks", "labelme", "yolo", "shapes") == tuple(DATASET_SPECS)
+    kinds = ("coco", "via", "masks", "labelme", "yolo", "cvat", "shapes")
+    assert DATASET_KINDS == kinds == tuple(DATASET_SPECS)
     assert spec_usage() == (
         "coco:ANNOTATIONS.json:IMAGE_DIR, via:DIR, masks:DIR, labelme:DIR, yolo:DIR, yolo:DIR:SPLIT, "
-        "shapes, shapes:N or shapes:N:SEED"
+        "cvat:DIR, cvat:ANNOTATIONS.xml:IMAGE_DIR, shapes, shapes:N or shapes:N:SEED"
     )
     with pytest.raises(
         ValueError, match=r"unknown dataset kind 'voc' in spec 'voc:x'; expected one of coco:"
