@@ -8,6 +8,7 @@
     one with the bytes received so far) until it is answered; one that does not fit gets 503 with
     `Retry-After`, its body read and dropped first (see `uploads._discard_body`);
   - a client that goes away mid-upload is logged as one line (no traceback) and nothing is answered;
+  - a request still unanswered when a shutdown's drain time is over (uvicorn cancels it) gets 503;
 - `InFlight`: the uploads (requests with a body) being received or answered and the bytes they
   hold, shown by /v1/health.
 - `api_key_dependency(key)`: a FastAPI dependency that wants `Authorization: Bearer KEY`, compared
@@ -39,6 +40,10 @@ class _Refused(Exception):
     def __init__(self, status: int, reason: str, *, drain: bool):
         super().__init__(reason)
         self.status, self.reason, self.drain = status, reason, drain
+
+
+def _what(scope: Scope) -> tuple[str, str]:
+    return scope.get("method", ""), scope.get("path", "")
 
 
 def _client(scope: Scope) -> str:
@@ -136,6 +141,13 @@ class RequestGuard:
                 await _discard_body(receive)
             headers = {"retry-after": self.budget.retry_after} if e.status == 503 else {}
             await _send_json(send, e.status, e.reason, headers=headers)
+        except asyncio.CancelledError:
+            if started:
+                raise
+            # uvicorn cancels what is unanswered when --drain-timeout ends: a 503, not its 500
+            log.warning("%s %s %s: 503 (not answered within --drain-timeout)", _client(scope), *_what(scope))
+            reason = "the server stopped before this request was answered (--drain-timeout)"
+            await _send_json(send, 503, reason, headers={"retry-after": self.budget.retry_after})
         except Exception as e:
             if not gone:
                 raise
