@@ -172,6 +172,7 @@ def main(argv: list[str] | None = None) -> int:
         "oversized": os.urandom(int((args.max_upload_mb + 1) * MIB)),
     }
     options = ["--max-upload-mb", str(args.max_upload_mb), "--request-timeout", str(args.request_timeout)]
+    load_start = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
         weights = args.weights or _tiny_weights(Path(tmp))
         log = Path(tmp) / "server.log"
@@ -216,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
         "isa_flags": sorted(cpu_isa_flags()),
         "reported_flags": list(REPORTED_FLAGS),
         "cpu_count": os.cpu_count(),
-        "load_1min_end": os.getloadavg()[0],
+        "load_1min": [round(load_start, 2), round(os.getloadavg()[0], 2)],  # at the start and the end
         "clients": args.clients,
         "seconds": round(wall, 2),
         "mix": mix,
@@ -246,7 +247,8 @@ def main(argv: list[str] | None = None) -> int:
 def _table(r: dict) -> str:
     flags = " ".join(r["isa_flags"]) or "none of " + " ".join(r["reported_flags"])
     lines = [
-        f"{r['cpu']} ({r['cpu_count']} CPUs; flags: {flags}); {r['clients']} clients for {r['seconds']} s, "
+        f"{r['cpu']} ({r['cpu_count']} CPUs; flags: {flags}; 1-min load {r['load_1min'][0]} -> "
+        f"{r['load_1min'][1]}); {r['clients']} clients for {r['seconds']} s, "
         f"{r['requests']} requests, {r['server_errors_5xx']} 5xx, {r['unexpected']} unexpected",
         "",
         "| kind | requests | statuses | p50 s | p95 s | p99 s |",

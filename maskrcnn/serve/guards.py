@@ -133,6 +133,8 @@ class RequestGuard:
             if declared.isdigit() and int(declared) > 0:
                 held = self.budget.reserve(int(declared), held)
             await self.app(scope, guarded_receive, tracking_send)
+            if not body_done and not gone:  # answered unread (a 401): drop the rest, or the close resets
+                await _discard_body(receive)
         except _Refused as e:
             if started:
                 raise

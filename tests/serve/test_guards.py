@@ -103,6 +103,9 @@ def test_api_key_is_wanted_on_every_route_but_health(guarded, shared_data):
             assert response.status_code == 401, response.text
             assert response.headers["www-authenticate"] == "Bearer"
             assert "Authorization: Bearer" in response.json()["detail"]
+    big = photo * 12  # ~2 MB, answered 401 before it is read: the server drops the rest, no reset
+    statuses = [httpx.post(f"{url}/v1/predict", content=big, timeout=TIMEOUT).status_code for _ in range(10)]
+    assert statuses == [401] * 10
     answer = httpx.post(f"{url}/v1/predict", content=photo, headers=_auth(), timeout=TIMEOUT)
     assert answer.status_code == 200 and len(answer.json()["detections"]) == 5
     limits = httpx.get(f"{url}/v1/model", headers=_auth(), timeout=TIMEOUT).json()["limits"]
