@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import importlib.util
 import os
 import signal
@@ -133,6 +134,21 @@ def _drain_is_success():
             signal.signal(sig, handler)
 
 
+def _return_big_frees_to_the_os() -> None:
+    """glibc serves a buffer of 128 KiB or more by mmap and gives it back when freed, but raises
+    that threshold after each such free (up to 32 MiB): later image-sized buffers (upload bytes,
+    decoded pixels, tensors) then come from its arenas, which keep them, and the server's RSS
+    grows with each burst of concurrent requests and stays (+260 MB after 3 bursts of 32 requests
+    with the tiny model, still growing; +80..110 MB, not growing, with the threshold fixed).
+    Fixing it at its initial 128 KiB (mallopt M_MMAP_THRESHOLD, as MALLOC_MMAP_THRESHOLD_=131072
+    would) keeps that memory returning. Nothing happens where the C library is not glibc."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(ctypes.c_int(-3), ctypes.c_int(128 * 1024))  # -3: M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        pass
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     _check(args)
     import uvicorn
@@ -171,6 +187,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         backend = f"{backend_of(predictor)}, {predictor.device}, {predictor.precision}"
         print(f"serving {args.weights} ({backend}) on http://{shown}:{port}", flush=True)
         config = uvicorn.Config(app, log_level=args.log_level, timeout_graceful_shutdown=args.drain_timeout)
+        _return_big_frees_to_the_os()
         with _drain_is_success():
             uvicorn.Server(config).run(sockets=[sock])
     return 0
