@@ -5,7 +5,8 @@
                        in the query or as form fields ->
                        {"width": W, "height": H, "detections": [{"bbox": [x, y, w, h], "score",
                         "category_id", "label", "segmentation": {"size": [H, W], "counts": str}}]}
-    GET  /v1/health    {"status": "ok", "batching": {batches, requests, failed, largest_batch, ...}}
+    GET  /v1/health    {"status": "ok", "batching": {batches, requests, failed, largest_batch, ...},
+                        "in_flight": {"requests": uploads in flight, "buffered_bytes": what they hold}}
     GET  /v1/model     class names, category ids, the preset the model's config matches, the model
                        config, backend (pytorch / onnxruntime), device, the server's limits
     GET  /             the web page (static/index.html; static/app.js draws the JSON on a canvas)

@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import ipaddress
 import logging
@@ -134,7 +135,8 @@ class RequestGuard:
                 held = self.budget.reserve(int(declared), held)
             await self.app(scope, guarded_receive, tracking_send)
             if not body_done and not gone:  # answered unread (a 401): drop the rest, or the close resets
-                await _discard_body(receive)
+                with contextlib.suppress(Exception):  # answered already: nothing left to tell
+                    await _discard_body(receive)
         except _Refused as e:
             if started:
                 raise
