@@ -5,13 +5,19 @@
                        in the query or as form fields ->
                        {"width": W, "height": H, "detections": [{"bbox": [x, y, w, h], "score",
                         "category_id", "label", "segmentation": {"size": [H, W], "counts": str}}]}
-    GET  /v1/health    {"status": "ok", "batching": {batches, requests, failed, largest_batch, ...}}
+    GET  /v1/health    {"status": "ok", "batching": {batches, requests, failed, largest_batch, ...},
+                        "in_flight": {"requests": uploads in flight, "buffered_bytes": what they hold}}
     GET  /v1/model     class names, category ids, the preset the model's config matches, the model
                        config, backend (pytorch / onnxruntime), device, the server's limits
     GET  /             the web page (static/index.html; static/app.js draws the JSON on a canvas)
 
-Refusals are JSON {"detail": one line}: 400 for bad options, 413 for an upload over the byte limit
-or an image over the pixel limit, 415 for a body that is no image, 500 for a failure of the model;
+With an API key, /v1/predict, /v1/model and /openapi.json want `Authorization: Bearer KEY` (401
+otherwise; /docs is off); /v1/health and the page's files stay open (the page asks for the key).
+
+Refusals are JSON {"detail": one line}: 400 for bad options, 401 without the API key, 408 for a body
+not received within the request timeout, 413 for an upload over the byte limit or an image over the
+pixel limit, 415 for a body that is no image, 503 (with Retry-After) while the uploads in flight hold
+the most bytes they may (`guards.py`), 500 for a failure of the model;
 none of them stops the server. Decoding runs in a thread pool and inference on the batcher's
 thread, so the event loop only moves bytes.
 """
@@ -23,7 +29,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
@@ -32,6 +38,7 @@ from ..config import PRESETS, to_dict
 from ..errors import UserError
 from ..predict_records import detection_records
 from .batching import MicroBatcher
+from .guards import InFlight, RequestGuard, api_key_dependency
 from .uploads import MIB, BodyLimit, UploadError, decode_upload
 
 __all__ = ["backend_of", "create_app", "model_info", "preset_of"]
@@ -131,9 +138,12 @@ def create_app(
     max_batch_wait_ms: float = 10.0,
     max_upload_mb: float = 20.0,
     max_pixels: int = 40_000_000,
+    request_timeout_s: float = 30.0,
+    max_buffered_mb: float = 256.0,
+    api_key: str | None = None,
 ) -> FastAPI:
     """The application serving `predictor` (a `maskrcnn.Predictor`); the batcher's worker runs
-    while the application does (its lifespan)."""
+    while the application does (its lifespan). `api_key`: the bearer token the API wants (None: open)."""
     batcher = MicroBatcher(predictor, max_batch_size=max_batch_size, max_wait_s=max_batch_wait_ms / 1000)
     info = model_info(predictor)
     limits = {
@@ -141,7 +151,13 @@ def create_app(
         "max_batch_wait_ms": max_batch_wait_ms,
         "max_upload_mb": max_upload_mb,
         "max_pixels": max_pixels,
+        "request_timeout_s": request_timeout_s,
+        "max_buffered_mb": max_buffered_mb,
     }
+    in_flight = InFlight(
+        max_buffered_bytes=int(max_buffered_mb * MIB), retry_after_s=min(request_timeout_s, 10)
+    )
+    protected = [Depends(api_key_dependency(api_key))] if api_key else []
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -151,8 +167,12 @@ def create_app(
         finally:
             batcher.stop()
 
-    app = FastAPI(title="maskrcnn", summary="Mask R-CNN instance segmentation", lifespan=lifespan)
-    app.add_middleware(BodyLimit, max_bytes=int(max_upload_mb * MIB))
+    schema = None if api_key else "/openapi.json"  # with a key: served below, behind it
+    app = FastAPI(
+        title="maskrcnn", summary="Mask R-CNN instance segmentation", lifespan=lifespan, openapi_url=schema
+    )
+    app.add_middleware(RequestGuard, request_timeout_s=request_timeout_s, budget=in_flight)
+    app.add_middleware(BodyLimit, max_bytes=int(max_upload_mb * MIB))  # outside the guard: 413 first
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.state.batcher = batcher
 
@@ -171,13 +191,19 @@ def create_app(
 
     @app.get("/v1/health")
     async def health() -> dict[str, Any]:
-        return {"status": "ok", "batching": batcher.snapshot()}
+        return {"status": "ok", "batching": batcher.snapshot(), "in_flight": in_flight.snapshot()}
 
-    @app.get("/v1/model")
+    if api_key:
+
+        @app.get("/openapi.json", include_in_schema=False, dependencies=protected)
+        async def openapi() -> dict[str, Any]:
+            return app.openapi()
+
+    @app.get("/v1/model", dependencies=protected)
     async def model() -> dict[str, Any]:
         return {**info, "limits": limits}
 
-    @app.post("/v1/predict")
+    @app.post("/v1/predict", dependencies=protected)
     async def predict(request: Request) -> dict[str, Any]:
         """The image as the multipart field `image` or the raw body; `score_thresh`, `classes`."""
         data, name, values = await _read_request(request)

@@ -148,9 +148,11 @@ async def _discard_body(receive: Receive) -> None:
         await asyncio.wait_for(drain(), DRAIN_SECONDS)
 
 
-async def _send_json(send: Send, status: int, reason: str) -> None:
+async def _send_json(send: Send, status: int, reason: str, *, headers: dict[str, str] | None = None) -> None:
+    """A one-line JSON refusal {"detail": reason} that closes the connection; `headers` added."""
     body = json.dumps({"detail": reason}, separators=(",", ":")).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    headers.append((b"connection", b"close"))
-    await send({"type": "http.response.start", "status": status, "headers": headers})
+    fields = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    fields.append((b"connection", b"close"))
+    fields += [(k.encode("latin-1"), v.encode("latin-1")) for k, v in (headers or {}).items()]
+    await send({"type": "http.response.start", "status": status, "headers": fields})
     await send({"type": "http.response.body", "body": body})

@@ -7,9 +7,11 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,23 +63,25 @@ def _wait_for_health(httpx, url: str, process: subprocess.Popen, deadline: float
     raise RuntimeError("the server never answered /v1/health")
 
 
-@pytest.fixture(scope="package")
-def server(weights, tmp_path_factory):
+@contextmanager
+def running_server(weights: Path, folder: Path, *options: str, env: dict[str, str] | None = None):
+    """A `maskrcnn serve` process of `weights` with `options` on a free port of 127.0.0.1, its output
+    in folder/server.log, until the block ends; then, if still running, stopped with SIGINT, which
+    must end it with exit status 0 (a failure of the teardown otherwise)."""
     for module in ("fastapi", "uvicorn", "multipart", "httpx"):
         if importlib.util.find_spec(module) is None:
             skip_or_fail_in_ci(f"{module} is not installed (pip install -e '.[dev,serve]')")
     import httpx
 
-    log = tmp_path_factory.mktemp("serve-log") / "server.log"
-    command = [sys.executable, "-m", "maskrcnn", "serve", "--weights", str(weights), "--port", "0"]
-    command += ["--max-upload-mb", str(MAX_UPLOAD_MB), "--max-pixels", str(MAX_PIXELS)]
+    log = folder / "server.log"
+    command = [sys.executable, "-m", "maskrcnn", "serve", "--weights", str(weights), "--port", "0", *options]
     with log.open("wb") as out:
         process = subprocess.Popen(
             command,
             stdout=out,
             stderr=subprocess.STDOUT,
             cwd=REPO_ROOT,
-            env={**os.environ, "PYTHONWARNINGS": "ignore"},
+            env={**os.environ, "PYTHONWARNINGS": "ignore", **(env or {})},
         )
     try:
         deadline = time.monotonic() + START_TIMEOUT_S
@@ -87,10 +91,27 @@ def server(weights, tmp_path_factory):
         except RuntimeError as e:
             pytest.fail(f"{e}; its output:\n{log.read_text(errors='replace')}")
         yield Server(url, log, process)
-    finally:
-        process.terminate()
+    except BaseException:
+        process.kill()
+        process.wait(timeout=10)
+        raise
+    # stopped as Ctrl-C stops it: it drains (nothing is in flight) and must exit 0
+    if process.poll() is None:
+        process.send_signal(signal.SIGINT)
         try:
-            process.wait(timeout=20)
+            code = process.wait(timeout=20)
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(timeout=10)
+            code = "none within 20 s"
+        if code != 0:
+            pytest.fail(
+                f"the server's exit status on SIGINT: {code}; its output:\n{log.read_text(errors='replace')}"
+            )
+
+
+@pytest.fixture(scope="package")
+def server(weights, tmp_path_factory):
+    limits = ["--max-upload-mb", str(MAX_UPLOAD_MB), "--max-pixels", str(MAX_PIXELS)]
+    with running_server(weights, tmp_path_factory.mktemp("serve-log"), *limits) as server:
+        yield server

@@ -178,6 +178,8 @@ def test_health_and_model(server, weights):
         "max_batch_wait_ms": 10.0,
         "max_upload_mb": MAX_UPLOAD_MB,
         "max_pixels": MAX_PIXELS,
+        "request_timeout_s": 30.0,
+        "max_buffered_mb": 256.0,
     }
     assert "/v1/predict" in httpx.get(f"{server.url}/openapi.json", timeout=TIMEOUT).json()["paths"]
 

@@ -1,7 +1,9 @@
 // The page of `maskrcnn serve`: send an image to /v1/predict, draw the JSON it returns.
 // Masks arrive as COCO RLE with string counts (column-major runs, alternating 0s and 1s, starting
 // with 0s); they are decoded here and blended into the picture. The score slider re-filters what
-// is drawn and listed without asking the server again.
+// is drawn and listed without asking the server again. A server started with an API key answers
+// 401 until the page sends it: the page asks for it once, keeps it for this tab (sessionStorage) and
+// sends it as a bearer token with every request.
 "use strict";
 
 const PALETTE = [
@@ -48,6 +50,21 @@ function decodeMask(rle) {
     i += run;
   });
   return mask;
+}
+
+const KEY_STORE = "maskrcnn-api-key";
+
+// fetch() with the API key when one is kept; on a 401, ask for the key and try once more.
+async function api(path, options = {}) {
+  for (let attempt = 0; ; attempt++) {
+    const key = sessionStorage.getItem(KEY_STORE);
+    const headers = key ? { Authorization: `Bearer ${key}` } : {};
+    const response = await fetch(path, { ...options, headers });
+    if (response.status !== 401 || attempt > 0) return response;
+    const given = window.prompt(key ? "Wrong API key. The key of this server:" : "This server needs its API key:");
+    if (!given || !given.trim()) return response;
+    sessionStorage.setItem(KEY_STORE, given.trim());
+  }
 }
 
 function colorOf(index) {
@@ -141,7 +158,7 @@ function loadImage(file) {
 async function predict(file) {
   const form = new FormData();
   form.append("image", file, file.name);
-  const response = await fetch("/v1/predict", { method: "POST", body: form });
+  const response = await api("/v1/predict", { method: "POST", body: form });
   const body = await response.json().catch(() => ({}));
   if (!response.ok) throw new Error(`${response.status}: ${body.detail || response.statusText}`);
   return body;
@@ -174,7 +191,9 @@ async function run(file) {
 
 async function showModel() {
   try {
-    const info = await (await fetch("/v1/model")).json();
+    const response = await api("/v1/model");
+    const info = await response.json();
+    if (!response.ok) throw new Error(`${response.status}: ${info.detail || response.statusText}`);
     const preset = info.preset ? `, preset ${info.preset}` : "";
     $("model-info").textContent =
       `${info.num_classes} classes (${info.class_names.slice(0, 8).join(", ")}`
