@@ -6,7 +6,9 @@ headless Chromium with the chart's bars."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import io
 import json
 import shutil
 import subprocess
@@ -23,11 +25,11 @@ from pycocotools.coco import COCO
 from maskrcnn.cli import main as cli_main
 from maskrcnn.config import apply_overrides, get_preset
 from maskrcnn.engine.checkpoint import save_model
-from maskrcnn.evaluation.errors_page import COLORS
+from maskrcnn.evaluation.errors_page import COLORS, GALLERY
 from maskrcnn.evaluation.tide import ERROR_TYPES, SPECIAL_TYPES
 from maskrcnn.model import build_model
 from tests.conftest import skip_or_fail_in_ci
-from tests.helpers import TINY
+from tests.helpers import TINY, coco_subset
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 TYPES = (*ERROR_TYPES, *SPECIAL_TYPES)
@@ -129,70 +131,80 @@ def mistaken_results(ann_file: Path, seed: int = 3) -> list[dict]:
     return records
 
 
-def test_every_error_type_equals_tidecv(val_json, tmp_path, capsys):
-    results = tmp_path / "results.json"
+@pytest.fixture(scope="module")
+def mistaken(shared_data, val_json, tmp_path_factory) -> tuple[Path, Path, str]:
+    """`maskrcnn evaluate-results --images` of `mistaken_results` on coco-mini val; -> (the results
+    file, the report folder, what it printed)."""
+    tmp = tmp_path_factory.mktemp("tide-mistaken")
+    results, out = tmp / "results.json", tmp / "report"
     results.write_text(json.dumps(mistaken_results(val_json)))
-    out = tmp_path / "report"
-    code = cli_main(
-        ["evaluate-results", "--results", str(results), "--annotations", str(val_json), "--out", str(out)]
-    )
-    assert code == 0
-    printed = capsys.readouterr().out
+    argv = ["evaluate-results", "--results", str(results), "--annotations", str(val_json), "--out", str(out)]
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        assert cli_main([*argv, "--images", str(shared_data / "coco-mini/val2017")]) == 0
+    return results, out, stdout.getvalue()
+
+
+def test_every_error_type_equals_tidecv(mistaken, val_json):
+    results, out, printed = mistaken
     errors = json.loads((out / "metrics.json").read_text())["errors"]
-    gt = COCO(str(val_json))
-    assert_equal_to_tidecv(errors, tidecv(val_json, results), gt)
+    assert_equal_to_tidecv(errors, tidecv(val_json, results), COCO(str(val_json)))
     for iou_type in ("bbox", "segm"):  # every error type happens, and costs AP
         assert all(errors[iou_type]["counts"][t] > 0 for t in ERROR_TYPES), errors[iou_type]["counts"]
         assert all(errors[iou_type][t] > 0.1 for t in ("Cls", "Loc", "Dupe", "Bkg", "Miss", "FalseNeg"))
-    header = next(line for line in printed.splitlines() if line.startswith("dAP (IoU .5)"))
-    assert header.split()[-8:] == list(TYPES)
-    assert (out / "errors.html").is_file()
+    lines = printed.splitlines()
+    at = next(i for i, line in enumerate(lines) if line.startswith("dAP (IoU .5)"))
+    assert lines[at].split()[-8:] == list(TYPES)  # the table of the report: a row per IoU type
+    for row, iou_type in zip(lines[at + 1 : at + 3], ("bbox", "segm")):
+        cells = row.split()
+        assert cells[0] == iou_type
+        assert [float(c) for c in cells[2:]] == pytest.approx([errors[iou_type][t] for t in TYPES], abs=0.006)
 
 
 @pytest.fixture(scope="module")
-def evaluated(shared_data, val_json, tmp_path_factory) -> Path:
-    """`maskrcnn evaluate` of a tiny random model made decisive (sharp class scores, spread box
-    deltas) with the classes person and bicycle on coco-mini val (79 images, 256 px)."""
+def evaluated(shared_data, val_json, tmp_path_factory) -> tuple[Path, Path]:
+    """`maskrcnn evaluate` on the first 16 images of coco-mini val (their own COCO file) of a tiny
+    random one-class ("person") model at 128 px, made decisive (sharp class scores, spread box
+    deltas and mask logits); -> (the report folder, the ground-truth file)."""
     tmp = tmp_path_factory.mktemp("tide-model")
+    ids = sorted(COCO(str(val_json)).getImgIds())[:16]
+    gt_file, image_dir = coco_subset(shared_data, tmp / "val16.json", image_ids=ids)
     cfg = apply_overrides(
-        get_preset("default"),
-        [
-            *TINY,
-            "model.input.min_size=[256]",
-            "model.input.max_size=384",
-            "model.roi_heads.detections_per_image=20",
-        ],
+        get_preset("default"), [*TINY, "model.num_classes=1", "model.roi_heads.detections_per_image=100"]
     )
     torch.manual_seed(0)
-    model = build_model(cfg, class_names=["person", "bicycle"])
+    model = build_model(cfg, class_names=["person"])
     with torch.no_grad():
         model.roi_heads.box.predictor.cls_score.weight.mul_(30)
         model.roi_heads.box.predictor.bbox_pred.weight.mul_(20)
         model.roi_heads.mask.head.predictor.weight.mul_(10)
     save_model(model, tmp / "w.pt")
     out = tmp / "run"
-    data = f"coco:{val_json}:{shared_data / 'coco-mini/val2017'}"
-    assert (
-        cli_main(
-            ["evaluate", "--weights", str(tmp / "w.pt"), "--data", data, "--out", str(out), "--no-progress"]
-        )
-        == 0
-    )
-    return out
+    data = f"coco:{gt_file}:{image_dir}"
+    argv = ["evaluate", "--weights", str(tmp / "w.pt"), "--data", data, "--out", str(out), "--no-progress"]
+    with pytest.warns(UserWarning, match="differ from the dataset"):  # 1 class of 80: person
+        assert cli_main(argv) == 0
+    return out, gt_file
 
 
-def test_model_results_equal_tidecv(evaluated, val_json):
-    errors = json.loads((evaluated / "metrics.json").read_text())["errors"]
-    assert_equal_to_tidecv(errors, tidecv(val_json, evaluated / "detections.json"), COCO(str(val_json)))
-    assert errors["bbox"]["Miss"] > 1.0 and errors["bbox"]["counts"]["Bkg"] > 10
+def test_model_results_equal_tidecv(evaluated):
+    out, gt_file = evaluated
+    errors = json.loads((out / "metrics.json").read_text())["errors"]
+    assert_equal_to_tidecv(errors, tidecv(gt_file, out / "detections.json"), COCO(str(gt_file)))
+    for iou_type in ("bbox", "segm"):  # a random model's: mostly Bkg, Both and Loc, some Cls, misses
+        counts = errors[iou_type]["counts"]
+        assert sum(counts.values()) > 100 and sum(1 for t in ERROR_TYPES if counts[t]) >= 4, counts
+    page = (out / "errors.html").read_text()
+    assert page.count("<figure>") >= 12 and "id='chart'" in page  # galleries of its errors
 
 
-def test_errors_page_renders_in_chromium(evaluated, tmp_path):
+def test_errors_page_renders_in_chromium(mistaken, tmp_path):
+    evaluated = mistaken[1]
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
         skip_or_fail_in_ci("chromium is not installed (apt-get install chromium; .ci/run installs it)")
     page = (evaluated / "errors.html").read_text()
-    assert page.count("<figure>") >= 12 and "id='chart'" in page  # galleries with pictures
+    assert page.count("<figure>") == 2 * len(ERROR_TYPES) * GALLERY  # full galleries
     shot = tmp_path / "errors.png"
     cmd = [
         chromium,
@@ -214,7 +226,7 @@ def test_errors_page_renders_in_chromium(evaluated, tmp_path):
         pixels = np.asarray(im.convert("RGB")).astype(int)
     errors = json.loads((evaluated / "metrics.json").read_text())["errors"]["bbox"]
     shown = [t for t in TYPES if errors[t] > 0.5]  # bars long enough to be seen
-    assert len(shown) >= 2
+    assert len(shown) >= 5
     for t in shown:  # the bar colour is on the screen, in the chart's area below the header
         color = np.array([int(COLORS[t][i : i + 2], 16) for i in (1, 3, 5)])
         hits = (np.abs(pixels[60:600] - color).max(axis=2) <= 6).sum()
