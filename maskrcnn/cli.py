@@ -191,6 +191,10 @@ def _cmd_evaluate_results(args: argparse.Namespace) -> int:
     from .evaluation.coco_eval import evaluate_coco_results, load_results
     from .evaluation.keypoint_eval import parse_sigmas
 
+    if args.images and not Path(args.images).is_dir():
+        from .errors import UserError
+
+        raise UserError(f"--images {args.images}: not a folder (the image folder of the annotations)")
     results = load_results(args.results)
     sigmas = parse_sigmas(args.oks_sigmas) if args.oks_sigmas else None
     metrics = evaluate_coco_results(args.annotations, args.results, oks_sigmas=sigmas)

@@ -42,7 +42,7 @@ COLORS = {
 }
 NAMES = {
     "Cls": "right place, wrong class",
-    "Loc": "right class, poorly located (.1 <= IoU < .5)",
+    "Loc": "right class, poorly located (.1 <= IoU <= .5)",
     "Both": "wrong class and poorly located",
     "Dupe": "duplicate of a detection that took the ground truth",
     "Bkg": "background detected as an object (IoU <= .1 with everything)",
@@ -95,49 +95,44 @@ def _outline(mask: np.ndarray) -> np.ndarray:
 
 
 def _draw(gt: Any, records: Sequence[dict], ex: ErrorExample, iou_type: str, image_of: ImageOf) -> str:
-    """One gallery picture: the crop around the detection and its ground truth, as a JPEG data URI."""
+    """One gallery picture: the crop around the detection and its ground truth (drawn on the crop
+    only), fitted to 260 x 200 pixels, as a JPEG data URI."""
     from pycocotools import mask as mask_utils
 
     info = gt.imgs[ex.image_id]
     height, width = int(info["height"]), int(info["width"])
-    rgb = image_of(ex.image_id)
-    if rgb is None or rgb.shape[:2] != (height, width):
-        rgb = np.full((height, width, 3), 128, np.uint8)
-    rgb = rgb.copy()
     shapes = []  # (colour, box xyxy, mask or None)
     if ex.annotation is not None:
         ann = gt.anns[ex.annotation]
-        shapes.append(
-            (_GT, _xyxy(ann["bbox"]), gt.annToMask(ann).astype(bool) if iou_type == "segm" else None)
-        )
+        shapes.append((_GT, _xyxy(ann["bbox"]), gt.annToMask(ann) if iou_type == "segm" else None))
     if ex.record is not None:
         rec = records[ex.record]
         seg = rec.get("segmentation") if iou_type == "segm" else None
-        shapes.append((_PRED, _xyxy(rec["bbox"]), mask_utils.decode(seg).astype(bool) if seg else None))
+        shapes.append((_PRED, _xyxy(rec["bbox"]), mask_utils.decode(seg) if seg else None))
+    x1, y1 = min(s[1][0] for s in shapes), min(s[1][1] for s in shapes)
+    x2, y2 = max(s[1][2] for s in shapes), max(s[1][3] for s in shapes)
+    margin = max(16.0, 0.25 * max(x2 - x1, y2 - y1))
+    left, top = max(0, int(x1 - margin)), max(0, int(y1 - margin))
+    right = max(left + 1, min(width, int(x2 + margin) + 1))
+    bottom = max(top + 1, min(height, int(y2 + margin) + 1))
+    rgb = image_of(ex.image_id)
+    if rgb is None or rgb.shape[:2] != (height, width):
+        rgb = np.full((height, width, 3), 128, np.uint8)
+    crop = rgb[top:bottom, left:right].copy()
     for color, _, mask in shapes:
         if mask is not None and mask.shape == (height, width):
-            rgb[mask] = (0.6 * rgb[mask] + 0.4 * np.array(color)).astype(np.uint8)
-            rgb[_outline(mask)] = color
-    picture = Image.fromarray(rgb)
+            m = mask[top:bottom, left:right].astype(bool)
+            crop[m] = (0.6 * crop[m] + 0.4 * np.array(color)).astype(np.uint8)
+            crop[_outline(m)] = color
+    scale = min(260 / crop.shape[1], 200 / crop.shape[0])
+    size = (max(1, round(crop.shape[1] * scale)), max(1, round(crop.shape[0] * scale)))
+    picture = Image.fromarray(crop).resize(size, Image.BILINEAR)
     draw = ImageDraw.Draw(picture)
-    for color, box, _ in shapes:
-        draw.rectangle(box, outline=color, width=max(2, round(max(height, width) / 300)))
-    x1 = min(s[1][0] for s in shapes)
-    y1 = min(s[1][1] for s in shapes)
-    x2 = max(s[1][2] for s in shapes)
-    y2 = max(s[1][3] for s in shapes)
-    margin = max(24.0, 0.25 * max(x2 - x1, y2 - y1))
-    crop = picture.crop(
-        (
-            max(0, int(x1 - margin)),
-            max(0, int(y1 - margin)),
-            min(width, int(x2 + margin) + 1),
-            min(height, int(y2 + margin) + 1),
-        )
-    )
-    crop.thumbnail((260, 200))
+    for color, (bx1, by1, bx2, by2), _ in shapes:
+        box = [(bx1 - left) * scale, (by1 - top) * scale, (bx2 - left) * scale, (by2 - top) * scale]
+        draw.rectangle(box, outline=color, width=2)
     buffer = io.BytesIO()
-    crop.save(buffer, format="JPEG", quality=85)
+    picture.save(buffer, format="JPEG", quality=85)
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
@@ -199,6 +194,16 @@ def render_errors_page(
         f"<img id='chart' src='{chart_uri}' alt='dAP per error type'>",
         f"<table><tr><th>IoU type</th><th>AP50</th>{head}</tr>{rows}</table>",
     ]
+    for iou_type, a in analyses.items():  # per class, the classes that lose the most first
+        worst = sorted(a.per_class.items(), key=lambda kv: -sum(kv[1][k] for k in ERROR_TYPES))
+        body = "".join(
+            f"<tr><th>{esc(name)}</th>" + "".join(f"<td>{row[k]:.2f}</td>" for k in types) + "</tr>"
+            for name, row in worst
+        )
+        parts.append(
+            f"<details><summary>{esc(iou_type)}: dAP per class ({len(worst)} classes)</summary>"
+            f"<table><tr><th>class</th>{head}</tr>{body}</table></details>"
+        )
     for iou_type, by_kind in galleries.items():
         parts.append(f"<h2>{esc(iou_type)}: worst examples</h2>")
         for kind, items in by_kind.items():

@@ -231,3 +231,15 @@ def test_errors_page_renders_in_chromium(mistaken, tmp_path):
         color = np.array([int(COLORS[t][i : i + 2], 16) for i in (1, 3, 5)])
         hits = (np.abs(pixels[60:600] - color).max(axis=2) <= 6).sum()
         assert hits > 100, (t, hits)
+
+
+def test_a_missing_image_folder_is_one_error_line(val_json, tmp_path, capsys):
+    results = tmp_path / "results.json"
+    results.write_text("[]")
+    argv = ["evaluate-results", "--results", str(results), "--annotations", str(val_json)]
+    assert cli_main([*argv, "--out", str(tmp_path / "out"), "--images", str(tmp_path / "nowhere")]) == 1
+    err = capsys.readouterr().err
+    assert (
+        err == f"error: --images {tmp_path / 'nowhere'}: not a folder (the image folder of the annotations)\n"
+    )
+    assert not (tmp_path / "out").exists()
