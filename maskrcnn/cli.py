@@ -122,35 +122,6 @@ def _report(metrics: dict, results: list[dict], out: str) -> None:
     print(f"\nwrote {', '.join(str(p) for p in paths.values())}")
 
 
-def _dataset_errors(dataset, metrics: dict, results: list[dict], out: str) -> dict:
-    """`evaluate --errors`: the error analysis of the results against the dataset, and errors.html."""
-    import tempfile
-
-    from .evaluation.coco_eval import _ground_truth_of
-    from .evaluation.errors_page import results_error_report
-
-    positions = {int(image_id): i for i, image_id in enumerate(dataset.image_ids)}
-
-    def image_of(image_id: int):
-        from .visualize import to_rgb_array
-
-        return to_rgb_array(dataset[positions[image_id]].image) if image_id in positions else None
-
-    with tempfile.TemporaryDirectory(prefix="maskrcnn-errors-") as tmp:
-        gt = _ground_truth_of(dataset, Path(tmp))
-    return results_error_report(gt, results, out, iou_types=list(metrics), image_of=image_of)[0]
-
-
-def add_errors_argument(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--errors",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="error analysis (TIDE's error types as dAP, bbox and segm) in metrics.json, the report "
-        "and OUT/errors.html (default on; --no-errors turns it off)",
-    )
-
-
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from . import load
     from .data.specs import build_dataset
@@ -175,7 +146,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     finally:
         cleanup(dist)
     if dist.is_main and args.errors:
-        metrics["errors"] = _dataset_errors(dataset, metrics, results, args.out)
+        from .evaluation.errors_page import dataset_error_report
+
+        metrics["errors"] = dataset_error_report(dataset, results, args.out, iou_types=list(metrics))[0]
     if dist.is_main:  # the others have nothing to report
         _report(metrics, results, args.out)
     if shares:
@@ -189,23 +162,16 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 def _cmd_evaluate_results(args: argparse.Namespace) -> int:
     from .evaluation.coco_eval import evaluate_coco_results, load_results
+    from .evaluation.errors_page import check_image_folder, results_error_report
     from .evaluation.keypoint_eval import parse_sigmas
 
-    if args.images and not Path(args.images).is_dir():
-        from .errors import UserError
-
-        raise UserError(f"--images {args.images}: not a folder (the image folder of the annotations)")
+    check_image_folder(args.images)
     results = load_results(args.results)
     sigmas = parse_sigmas(args.oks_sigmas) if args.oks_sigmas else None
     metrics = evaluate_coco_results(args.annotations, args.results, oks_sigmas=sigmas)
     if args.errors and any(t in metrics for t in ("bbox", "segm")):
-        from .evaluation.coco_eval import load_ground_truth
-        from .evaluation.errors_page import image_folder_reader, results_error_report
-
-        gt = load_ground_truth(args.annotations)
-        image_of = image_folder_reader(gt, args.images) if args.images else None
         metrics["errors"] = results_error_report(
-            gt, results, args.out, iou_types=list(metrics), image_of=image_of
+            args.annotations, results, args.out, iou_types=list(metrics), images=args.images
         )[0]
     _report(metrics, results, args.out)
     return 0
@@ -258,6 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     from .engine import commands, conversion, data_check
+    from .evaluation import errors_page
 
     p = sub.add_parser(
         "convert",
@@ -299,7 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--device", default="cpu")
     add_precision_argument(p)
-    add_errors_argument(p)
+    errors_page.add_errors_argument(p)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_cmd_evaluate)
 
@@ -312,7 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="S1,S2,...",
         help="keypoint AP's per-keypoint OKS sigmas (default: COCO's for its 17 person keypoints)",
     )
-    add_errors_argument(p)
+    errors_page.add_errors_argument(p)
     p.add_argument(
         "--images", metavar="DIR", help="--errors: the image folder of the annotations, for the gallery"
     )

@@ -264,17 +264,41 @@ def results_error_report(
     *,
     iou_types: Sequence[str],
     image_of: Optional[ImageOf] = None,
+    images: Optional[Union[str, Path]] = None,
 ) -> tuple[dict[str, dict], Path]:
     """`error_report` of result records (a list or a results JSON file) against ground truth (a COCO
     object or an instances JSON file), checked as `evaluate_coco_results` checks them; only the
-    bbox / segm ones of `iou_types` are analysed."""
+    bbox / segm ones of `iou_types` are analysed. The pictures come from `image_of`, else from the
+    folder `images` (the ground truth's file names in it), else are drawn on grey."""
     from .coco_eval import _check_records, load_ground_truth, load_results
 
     where = str(results) if isinstance(results, (str, Path)) else "results"
     coco = load_ground_truth(gt)
     types = [t for t in iou_types if t in ("bbox", "segm")]
     records = _check_records(load_results(results), coco, types, where)
+    if image_of is None and images is not None:
+        image_of = image_folder_reader(coco, images)
     return error_report(coco, records, out_dir, iou_types=types, image_of=image_of)
+
+
+def dataset_error_report(
+    dataset: Any, results: Sequence[dict], out_dir: Union[str, Path], *, iou_types: Sequence[str]
+) -> tuple[dict[str, dict], Path]:
+    """`results_error_report` of a model's results on `dataset` (`evaluate --errors`): its ground
+    truth as `evaluate_model` builds it, its images for the pictures."""
+    import tempfile
+
+    from ..visualize import to_rgb_array
+    from .coco_eval import _ground_truth_of
+
+    positions = {int(image_id): i for i, image_id in enumerate(dataset.image_ids)}
+
+    def image_of(image_id: int) -> Optional[np.ndarray]:
+        return to_rgb_array(dataset[positions[image_id]].image) if image_id in positions else None
+
+    with tempfile.TemporaryDirectory(prefix="maskrcnn-errors-") as tmp:
+        gt = _ground_truth_of(dataset, Path(tmp))
+    return results_error_report(gt, results, out_dir, iou_types=iou_types, image_of=image_of)
 
 
 def image_folder_reader(gt: Any, folder: Union[str, Path]) -> ImageOf:
@@ -289,3 +313,24 @@ def image_folder_reader(gt: Any, folder: Union[str, Path]) -> ImageOf:
             return None
 
     return image_of
+
+
+def check_image_folder(folder: Optional[Union[str, Path]]) -> None:
+    """`--images`: None, or an existing folder (a UserError before any work otherwise)."""
+    from ..errors import UserError
+
+    if folder is not None and not Path(folder).is_dir():
+        raise UserError(f"--images {folder}: not a folder (the image folder of the annotations)")
+
+
+def add_errors_argument(p: Any) -> None:
+    """`--errors / --no-errors` of `evaluate` and `evaluate-results`."""
+    import argparse
+
+    p.add_argument(
+        "--errors",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="error analysis (TIDE's error types as dAP, bbox and segm) in metrics.json, the report "
+        "and OUT/errors.html (default on; --no-errors turns it off)",
+    )

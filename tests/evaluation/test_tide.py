@@ -76,7 +76,8 @@ def mistaken_results(ann_file: Path, seed: int = 3) -> list[dict]:
     """Detections made from the ground truth with every kind of error, scores rounded to 2 decimals
     (ties, as rounded scores give): per non-crowd object one of found (box jittered, the mask),
     poorly located (shifted by 60-90 % of its size: box and mask), wrong class, both, missed; found
-    ones get a lower-scored duplicate at times; plus background boxes on random images."""
+    ones get a lower-scored duplicate at times; crowd regions one detection each; plus background
+    boxes on random images."""
     gt = COCO(str(ann_file))
     rng = np.random.default_rng(seed)
     cat_ids = gt.getCatIds()
@@ -98,7 +99,8 @@ def mistaken_results(ann_file: Path, seed: int = 3) -> list[dict]:
         )
 
     for ann in sorted(gt.dataset["annotations"], key=lambda a: a["id"]):
-        if ann["iscrowd"]:
+        if ann["iscrowd"]:  # a detection on the crowd region, of its class: ignored in the AP, typed
+            add(ann, ann["category_id"], (0.0, 0.0), float(rng.uniform(0.3, 1.0)))
             continue
         kind = rng.choice(["found", "found", "loc", "cls", "both", "miss"])
         other = int(rng.choice([c for c in cat_ids if c != ann["category_id"]]))
