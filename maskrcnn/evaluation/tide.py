@@ -96,12 +96,9 @@ def _ap(points: dict[int, tuple[float, bool]], num_gt: int) -> float:
     tp = np.cumsum(correct)
     precision = tp / np.arange(1, len(tp) + 1)
     precision = np.maximum.accumulate(precision[::-1])[::-1]
-    idx = np.searchsorted(tp / num_gt, _RECALLS, side="left")
-    return (
-        float(np.where(idx < len(precision), precision[np.minimum(idx, len(precision) - 1)], 0.0).sum())
-        / 101
-        * 100
-    )
+    idx = np.searchsorted(tp / num_gt, _RECALLS, side="left")  # (101,) the first point at each recall
+    at_recalls = np.where(idx < len(precision), precision[np.minimum(idx, len(precision) - 1)], 0.0)
+    return float(at_recalls.sum()) / len(_RECALLS) * 100
 
 
 class _Run:
@@ -120,13 +117,13 @@ class _Run:
         by_image: dict[int, list[int]] = defaultdict(list)
         for i, r in enumerate(records):
             by_image[r["image_id"]].append(i)
-        for img in gt.dataset["images"]:
-            anns = gt.imgToAnns.get(img["id"], [])
+        for image_id in dict.fromkeys(img["id"] for img in gt.dataset["images"]):  # in file order
+            anns = gt.imgToAnns.get(image_id, [])
             self._image(
                 gt,
                 [a for a in anns if not a.get("iscrowd")],
                 [a for a in anns if a.get("iscrowd")],
-                by_image.get(img["id"], []),
+                by_image.get(image_id, []),
                 max_dets,
             )
 

@@ -165,12 +165,12 @@ def test_every_error_type_equals_tidecv(mistaken, val_json):
 
 @pytest.fixture(scope="module")
 def evaluated(shared_data, val_json, tmp_path_factory) -> tuple[Path, Path]:
-    """`maskrcnn evaluate` on the first 16 images of coco-mini val (their own COCO file) of a tiny
+    """`maskrcnn evaluate` on the first 10 images of coco-mini val (their own COCO file) of a tiny
     random one-class ("person") model at 128 px, made decisive (sharp class scores, spread box
     deltas and mask logits); -> (the report folder, the ground-truth file)."""
     tmp = tmp_path_factory.mktemp("tide-model")
-    ids = sorted(COCO(str(val_json)).getImgIds())[:16]
-    gt_file, image_dir = coco_subset(shared_data, tmp / "val16.json", image_ids=ids)
+    ids = sorted(COCO(str(val_json)).getImgIds())[:10]
+    gt_file, image_dir = coco_subset(shared_data, tmp / "val10.json", image_ids=ids)
     cfg = apply_overrides(
         get_preset("default"), [*TINY, "model.num_classes=1", "model.roi_heads.detections_per_image=100"]
     )
