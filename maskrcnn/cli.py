@@ -126,6 +126,12 @@ def _report(metrics: dict, results: list[dict], out: str) -> None:
     print(format_table(metrics))
     print("\nper-class AP (IoU .5:.95, %)")
     print(format_per_class(metrics))
+    if "errors" in metrics:  # --errors: the dAP table of the error analysis, and errors.html
+        from .evaluation.tide import format_errors
+
+        print("\nerrors: AP points gained if that error type were fixed (IoU .5; errors.html)")
+        print(format_errors(metrics["errors"]))
+        paths["errors.html"] = Path(out) / "errors.html"
     print(f"\nwrote {', '.join(str(p) for p in paths.values())}")
 
 
@@ -152,6 +158,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         )
     finally:
         cleanup(dist)
+    if dist.is_main and args.errors:
+        from .evaluation.errors_page import dataset_error_report
+
+        metrics["errors"] = dataset_error_report(dataset, results, args.out, iou_types=list(metrics))[0]
     if dist.is_main:  # the others have nothing to report
         _report(metrics, results, args.out)
     if shares:
@@ -165,11 +175,17 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 def _cmd_evaluate_results(args: argparse.Namespace) -> int:
     from .evaluation.coco_eval import evaluate_coco_results, load_results
+    from .evaluation.errors_page import check_image_folder, results_error_report
     from .evaluation.keypoint_eval import parse_sigmas
 
+    check_image_folder(args.images)
     results = load_results(args.results)
     sigmas = parse_sigmas(args.oks_sigmas) if args.oks_sigmas else None
     metrics = evaluate_coco_results(args.annotations, args.results, oks_sigmas=sigmas)
+    if args.errors and any(t in metrics for t in ("bbox", "segm")):
+        metrics["errors"] = results_error_report(
+            args.annotations, results, args.out, iou_types=list(metrics), images=args.images
+        )[0]
     _report(metrics, results, args.out)
     return 0
 
@@ -221,6 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     from .engine import commands, conversion, data_check
+    from .evaluation import errors_page
 
     p = sub.add_parser(
         "convert",
@@ -274,6 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--device", default="cpu")
     add_precision_argument(p)
+    errors_page.add_errors_argument(p)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_cmd_evaluate)
 
@@ -285,6 +303,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--oks-sigmas",
         metavar="S1,S2,...",
         help="keypoint AP's per-keypoint OKS sigmas (default: COCO's for its 17 person keypoints)",
+    )
+    errors_page.add_errors_argument(p)
+    p.add_argument(
+        "--images", metavar="DIR", help="--errors: the image folder of the annotations, for the gallery"
     )
     p.set_defaults(func=_cmd_evaluate_results)
 
