@@ -40,6 +40,10 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from .inputs import collect_inputs
     from .predict import run_predictions
 
+    if args.max_pixels < 0:
+        from .errors import UserError
+
+        raise UserError(f"--max-pixels must be >= 0 (0: no limit), got {args.max_pixels}")
     items, problems = collect_inputs(args.inputs, glob=args.glob)
     model = load(args.weights)
     set_precision(model, args.precision, args.device)
@@ -57,6 +61,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             overlays=not args.no_overlays,
             progress=not args.no_progress,
             dist=dist,
+            max_pixels=args.max_pixels or None,  # 0: no limit
         )
     finally:
         cleanup(dist)
@@ -233,6 +238,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--glob", default=None, help="pattern for files in folder inputs (default: image files)")
     p.add_argument("--save-masks", action="store_true", help="also write one PNG per detected instance")
     p.add_argument("--no-overlays", action="store_true", help="do not draw overlay images")
+    p.add_argument(
+        "--max-pixels",
+        type=int,
+        default=200_000_000,  # maskrcnn.image_limits.DEFAULT_MAX_PIXELS (not imported with the parser)
+        help="skip images of more pixels than this, from their header (default 200000000: a 12000x9000 "
+        "photo passes; 0: no limit)",
+    )
     add_precision_argument(p)
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("inputs", nargs="+", help="image files, folders (searched recursively) and video files")
