@@ -1,8 +1,8 @@
 """Images too thin or too large for the model, in every command (issue 19, item 4): predict skips them
 with one `error:` line and writes the other images' predictions, check-data reports them (fatal: train
-stops before its first step), `Predictor.predict` names them, `--max-pixels` refuses large images from
-their header (suggesting --tile) while a 12000x9000 photograph passes. The server's 422 is tested in
-tests/serve/test_thin_upload.py."""
+stops before its first step), evaluate and `Predictor.predict` name them, `--max-pixels` refuses large
+images from their header (suggesting --tile) while a 12000x9000 photograph passes. The server's 422
+is tested in tests/serve/test_thin_upload.py."""
 
 from __future__ import annotations
 
@@ -134,12 +134,15 @@ def _coco_with_a_thin_image(folder: Path, shared_data: Path) -> str:
     ]
     for a in annotations:
         a.update(iscrowd=0, area=1.0, bbox=a.get("bbox", [0, 0, 900, 1]))
-    coco = {"images": images, "annotations": annotations, "categories": [{"id": 1, "name": "thing"}]}
+    categories = [{"id": 1, "name": "cat"}, {"id": 2, "name": "dog"}]  # the tiny model's classes
+    coco = {"images": images, "annotations": annotations, "categories": categories}
     (folder / "instances.json").write_text(json.dumps(coco))
     return f"coco:{folder / 'instances.json'}:{folder}"
 
 
-def test_check_data_reports_a_thin_image_and_train_never_meets_it(tmp_path, shared_data, capsys):
+def test_check_data_reports_a_thin_image_and_train_never_meets_it(
+    tmp_path, shared_data, tiny_weights, capsys
+):
     spec = _coco_with_a_thin_image(tmp_path / "data", shared_data)
     assert cli.main(["check-data", spec, "--no-progress"]) == 1
     out = capsys.readouterr().out
@@ -151,3 +154,9 @@ def test_check_data_reports_a_thin_image_and_train_never_meets_it(tmp_path, shar
     captured = capsys.readouterr()
     assert len(error_lines(captured.err)) == 1 and "image too thin" in captured.err
     assert not (run / "model_final.pt").exists() and not (run / "checkpoint.pt").exists()
+    # evaluate stops at it with one line naming the file (a dataset's image, not an input to skip)
+    evaluate = ["evaluate", "--weights", str(tiny_weights), "--data", spec, "--out", str(tmp_path / "report")]
+    assert cli.main([*evaluate, "--no-progress"]) == 1
+    captured = capsys.readouterr()
+    (line,) = error_lines(captured.err)
+    assert "strip.png: image is 20000x1" in line and "too thin" in line

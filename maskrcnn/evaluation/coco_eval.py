@@ -57,6 +57,7 @@ from ..distributed import (
     process_device,
 )
 from ..errors import UserError
+from ..image_limits import check_image_shape
 from .keypoint_eval import check_keypoint_records, keypoint_ground_truth
 from .matching import CrowdedCOCOeval
 from .report import (
@@ -346,6 +347,11 @@ def _records(predictor: Any, samples: list, category_ids: Optional[list[int]]) -
 
     records: list[dict] = []
     num_labels = len(category_ids) if category_ids else None
+    input_size = getattr(predictor, "input_size", None)
+    for sample in samples:  # an image too thin for the model: an error naming its file
+        h, w = (int(v) for v in sample.image.shape[-2:])
+        resized = input_size(h, w) if input_size is not None and min(h, w) > 0 else None
+        check_image_shape(h, w, name=sample.file_name, resized=resized)
     for sample, det in zip(samples, predictor.predict([s.image for s in samples])):
         labels = det.labels.cpu()
         if len(labels) and (labels.min() < 1 or (num_labels and labels.max() > num_labels)):
