@@ -43,6 +43,7 @@ __all__ = [
     "ImageShapeError",
     "check_image_shape",
     "image_shape_problem",
+    "pillow_pixel_limit",
     "read_checked_image",
 ]
 
