@@ -40,6 +40,10 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from .inputs import collect_inputs
     from .predict import run_predictions
 
+    if args.max_pixels < 0:
+        from .errors import UserError
+
+        raise UserError(f"--max-pixels must be >= 0 (0: no limit), got {args.max_pixels}")
     items, problems = collect_inputs(args.inputs, glob=args.glob)
     formats = [f.strip() for f in args.to.split(",")] if args.to else []
     if formats:  # checked before any work: an existing pre-label folder is never overwritten
@@ -63,6 +67,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             progress=not args.no_progress,
             dist=dist,
             track=args.track,
+            max_pixels=args.max_pixels or None,  # 0: no limit
         )
     finally:
         cleanup(dist)
@@ -274,6 +279,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--track",
         action="store_true",
         help="link detections across video frames and a folder's images: track_id, colours, summary",
+    )
+    p.add_argument(
+        "--max-pixels",
+        type=int,
+        default=200_000_000,  # maskrcnn.image_limits.DEFAULT_MAX_PIXELS (not imported with the parser)
+        help="skip images of more pixels than this, from their header (default 200000000: a 12000x9000 "
+        "photo passes; 0: no limit)",
     )
     add_precision_argument(p)
     p.add_argument("--no-progress", action="store_true")

@@ -56,7 +56,8 @@ from .distributed import (
     process_device,
 )
 from .errors import UserError
-from .files import atomic_write_json
+from .files import AS_DISPLAYED, atomic_write_json
+from .image_limits import DEFAULT_MAX_PIXELS, read_checked_image
 from .inputs import ImageReadError, InputItem, as_image_tensor, load_image
 from .model import MaskRCNN
 from .predict_records import detection_records, detections_to_coco, encode_masks, image_id_for
@@ -146,8 +147,9 @@ class _Run:
         save_masks: bool,
         progress: bool,
         track: bool = False,
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
     ):
-        self.predictor, self.out = predictor, out
+        self.predictor, self.out, self.max_pixels = predictor, out, max_pixels
         self.score_thresh, self.classes = score_thresh, classes
         self.overlays, self.save_masks, self.progress = overlays and out is not None, save_masks, progress
         self.class_names = predictor.class_names
@@ -217,13 +219,19 @@ class _Run:
             loaded: list[tuple[int, InputItem, torch.Tensor]] = []
             for index, item in enumerate(items[start : start + batch_size], start):
                 try:
-                    loaded.append((index, item, load_image(item.path)))
+                    loaded.append((index, item, self.load(item.path)))
                 except ImageReadError as e:
                     self.fail(str(item.path), str(e))
             dets = self.predict([image for _, _, image in loaded]) if loaded else []
             for (index, item, image), det in zip(loaded, dets):
                 self.image_outputs(index, item, image, det)
             bar.update(min(batch_size, len(items) - start))
+
+    def load(self, path: Path) -> torch.Tensor:
+        """The image file decoded as displayed, after its header's size passed the thin and
+        `max_pixels` checks (`maskrcnn.image_limits`: an ImageShapeError naming the file)."""
+        resize = self.predictor.input_size
+        return read_checked_image(path, policy=AS_DISPLAYED, max_pixels=self.max_pixels, resize=resize)
 
     def image_outputs(self, index: int, item: InputItem, image: torch.Tensor, det: Detections) -> None:
         records = detections_to_coco(
@@ -324,6 +332,7 @@ def run_predictions(
     progress: bool = True,
     dist: DistInfo | None = None,
     track: bool = False,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
 ) -> PredictReport:
     """Predict on image and video inputs and write the outputs described in the module docstring
     (predictions.json included, when `out` is given). Unreadable inputs are skipped and listed in
@@ -334,7 +343,10 @@ def run_predictions(
     (on `cuda:LOCAL_RANK` for a CUDA device) and returns it; rank 0 returns the whole job's report,
     with `shares`, and writes predictions.json and shards.json. Progress: one bar, on rank 0.
     `track`: link detections across video frames and folder images (module docstring); image
-    sequences are tracked in one process only (under torchrun their batches would be split)."""
+    sequences are tracked in one process only (under torchrun their batches would be split).
+
+    Image files too thin for the model, or of more than `max_pixels` pixels (None: no limit), are
+    skipped before they are decoded, listed in the failures (`maskrcnn.image_limits`)."""
     if batch_size < 1:
         raise UserError(f"batch size must be >= 1, got {batch_size}")
     if score_thresh is not None and not 0.0 <= score_thresh <= 1.0:
@@ -361,6 +373,7 @@ def run_predictions(
         save_masks=save_masks,
         progress=progress,
         track=track,
+        max_pixels=max_pixels,
     )
     images = [i for i in items if i.kind == "image"]
     videos = [i for i in items if i.kind == "video"]

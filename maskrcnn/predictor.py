@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import copy
 import fnmatch
+import os
 import warnings
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
@@ -35,6 +36,7 @@ from torch import nn
 
 from .errors import UserError
 from .hardware import PRECISIONS, resolve_precision
+from .image_limits import check_image_shape
 from .inputs import as_image_tensor
 from .model import MaskRCNN
 from .model.fold import fold_batchnorm, weights_key
@@ -160,6 +162,13 @@ class Predictor:
             self._folded = (key, model)
         return self._folded[1]
 
+    def input_size(self, height: int, width: int) -> tuple[int, int] | None:
+        """The (h, w) the model resizes an image of `height` x `width` to; None when it cannot say."""
+        if isinstance(self.model, MaskRCNN):
+            return self.model.preprocessor.output_size(height, width)
+        size = getattr(self.model, "input_size", None)  # ONNX Runtime's model
+        return size(height, width) if callable(size) else None
+
     def labels_for(self, classes: Iterable[str]) -> set[int]:
         """Class names or category ids -> the model's labels (ValueError for unknown ones)."""
         return resolve_classes(classes, class_names=self.class_names, category_ids=self.category_ids)
@@ -178,6 +187,7 @@ class Predictor:
         images: file paths, PIL images, numpy arrays (H, W[, C]) or (3, H, W) tensors (float in
         [0, 1] or uint8). score_thresh: keep detections scoring above it (replaces the model's
         threshold before NMS, for this call only). classes: names or category ids to keep.
+        An image too thin for the model (`maskrcnn.image_limits`) is an ImageShapeError naming it.
         """
         if score_thresh is not None and not 0.0 <= score_thresh <= 1.0:
             raise UserError(f"score threshold must be in [0, 1], got {score_thresh}")
@@ -185,6 +195,10 @@ class Predictor:
         if classes is not None:
             keep = torch.tensor(sorted(self.labels_for(classes)), dtype=torch.int64, device=self.device)
         tensors = [as_image_tensor(image) for image in images]
+        for i, (image, tensor) in enumerate(zip(images, tensors)):  # thin images: a UserError naming it
+            h, w = int(tensor.shape[-2]), int(tensor.shape[-1])
+            name = str(image) if isinstance(image, (str, os.PathLike)) else f"image {i} of the call"
+            check_image_shape(h, w, name=name, resized=self.input_size(h, w) if min(h, w) > 0 else None)
         size = batch_size or self.batch_size
         groups: dict[tuple[int, int], list[int]] = defaultdict(list)
         for i, image in enumerate(tensors):

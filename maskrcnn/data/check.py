@@ -7,11 +7,12 @@ A check has two parts, both recorded in one `ProblemLog` (`maskrcnn.data.problem
    JSON structure, categories, ids, polygons, boxes); cheap, done by every process that builds the
    dataset;
 2. what only the files show, item by item (`check_items`): each dataset that has the optional method
-   `check_item(index, log)` records there its image file being missing, unreadable or of another
-   size than its annotations say (`check_image_file`), and what rasterising its annotations shows
-   (masks that cover no pixel, masks of another size than the image). Images are not decoded in
-   full when their header is enough: the size is read from the header, and a JPEG's data is decoded
-   at 1/8 scale (still all of it, so a truncated file is found).
+   `check_item(index, log)` records there its image file being missing, unreadable, of another
+   size than its annotations say or too thin for any model (`check_image_file`; an aspect ratio
+   over 100:1, `maskrcnn.image_limits`: fatal, so training never meets it), and what rasterising
+   its annotations shows (masks that cover no pixel, masks of another size than the image). Images
+   are not decoded in full when their header is enough: the size is read from the header, and a
+   JPEG's data is decoded at 1/8 scale (still all of it, so a truncated file is found).
 
 A dataset without `problems` or `check_item` (the synthetic shapes, a user's own dataset class)
 has nothing to report in that part. A new format plugs in by filling `self.problems` while it
@@ -30,6 +31,7 @@ from PIL import Image
 
 from maskrcnn.data.problems import ProblemLog
 from maskrcnn.files import ImageReadError, read_image_size
+from maskrcnn.image_limits import image_shape_problem
 
 __all__ = ["check_dataset_files", "check_image_file", "check_items", "dataset_problems"]
 
@@ -41,9 +43,10 @@ def check_image_file(
     image_id: Any = None,
     expected: Optional[tuple[int, int]] = None,
 ) -> Optional[tuple[int, int]]:
-    """Record in `log` whether the image file `path` is missing, cannot be decoded, or (when
-    `expected` (height, width) is given) has another size; returns its (height, width) when its
-    header can be read (even if its data cannot be decoded), else None."""
+    """Record in `log` whether the image file `path` is missing, cannot be decoded, is too thin
+    (`maskrcnn.image_limits`), or (when `expected` (height, width) is given) has another size;
+    returns its (height, width) when its header can be read (even if its data cannot be decoded),
+    else None."""
     path = Path(path)
     if not path.is_file():
         log.add("missing_image", path, image_id=image_id, detail="image file not found")
@@ -53,6 +56,9 @@ def check_image_file(
     except ImageReadError as e:
         log.add("unreadable_image", path, image_id=image_id, detail=str(e).removeprefix(f"{path}: "))
         return None
+    thin = image_shape_problem(height, width)  # the aspect-ratio limit every command applies
+    if thin is not None:
+        log.add("image_too_thin", path, image_id=image_id, detail=thin[1])
     if expected is not None and (height, width) != tuple(expected):
         said = f"{expected[0]}x{expected[1]}"
         detail = f"the file is {height}x{width} (height x width) but the annotations say {said}"

@@ -39,7 +39,12 @@ from maskrcnn.files import STORED_PIXELS, read_image
 from maskrcnn.ops.boxes import masks_to_boxes
 from maskrcnn.structures import Sample, Targets
 
-__all__ = ["CocoDataset", "decode_rles", "decode_segmentation"]
+__all__ = ["CocoDataset", "decode_rles", "decode_segmentation", "rle_areas"]
+
+# pycocotools' `area` of a list of RLEs overflows a uint8 count from 256 RLEs on (2.0.11:
+# "OverflowError: Python integer 256 out of bounds for uint8"); it is called on at most this many
+# (and `decode_rles` decodes this many at a time).
+_AREA_CHUNK = 255
 
 
 def read_json(path: Path, what: str = "annotation") -> Any:
@@ -64,13 +69,20 @@ def targets_from_rles(
 ) -> Targets:
     """Instance RLEs (empty ones dropped) and their labels (and keypoints (G, J, 3), when given)
     -> Targets with tight boxes."""
-    keep = mask_utils.area(rles) > 0 if rles else np.zeros(0, dtype=bool)
+    keep = rle_areas(rles) > 0
     rles = [r for r, k in zip(rles, keep) if k]
     labels = [lab for lab, k in zip(labels, keep) if k]
     if keypoints is not None:
         keypoints = keypoints[torch.from_numpy(keep.astype(bool))]
     masks = decode_rles(rles, h, w)
     return Targets(masks_to_boxes(masks), torch.tensor(labels, dtype=torch.int64), masks, keypoints)
+
+
+def rle_areas(rles: list[dict]) -> np.ndarray:
+    """The pixel counts of a list of compressed RLEs, (G,) uint32 (G may be 0 or in the thousands:
+    pycocotools' `area` is called on chunks of at most 255, the most it counts without overflow)."""
+    parts = [mask_utils.area(rles[i : i + _AREA_CHUNK]) for i in range(0, len(rles), _AREA_CHUNK)]
+    return np.concatenate(parts).astype(np.uint32) if parts else np.zeros(0, dtype=np.uint32)
 
 
 def decode_segmentation(seg: Any, height: int, width: int) -> dict:
@@ -93,14 +105,16 @@ def decode_segmentation(seg: Any, height: int, width: int) -> dict:
 
 
 def decode_rles(rles: list[dict], height: int, width: int) -> torch.Tensor:
-    """Decode compressed RLEs into a (G, H, W) uint8 tensor (G may be 0)."""
-    if not rles:
-        return torch.zeros((0, height, width), dtype=torch.uint8)
+    """Decode compressed RLEs into a (G, H, W) uint8 tensor (G may be 0), in chunks of RLEs, so that
+    beside the result only one chunk's (H, W, chunk) planes are held (not a second copy of all G)."""
+    out = torch.empty((len(rles), height, width), dtype=torch.uint8)
     with warnings.catch_warnings():
         # pycocotools' Cython decode triggers a NumPy 2 "copy keyword" DeprecationWarning.
         warnings.simplefilter("ignore", DeprecationWarning)
-        hwn = mask_utils.decode(rles)
-    return torch.from_numpy(np.ascontiguousarray(hwn.transpose(2, 0, 1)))
+        for i in range(0, len(rles), _AREA_CHUNK):
+            hwn = mask_utils.decode(rles[i : i + _AREA_CHUNK])
+            out[i : i + hwn.shape[2]] = torch.from_numpy(hwn).permute(2, 0, 1)
+    return out
 
 
 class CocoDataset(Dataset):
@@ -193,7 +207,7 @@ class CocoDataset(Dataset):
 
         crowd_boxes = torch.zeros((0, 4), dtype=torch.float32)
         if crowd_rles:
-            areas = mask_utils.area(crowd_rles)
+            areas = rle_areas(crowd_rles)
             xywh = mask_utils.toBbox(crowd_rles)[areas > 0]  # tight integer boxes of the RLEs
             crowd_boxes = torch.from_numpy(xywh).float()
             crowd_boxes[:, 2:] += crowd_boxes[:, :2]
@@ -210,9 +224,7 @@ class CocoDataset(Dataset):
         anns = self._anns[image_id]
         if not anns:
             return
-        areas = mask_utils.area(
-            [decode_segmentation(a.segmentation, info["height"], info["width"]) for a in anns]
-        )
+        areas = rle_areas([decode_segmentation(a.segmentation, info["height"], info["width"]) for a in anns])
         for ann, area in zip(anns, areas):
             if area == 0:
                 what = "crowd region" if ann.crowd else "segmentation"

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from maskrcnn.errors import UserError
+from maskrcnn.image_limits import MAX_ASPECT_RATIO
 
 __all__ = ["KINDS", "DataProblemsError", "Kind", "Problem", "ProblemLog"]
 
@@ -48,6 +49,7 @@ KINDS: dict[str, Kind] = {
     "duplicate_category_id": Kind("fatal", "category id used twice"),
     "unknown_image": Kind("fatal", "annotation of an image id the file does not list"),
     "mask_size_mismatch": Kind("fatal", "mask size differs from its image's"),
+    "image_too_thin": Kind("fatal", f"image too thin for the model (aspect ratio over {MAX_ASPECT_RATIO}:1)"),
     "malformed": Kind("fatal", "malformed record (missing key, wrong type, non-finite number)"),
     "polygon_too_few_points": Kind("fixed", "polygon with fewer than 3 points", "polygon dropped"),
     "zero_area": Kind("fixed", "zero-area box or mask", "annotation dropped"),

@@ -208,7 +208,13 @@ def create_app(
         """The image as the multipart field `image` or the raw body; `score_thresh`, `classes`."""
         data, name, values = await _read_request(request)
         score_thresh, classes = _options(values, predictor)
-        image = await run_in_threadpool(decode_upload, data, max_pixels=max_pixels, name=name)
+        image = await run_in_threadpool(
+            decode_upload,
+            data,
+            max_pixels=max_pixels,
+            name=name,
+            resize=getattr(predictor, "input_size", None),
+        )
         det = await batcher.submit(image, score_thresh=score_thresh, classes=classes)
         records = await run_in_threadpool(_labelled_records, det, predictor)  # RLE encoding takes time
         return {"width": int(image.shape[-1]), "height": int(image.shape[-2]), "detections": records}

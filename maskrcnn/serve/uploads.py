@@ -8,8 +8,10 @@
   connection, and the reset can destroy the 413 before the client, still sending, has read it.
 - `decode_upload(data, max_pixels=N)`: reads the image header first and refuses an image of more than
   N pixels with 413 before any pixel is decoded (a decompression bomb: a small file that declares a
-  huge image), a body that is no image with 415, then decodes it like `maskrcnn predict` does
-  (`maskrcnn.files` AS_DISPLAYED: EXIF orientation applied, transparency composited on white).
+  huge image), one too thin for the model (`maskrcnn.image_limits`: an aspect ratio over 100:1, or a
+  side under 1 px once resized) with 422, a body that is no image with 415, then decodes it like
+  `maskrcnn predict` does (`maskrcnn.files` AS_DISPLAYED: EXIF orientation applied, transparency
+  composited on white).
 
 Every refusal is an `UploadError` with an HTTP status and a one-line reason.
 """
@@ -26,6 +28,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from ..files import AS_DISPLAYED, ImageReadError, NamedBytes, pixels_to_tensor, read_pixels
+from ..image_limits import image_shape_problem
 
 __all__ = ["BodyLimit", "UploadError", "decode_upload"]
 
@@ -35,7 +38,7 @@ DRAIN_SECONDS = 5.0
 
 
 class UploadError(Exception):
-    """A refused request: `status` (400, 413, 415) and a one-line `reason`."""
+    """A refused request: `status` (400, 413, 415, 422) and a one-line `reason`."""
 
     def __init__(self, status: int, reason: str):
         super().__init__(reason)
@@ -47,8 +50,9 @@ def _size_text(n: float) -> str:
     return f"{n / MIB:.3g} MB"
 
 
-def decode_upload(data: bytes, *, max_pixels: int, name: str = "upload") -> torch.Tensor:
-    """Image file bytes -> (3, H, W) float32 RGB in [0, 1]; UploadError 400/413/415 (module docstring)."""
+def decode_upload(data: bytes, *, max_pixels: int, name: str = "upload", resize=None) -> torch.Tensor:
+    """Image file bytes -> (3, H, W) float32 RGB in [0, 1]; UploadError 400/413/415/422 (module
+    docstring). `resize`: the model's (h, w) -> resized (h, w), for the thin-image check."""
     if not data:
         raise UploadError(400, "empty upload: send an image as the multipart field 'image' or as the body")
     try:
@@ -60,11 +64,10 @@ def decode_upload(data: bytes, *, max_pixels: int, name: str = "upload") -> torc
         raise UploadError(413, f"{name}: image too large ({e})") from None
     except Exception as e:  # a header that starts like an image and then breaks
         raise UploadError(415, f"{name}: unreadable image header ({e or type(e).__name__})") from None
-    if width * height > max_pixels:
-        raise UploadError(
-            413,
-            f"{name}: image is {width}x{height} = {width * height} pixels, over the limit of {max_pixels}",
-        )
+    resized = resize(height, width) if resize is not None and min(height, width) > 0 else None
+    problem = image_shape_problem(height, width, max_pixels=max_pixels, resized=resized)
+    if problem is not None:  # a thin image: 422, too many pixels: 413
+        raise UploadError(422 if problem[0] == "thin" else 413, f"{name}: {problem[1]}")
     try:
         return pixels_to_tensor(read_pixels(NamedBytes(data, name), policy=AS_DISPLAYED))
     except ImageReadError as e:
