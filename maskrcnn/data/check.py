@@ -31,7 +31,7 @@ from PIL import Image
 from maskrcnn.data.problems import ProblemLog
 from maskrcnn.files import ImageReadError, read_image_size
 
-__all__ = ["check_dataset_files", "check_image_file", "check_items", "dataset_problems"]
+__all__ = ["check_dataset_files", "check_image_file", "check_items", "dataset_problems", "duplicate_images"]
 
 
 def check_image_file(
@@ -105,4 +105,31 @@ def check_dataset_files(dataset: Any, *, progress: bool = False) -> ProblemLog:
     checks of its files (see the module docstring)."""
     log = dataset_problems(dataset)
     log.extend(check_items(dataset, progress=progress))
+    log.extend(duplicate_images(dataset))
+    return log
+
+
+def duplicate_images(dataset: Any) -> ProblemLog:
+    """Notes for image files with the same bytes as an earlier item's (a sha256 of each file: the
+    files were just read by the checks, so this is one more read from the page cache). Datasets
+    without `image_path(index)` have nothing to compare."""
+    import hashlib
+
+    log = ProblemLog()
+    image_path = getattr(dataset, "image_path", None)
+    if image_path is None:
+        return log
+    first: dict[str, tuple[int, Path]] = {}  # digest -> (item index, file)
+    for index in range(len(dataset)):
+        path = image_path(index)
+        if path is None or not Path(path).is_file():
+            continue  # missing files are reported by the item checks
+        digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+        if digest in first and Path(first[digest][1]) != Path(path):
+            ids = getattr(dataset, "image_ids", None)
+            image_id = ids[index] if ids is not None else index
+            log.add(
+                "duplicate_image_content", path, image_id=image_id, detail=f"same bytes as {first[digest][1]}"
+            )
+        first.setdefault(digest, (index, Path(path)))
     return log
