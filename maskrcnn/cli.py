@@ -37,6 +37,7 @@ def add_precision_argument(p: argparse.ArgumentParser) -> None:
 def _cmd_predict(args: argparse.Namespace) -> int:
     from . import load
     from .distributed import cleanup, init_distributed
+    from .files import WriteError
     from .inputs import collect_inputs
     from .predict import run_predictions
 
@@ -58,6 +59,11 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             progress=not args.no_progress,
             dist=dist,
         )
+    except WriteError as e:  # a full disk: say what is left
+        results = Path(args.out) / "predictions.json"
+        if not str(e).startswith(f"could not write {results}:"):
+            raise WriteError(f"{e}; {results} was not written; the files written before are complete") from e
+        raise
     finally:
         cleanup(dist)
     if not dist.is_main:  # rank 0 reports the whole job

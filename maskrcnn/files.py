@@ -245,6 +245,24 @@ def write_error(path: PathLike, error: BaseException, *, existed: bool) -> Write
     return WriteError(f"could not write {path}: {reason}; {left}")
 
 
+class _PythonWrites:
+    """The temporary file as `atomic_write`'s writer sees it: every method but `fileno`, so that
+    nothing writes to the descriptor behind Python's back. Pillow's encoders do when they can get
+    one, and ignore a short write(2): on a full disk they end a file early without an error (a
+    JPEG cut at a page boundary), where Python's buffered writes raise ENOSPC."""
+
+    def __init__(self, f: IO[bytes]):
+        self._f = f
+
+    def write(self, data: Any) -> int:
+        return self._f.write(data)
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "fileno":
+            raise AttributeError(name)
+        return getattr(self._f, name)
+
+
 def atomic_write(path: PathLike, write: Callable[[IO[bytes]], Any]) -> Path:
     """Create or replace the file `path` atomically with what `write(file)` writes into the binary
     file object it is given; returns the path. Missing parent folders are created.
@@ -259,7 +277,7 @@ def atomic_write(path: PathLike, write: Callable[[IO[bytes]], Any]) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb") as f:
-            write(f)
+            write(_PythonWrites(f))
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, default_file_mode())
