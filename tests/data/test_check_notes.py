@@ -97,3 +97,11 @@ def test_a_labelme_file_without_its_image_says_how_many_instances_it_holds(tmp_p
     (missing,) = check_dataset_files(LabelmeDataset(folder)).problems
     assert (missing.kind, missing.file) == ("missing_image", str(folder / "absent.png"))
     assert missing.detail == "image file not found (its labelme file absent.json has 2 instances)"
+    # two labelme files naming one image: noted (the check of every format's items, not COCO's reader)
+    (folder / "absent.json").unlink()
+    Image.new("RGB", (40, 30), "white").save(folder / "one.png")
+    for name in ("a.json", "b.json"):
+        (folder / name).write_text(json.dumps({**record, "imagePath": "one.png"}))
+    (twice,) = check_dataset_files(LabelmeDataset(folder)).problems
+    assert (twice.kind, twice.file, twice.image_id) == ("duplicate_file_name", str(folder / "one.png"), 1)
+    assert twice.detail == "also the image of image 0"
