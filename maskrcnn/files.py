@@ -68,6 +68,7 @@ __all__ = [
     "read_image_size",
     "read_pixels",
     "remove_partial_writes",
+    "write_error",
 ]
 
 PathLike = Union[str, "os.PathLike[str]"]

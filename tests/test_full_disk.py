@@ -165,3 +165,25 @@ def test_evaluate_on_a_full_disk(full_disk):
     rc, stderr, disk, after = full_disk["evaluate"]
     failed = assert_one_error_and_nothing_partial(rc, stderr, disk, after)
     assert failed.parent == after / "eval"
+
+
+def test_a_video_is_renamed_into_place_only_when_complete(tmp_path):
+    """Videos are written through a temporary file too: a failure half-way leaves no file."""
+    import numpy as np
+
+    from maskrcnn.video import VideoReader, VideoWriter
+
+    frames = [np.full((48, 64, 3), 40 * k, dtype=np.uint8) for k in range(3)]
+    path = tmp_path / "clip.mp4"
+    with pytest.raises(RuntimeError, match="half-way"), VideoWriter(path, fps=10) as writer:
+        for frame in frames[:2]:
+            writer.write(frame)
+        assert [p.name for p in tmp_path.iterdir()][0].startswith(".clip.mp4.")  # the temporary file
+        raise RuntimeError("half-way")
+    assert list(tmp_path.iterdir()) == []
+    with VideoWriter(path, fps=10) as writer:
+        for frame in frames:
+            writer.write(frame)
+    assert [p.name for p in tmp_path.iterdir()] == ["clip.mp4"]
+    with VideoReader(path) as reader:
+        assert len(list(reader)) == 3
