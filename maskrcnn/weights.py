@@ -222,9 +222,16 @@ def converted_path(entry: Entry) -> Path:
     return checkpoints.cache_dir() / (Path(entry.file_name).stem + CONVERTED_SUFFIX)
 
 
+def downloads(entry: Entry) -> list[Path]:
+    """The entry's downloads in the cache, from any URL (the registry's, a mirror's): the registry's
+    file names carry their hash, so each is the entry's file."""
+    folder = checkpoints.cache_dir()
+    return sorted(p for p in folder.glob(f"*/{entry.file_name}") if p.is_file()) if folder.is_dir() else []
+
+
 def cache_state(entry: Entry) -> str:
     """ "downloaded", "converted", both ("downloaded, converted") or "not cached"."""
-    states = ["downloaded"] if download_path(entry).is_file() else []
+    states = ["downloaded"] if downloads(entry) else []
     if entry.kind == "model" and converted_path(entry).is_file():
         states.append("converted")
     return ", ".join(states) or "not cached"
@@ -237,7 +244,7 @@ def clear(what: str | None = None) -> list[Path]:
         return checkpoints.clear_cache(what)
     entry = get(what)
     removed = []
-    for path in {download_path(entry), checkpoints.cached_path(entry.url), converted_path(entry)}:
+    for path in [*downloads(entry), converted_path(entry)]:
         if path.is_file():
             path.unlink()
             removed.append(path)
