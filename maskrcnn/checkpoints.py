@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import sys
 import urllib.parse
 from pathlib import Path
 
@@ -102,8 +103,7 @@ def _upgrade_state(state: dict, version: int) -> dict:
 
 
 def load_model(path_or_url: str | Path, *, map_location: str = "cpu", sha256: str | None = None):
-    path = resolve_weights(path_or_url, sha256=sha256)
-    ckpt = read_checkpoint(path, map_location)
+    ckpt, path = read_cached_checkpoint(path_or_url, map_location=map_location, sha256=sha256)
     return model_from_checkpoint(ckpt, source=str(path)).to(map_location)
 
 
@@ -140,41 +140,89 @@ def _expected_hash(url_name: str, sha256: str | None, source: str) -> str | None
     return match.group(1) if match else None
 
 
-def resolve_weights(path_or_url: str | Path, *, sha256: str | None = None, progress: bool = True) -> Path:
-    """A local path, or a URL (http, https, file) downloaded once into `cache_dir()` and verified
-    against `sha256` (a full digest or a prefix of at least 8 hex digits, or the hash in the file name
-    as torch hub names them). Downloads go through `torch.hub.download_url_to_file` (progress bar,
-    temporary file beside the target, hash check before the move), so a failed or corrupted download
-    leaves nothing in the cache."""
+def is_url(path_or_url: str | Path) -> bool:
+    return urllib.parse.urlparse(str(path_or_url)).scheme in ("http", "https", "file")
+
+
+def url_folder(url: str) -> Path:
+    """The cache folder of one URL: `cache_dir()/<first 16 hex digits of the sha256 of the whole
+    URL>`, so two URLs ending in the same file name are two entries."""
+    return cache_dir() / hashlib.sha256(url.encode()).hexdigest()[:16]
+
+
+def cached_path(url: str) -> Path:
+    """Where the download of `url` is kept: its file name in `url_folder(url)`."""
+    return url_folder(url) / (os.path.basename(urllib.parse.urlparse(url).path) or "weights.pt")
+
+
+def resolve_weights(
+    path_or_url: str | Path, *, sha256: str | None = None, progress: bool = True, refetch: bool = False
+) -> Path:
+    """A local path, or a URL (http, https, file) downloaded once into the cache (`cached_path`:
+    keyed by the whole URL) and verified against `sha256` (a full digest or a prefix of at least 8
+    hex digits, or the hash in the file name as torch hub names them) on every use: a cached file
+    that no longer matches is downloaded again. Downloads (`maskrcnn.download`) are checked
+    against the Content-Length and the hash before they are renamed into place, so a failed, cut
+    short or corrupted download leaves nothing in the cache. `refetch`: download even if cached."""
     text = str(path_or_url)
-    parsed = urllib.parse.urlparse(text)
-    if parsed.scheme not in ("http", "https", "file"):
+    if not is_url(text):
         path = Path(text)
         if sha256:
             _verify(path, _expected_hash(path.name, sha256, text), text)
         return path
-    name = os.path.basename(parsed.path) or "weights.pt"
-    expected = _expected_hash(name, sha256, text)
-    target = cache_dir() / name
-    if target.is_file() and (expected is None or file_sha256(target).startswith(expected)):
+    target = cached_path(text)
+    expected = _expected_hash(target.name, sha256, text)
+    if not refetch and target.is_file() and (expected is None or file_sha256(target).startswith(expected)):
         return target  # already downloaded (and verified): no second download
-    target.parent.mkdir(parents=True, exist_ok=True)
-    from torch.hub import download_url_to_file
+    from .download import download
 
+    return download(text, target, expected=expected, progress=progress)
+
+
+def read_cached_checkpoint(
+    path_or_url: str | Path,
+    *,
+    map_location: str = "cpu",
+    sha256: str | None = None,
+    torchvision: bool = False,
+) -> tuple[dict, Path]:
+    """(`read_checkpoint` of `resolve_weights(path_or_url)`, the file read). A URL's cached file
+    that cannot be read is reported (naming the URL and the cache file) and downloaded once more;
+    when that one cannot be read either it leaves the cache and the UserError names both."""
+    path = resolve_weights(path_or_url, sha256=sha256)
     try:
-        download_url_to_file(text, str(target), hash_prefix=expected, progress=progress)
-    except RuntimeError as e:  # torch hub's hash check: 'invalid hash value (expected "..", got "..")'
-        got = re.search(r'got "([0-9a-f]+)"', str(e))
-        if not got:
+        return read_checkpoint(path, map_location, torchvision=torchvision), path
+    except UserError as e:
+        if not is_url(path_or_url):
             raise
+        print(
+            f"note: {path_or_url}: its cached file {path} cannot be read ({e}); downloading it again",
+            file=sys.stderr,
+            flush=True,
+        )
+    path = resolve_weights(path_or_url, sha256=sha256, refetch=True)
+    try:
+        return read_checkpoint(path, map_location, torchvision=torchvision), path
+    except UserError as e:
+        path.unlink(missing_ok=True)
         raise UserError(
-            f"checksum mismatch for {text}: expected sha256 {expected}..., got {got.group(1)}; "
-            f"nothing was written to {target.parent}"
+            f"{path_or_url}: downloaded again, its file {path} still cannot be read ({e}); "
+            "it was removed from the cache"
         ) from None
-    except OSError as e:  # URLError / HTTPError / a missing file:// path
-        reason = getattr(e, "reason", None) or e
-        raise UserError(f"could not download {text}: {reason}") from e
-    return target
+
+
+def clear_cache(what: str | None = None) -> list[Path]:
+    """Remove cached downloads: every file of the cache (`what` None), or those of one URL; returns
+    what was removed."""
+    import shutil
+
+    if what is None:
+        removed = sorted(cache_dir().iterdir()) if cache_dir().is_dir() else []
+    else:
+        removed = [url_folder(what)] if url_folder(what).exists() else []
+    for path in removed:
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    return removed
 
 
 def _verify(path: Path, expected: str, source: str) -> None:

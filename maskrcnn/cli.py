@@ -37,6 +37,7 @@ def add_precision_argument(p: argparse.ArgumentParser) -> None:
 def _cmd_predict(args: argparse.Namespace) -> int:
     from . import load
     from .distributed import cleanup, init_distributed
+    from .files import WriteError
     from .inputs import collect_inputs
     from .predict import run_predictions
 
@@ -69,6 +70,11 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             track=args.track,
             max_pixels=args.max_pixels or None,  # 0: no limit
         )
+    except WriteError as e:  # a full disk: say what is left
+        results = Path(args.out) / "predictions.json"
+        if not str(e).startswith(f"could not write {results}:"):
+            raise WriteError(f"{e}; {results} was not written; the files written before are complete") from e
+        raise
     finally:
         cleanup(dist)
     if not dist.is_main:  # rank 0 reports the whole job
@@ -101,6 +107,12 @@ def _cmd_weights(args: argparse.Namespace) -> int:
     from . import weights
     from .checkpoints import cache_dir
 
+    if args.clear is not None:
+        removed = weights.clear(args.clear or None)
+        print(f"removed {len(removed)} cached file{'' if len(removed) == 1 else 's'} from {cache_dir()}")
+        for path in removed:
+            print(f"  {path}")
+        return 0
     for name in args.fetch or []:
         entry = weights.get(name)
         path = weights.converted(name) if entry.kind == "model" else weights.fetch(entry)
@@ -198,6 +210,7 @@ def _cmd_evaluate_results(args: argparse.Namespace) -> int:
 def _cmd_show_data(args: argparse.Namespace) -> int:
     from .data.specs import build_dataset
     from .errors import UserError
+    from .files import atomic_save_image
     from .visualize import draw_targets
 
     if args.limit is not None and args.limit < 0:
@@ -215,7 +228,7 @@ def _cmd_show_data(args: argparse.Namespace) -> int:
         used.add(name)
         skeleton = getattr(dataset, "skeleton", None) or ()  # keypoint datasets: points joined
         picture = draw_targets(sample.image, sample.targets, dataset.class_names, skeleton=skeleton)
-        picture.save(out / f"{name}.png")
+        atomic_save_image(out / f"{name}.png", picture)
     print(f"wrote {count} images to {out}")
     return 0
 
@@ -371,6 +384,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--fetch", nargs="+", metavar="NAME", help="download (and convert) these now, for offline use later"
     )
+    p.add_argument(
+        "--clear",
+        nargs="?",
+        const="",
+        metavar="NAME|URL",
+        help="remove cached files: a name's download and conversion, a URL's download, or (alone) all",
+    )
     p.set_defaults(func=_cmd_weights)
 
     from .engine import export_command
@@ -429,7 +449,20 @@ def main(argv: list[str] | None = None) -> int:
     downloads) print one line `error: MESSAGE` on stderr and give exit status 1, in every command
     and in every process of a torchrun launch; `--debug` re-raises them with their traceback. Other
     exceptions are bugs and propagate with theirs. Usage errors exit with argparse's status 2.
+    Ctrl-C (SIGINT) ends any command with the one line `interrupted` and exit status 130 (files
+    are written atomically: what was complete stays, nothing partial is left).
     """
+    try:
+        return _run(argv)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr, flush=True)
+        return INTERRUPTED
+
+
+INTERRUPTED = 130  # 128 + SIGINT, the shell's status for a command ended by Ctrl-C
+
+
+def _run(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     try:
         _check_shared_options(args)

@@ -21,6 +21,9 @@ exactly `uint8 / 255`), deeper ones float32. Every failure is an `ImageReadError
 Writes are atomic (`atomic_write`): the content goes to a temporary file in the target's folder,
 is flushed and fsynced, gets the permissions a plain `open()` would give, and is renamed over the
 target; on any failure the temporary file is removed and an existing target is left as it was.
+A write the file system refuses (a full disk, a read-only folder, no permission: an `OSError`
+anywhere in the exception's chain, as `torch.save` wraps it in a RuntimeError) is a `WriteError`
+naming the file and what is left of it; Ctrl-C (KeyboardInterrupt) cleans up the same way.
 A folder of files (a dataset written in another format) is written the same way as a whole
 (`atomic_write_folder`): into a temporary folder beside the target, renamed into place at the end.
 """
@@ -50,6 +53,8 @@ __all__ = [
     "DecodePolicy",
     "ImageReadError",
     "NamedBytes",
+    "WriteError",
+    "atomic_save_image",
     "atomic_write",
     "atomic_write_json",
     "atomic_write_folder",
@@ -63,6 +68,7 @@ __all__ = [
     "read_image_size",
     "read_pixels",
     "remove_partial_writes",
+    "write_error",
 ]
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -211,6 +217,53 @@ def default_file_mode() -> int:
     return 0o666 & ~_umask()
 
 
+class WriteError(UserError, OSError):
+    """A file that could not be written (the disk is full, the folder read-only, ...); the message
+    names the file and says what is left of it."""
+
+
+def _os_error_in(error: BaseException) -> OSError | None:
+    """The OSError that `error` is or was raised from (its __cause__ / __context__ chain), if any."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        if isinstance(current, OSError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def write_error(path: PathLike, error: BaseException, *, existed: bool) -> WriteError | None:
+    """The WriteError for a write of `path` that failed with `error` (None when no OSError caused
+    it: a bug or bad data, raised as it is). `existed`: whether `path` was there before (and is
+    left as it was)."""
+    cause = _os_error_in(error)
+    if cause is None or isinstance(error, WriteError):
+        return None
+    reason = cause.strerror or str(cause) or type(cause).__name__
+    left = f"the previous {Path(path).name} is left as it was" if existed else "no part of it was left"
+    return WriteError(f"could not write {path}: {reason}; {left}")
+
+
+class _PythonWrites:
+    """The temporary file as `atomic_write`'s writer sees it: every method but `fileno`, so that
+    nothing writes to the descriptor behind Python's back. Pillow's encoders do when they can get
+    one, and ignore a short write(2): on a full disk they end a file early without an error (a
+    JPEG cut at a page boundary), where Python's buffered writes raise ENOSPC."""
+
+    def __init__(self, f: IO[bytes]):
+        self._f = f
+
+    def write(self, data: Any) -> int:
+        return self._f.write(data)
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "fileno":
+            raise AttributeError(name)
+        return getattr(self._f, name)
+
+
 def atomic_write(path: PathLike, write: Callable[[IO[bytes]], Any]) -> Path:
     """Create or replace the file `path` atomically with what `write(file)` writes into the binary
     file object it is given; returns the path. Missing parent folders are created.
@@ -219,20 +272,34 @@ def atomic_write(path: PathLike, write: Callable[[IO[bytes]], Any]) -> Path:
     after it) raises, the old file is left intact and no temporary file remains.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    existed = path.exists()
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb") as f:
-            write(f)
+            write(_PythonWrites(f))
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, default_file_mode())
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
+    except BaseException as e:
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
+        error = write_error(path, e, existed=existed)
+        if error is not None:  # the file system refused it: one message naming the file
+            raise error from e
         raise
     return path
+
+
+def atomic_save_image(path: PathLike, image: Image.Image, **params: Any) -> Path:
+    """`image.save(path, **params)` through `atomic_write`, the format chosen by the suffix."""
+    path = Path(path)
+    fmt = Image.registered_extensions().get(path.suffix.lower())
+    if fmt is None:
+        raise UserError(f"{path}: no image format for the suffix {path.suffix!r}")
+    return atomic_write(path, lambda f: image.save(f, format=fmt, **params))
 
 
 def remove_partial_writes(path: PathLike) -> list[Path]:

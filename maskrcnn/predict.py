@@ -56,7 +56,7 @@ from .distributed import (
     process_device,
 )
 from .errors import UserError
-from .files import AS_DISPLAYED, atomic_write_json
+from .files import AS_DISPLAYED, atomic_save_image, atomic_write_json
 from .image_limits import DEFAULT_MAX_PIXELS, read_checked_image
 from .inputs import ImageReadError, InputItem, as_image_tensor, load_image
 from .model import MaskRCNN
@@ -208,7 +208,8 @@ class _Run:
         masks = det.masks.cpu().numpy()
         for k, label in enumerate(det.labels.cpu().tolist()):
             name = self.class_names[label - 1] if self.class_names else f"class{label}"
-            Image.fromarray(masks[k].astype(np.uint8) * 255).save(f"{path}_{k}_{_safe(name)}.png")
+            mask = Image.fromarray(masks[k].astype(np.uint8) * 255)
+            atomic_save_image(f"{path}_{k}_{_safe(name)}.png", mask)
 
     def images(self, items: list[InputItem], batch_size: int, batches: range, bar: JobProgress) -> None:
         """Run the batches `batches` (numbers of batches of `batch_size` of `items`)."""
@@ -250,7 +251,7 @@ class _Run:
             jpeg = item.path.suffix.lower() in (".jpg", ".jpeg", ".jfif")
             path = self.out / "overlays" / f"{base}{'.jpg' if jpeg else '.png'}"
             path.parent.mkdir(parents=True, exist_ok=True)
-            self.draw(image, det, ids).save(path, **({"quality": 92} if jpeg else {}))
+            atomic_save_image(path, self.draw(image, det, ids), **({"quality": 92} if jpeg else {}))
         if self.save_masks:
             self.write_masks(det, base)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from fractions import Fraction
 
 import numpy as np
@@ -78,7 +79,10 @@ def _codec() -> str:
 
 class VideoWriter:
     """Write (H, W, 3) uint8 RGB frames of one size to an MP4 file at a constant frame rate. The
-    file is created at the first frame: a writer that gets no frame leaves no file."""
+    file is created at the first frame: a writer that gets no frame leaves no file. It is written
+    as a hidden temporary file beside `path` (`.NAME.RANDOM.tmp.mp4`) renamed to `path` by a
+    `close` that succeeds; a failure (a full disk: a `WriteError` naming `path`) or an exception
+    in the `with` block removes it, so `path` is never a cut-short video."""
 
     def __init__(self, path: str | os.PathLike, *, fps: Fraction | float):
         self.path = path
@@ -86,12 +90,19 @@ class VideoWriter:
         self._container = None
         self._stream = None
         self._size: tuple[int, int] | None = None
+        self._tmp: str | None = None
         self.frames_written = 0
 
     def _open(self, h: int, w: int) -> None:
+        import tempfile
+
         import av
 
-        self._container = av.open(str(self.path), mode="w")
+        folder, name = os.path.split(os.fspath(self.path))
+        suffix = f".tmp{os.path.splitext(name)[1]}"  # the real suffix last: it chooses the format
+        fd, self._tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=suffix, dir=folder or ".")
+        os.close(fd)
+        self._container = av.open(self._tmp, mode="w")
         self._stream = self._container.add_stream(_codec(), rate=self.fps)
         self._stream.pix_fmt = "yuv420p"
         self._stream.height, self._stream.width = h + h % 2, w + w % 2
@@ -111,17 +122,51 @@ class VideoWriter:
         if h % 2 or w % 2:
             rgb = np.pad(rgb, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge")
         frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
-        self._container.mux(self._stream.encode(frame))
+        with self._failing_write():
+            self._container.mux(self._stream.encode(frame))
         self.frames_written += 1
+
+    @contextmanager
+    def _failing_write(self) -> Iterator[None]:
+        """A write that raises discards the temporary file; the file system's refusal (an OSError)
+        becomes a WriteError naming `path`."""
+        from .files import write_error
+
+        try:
+            yield
+        except BaseException as e:
+            self._discard()
+            error = write_error(self.path, e, existed=os.path.exists(self.path))
+            if error is not None:
+                raise error from e
+            raise
+
+    def _discard(self) -> None:
+        container, self._container = self._container, None
+        if container is not None:
+            with suppress(Exception):  # the file is thrown away; the first error is the one raised
+                container.close()
+        if self._tmp is not None and os.path.exists(self._tmp):
+            os.unlink(self._tmp)
+        self._tmp = None
 
     def close(self) -> None:
         if self._container is not None:
-            self._container.mux(self._stream.encode(None))  # flush the frames the encoder holds back
-            self._container.close()
-            self._container = None
+            from .files import default_file_mode
+
+            with self._failing_write():
+                self._container.mux(self._stream.encode(None))  # flush the frames the encoder holds back
+                self._container.close()
+                self._container = None
+                os.chmod(self._tmp, default_file_mode())
+                os.replace(self._tmp, self.path)
+                self._tmp = None
 
     def __enter__(self) -> VideoWriter:
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def __exit__(self, exc_type, *exc) -> None:
+        if exc_type is not None:  # the block failed (or Ctrl-C): no half video under `path`
+            self._discard()
+        else:
+            self.close()

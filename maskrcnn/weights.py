@@ -18,10 +18,12 @@ Kinds of entries
     backbone: an ImageNet ResNet (conv1 .. layer4) that `maskrcnn train` loads into a fresh model.
 
 Cache ($MASKRCNN_HOME/checkpoints, else ~/.cache/maskrcnn/checkpoints: `checkpoints.cache_dir`)
-    <file>.pth              the download, verified against its hash (torch hub: progress bar, a
-                            temporary file renamed only after the hash check)
+    <url key>/<file>.pth    the download, in the folder of its whole URL (`checkpoints.cached_path`),
+                            verified against its hash and its Content-Length (`maskrcnn.download`:
+                            progress bar, a temporary file renamed only after both checks)
     <file stem>.maskrcnn.pt our converted checkpoint (models), written atomically: once it exists,
                             loading by name reads only it (no network, no hash, no conversion)
+`maskrcnn weights --clear [NAME|URL]` removes the whole cache, a name's files, or a URL's download.
 
 Mirror: MASKRCNN_WEIGHTS_MIRROR=DIR, file://... or https://... replaces the base of every URL
 (`<mirror>/<file name>`). A `SHA256SUMS` file there (`<sha256>  <file name>` lines, as sha256sum
@@ -212,19 +214,43 @@ def get(name: str, *, kind: str | None = None, what: str = "weights") -> Entry:
 
 
 def download_path(entry: Entry) -> Path:
-    return checkpoints.cache_dir() / entry.file_name
+    """Where the entry's download is kept (its URL's, or the mirror's: `checkpoints.cached_path`)."""
+    return checkpoints.cached_path(source_url(entry))
 
 
 def converted_path(entry: Entry) -> Path:
     return checkpoints.cache_dir() / (Path(entry.file_name).stem + CONVERTED_SUFFIX)
 
 
+def downloads(entry: Entry) -> list[Path]:
+    """The entry's downloads in the cache, from any URL (the registry's, a mirror's): the registry's
+    file names carry their hash, so each is the entry's file."""
+    folder = checkpoints.cache_dir()
+    return sorted(p for p in folder.glob(f"*/{entry.file_name}") if p.is_file()) if folder.is_dir() else []
+
+
 def cache_state(entry: Entry) -> str:
     """ "downloaded", "converted", both ("downloaded, converted") or "not cached"."""
-    states = ["downloaded"] if download_path(entry).is_file() else []
+    states = ["downloaded"] if downloads(entry) else []
     if entry.kind == "model" and converted_path(entry).is_file():
         states.append("converted")
     return ", ".join(states) or "not cached"
+
+
+def clear(what: str | None = None) -> list[Path]:
+    """`maskrcnn weights --clear [NAME|URL]`: remove the whole cache (None), a name's download and
+    converted checkpoint, or a URL's download; returns what was removed."""
+    if what is None or checkpoints.is_url(what):
+        return checkpoints.clear_cache(what)
+    entry = get(what)
+    removed = []
+    for path in [*downloads(entry), converted_path(entry)]:
+        if path.is_file():
+            path.unlink()
+            removed.append(path)
+        if path.parent != checkpoints.cache_dir() and path.parent.is_dir() and not any(path.parent.iterdir()):
+            path.parent.rmdir()  # the URL's folder, now empty
+    return sorted(removed)
 
 
 # ---------------------------------------------------------------- sources: the registry or a mirror
@@ -269,12 +295,18 @@ def _read_sums(base: str) -> dict[str, str]:
     return sums
 
 
+def source_url(entry: Entry) -> str:
+    """The URL an entry is downloaded from: the registry's, or the mirror's."""
+    base = mirror_base()
+    return entry.url if base is None else f"{base}/{entry.file_name}"
+
+
 def source(entry: Entry) -> tuple[str, str]:
     """(URL, expected sha256 or prefix) of an entry's file: the registry's, or the mirror's."""
     base = mirror_base()
     if base is None:
         return entry.url, entry.hash_prefix
-    return f"{base}/{entry.file_name}", _read_sums(base).get(entry.file_name, entry.hash_prefix)
+    return source_url(entry), _read_sums(base).get(entry.file_name, entry.hash_prefix)
 
 
 def fetch(entry: Entry, *, progress: bool = True) -> Path:

@@ -46,9 +46,10 @@ def write_mirror(folder: Path, files: dict[str, dict]) -> dict[str, str]:
 
 
 def cache_files(home: Path) -> list[str]:
-    """Every file of the cache folder, hidden and temporary ones included."""
+    """The name of every file of the cache (downloads in their URLs' folders), hidden and temporary
+    ones included."""
     folder = home / "checkpoints"
-    return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+    return sorted(p.name for p in folder.rglob("*") if p.is_file()) if folder.exists() else []
 
 
 def detections_equal(a, b) -> None:
@@ -80,7 +81,7 @@ def fetched(mirror, tmp_path_factory):
     stats = {
         name: (p.stat().st_ino, p.stat().st_mtime_ns)
         for name in cache_files(home)
-        for p in [home / "checkpoints" / name]
+        for p in (home / "checkpoints").rglob(name)
     }
     return home, predictor, stats
 
@@ -123,7 +124,7 @@ def test_load_by_name_downloads_verifies_converts_and_caches(mirror, fetched, fi
     folder, state, digest = mirror
     converted = V1.file_name.removesuffix(".pth") + ".maskrcnn.pt"
     assert cache_files(home) == sorted([V1.file_name, converted])  # no temporary or partial file
-    cached = home / "checkpoints" / V1.file_name
+    (cached,) = (home / "checkpoints").rglob(V1.file_name)
     assert hashlib.sha256(cached.read_bytes()).hexdigest() == digest
     ckpt = load_weights_file(home / "checkpoints" / converted)
     assert (ckpt["format"], ckpt["weights_name"]) == ("maskrcnn", "maskrcnn_resnet50_fpn_coco")
@@ -148,7 +149,7 @@ def test_second_load_neither_downloads_nor_converts(offline, fetched, shared_dat
     assert {
         name: (p.stat().st_ino, p.stat().st_mtime_ns)
         for name in cache_files(offline)
-        for p in [offline / "checkpoints" / name]
+        for p in (offline / "checkpoints").rglob(name)
     } == stats
     mine, theirs = again.model.state_dict(), first.model.state_dict()
     assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)

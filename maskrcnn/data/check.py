@@ -12,7 +12,8 @@ A check has two parts, both recorded in one `ProblemLog` (`maskrcnn.data.problem
    over 100:1, `maskrcnn.image_limits`: fatal, so training never meets it), and what rasterising
    its annotations shows (masks that cover no pixel, masks of another size than the image). Images
    are not decoded in full when their header is enough: the size is read from the header, and a
-   JPEG's data is decoded at 1/8 scale (still all of it, so a truncated file is found).
+   JPEG's data is decoded at 1/8 scale (still all of it, so a truncated file is found);
+3. (`check-data` only, `duplicate_images`) items sharing an image file, or files of the same bytes.
 
 A dataset without `problems` or `check_item` (the synthetic shapes, a user's own dataset class)
 has nothing to report in that part. A new format plugs in by filling `self.problems` while it
@@ -33,7 +34,7 @@ from maskrcnn.data.problems import ProblemLog
 from maskrcnn.files import ImageReadError, read_image_size
 from maskrcnn.image_limits import image_shape_problem
 
-__all__ = ["check_dataset_files", "check_image_file", "check_items", "dataset_problems"]
+__all__ = ["check_dataset_files", "check_image_file", "check_items", "dataset_problems", "duplicate_images"]
 
 
 def check_image_file(
@@ -111,4 +112,39 @@ def check_dataset_files(dataset: Any, *, progress: bool = False) -> ProblemLog:
     checks of its files (see the module docstring)."""
     log = dataset_problems(dataset)
     log.extend(check_items(dataset, progress=progress))
+    log.extend(duplicate_images(dataset, known=log))
+    return log
+
+
+def duplicate_images(dataset: Any, *, known: Optional[ProblemLog] = None) -> ProblemLog:
+    """Notes for items whose image is the file of an earlier item (unless `known` has it already:
+    the COCO reader notes its records' file names) or a file of the same bytes (a sha256 of each
+    file: the checks just read them, so this is one more read from the page cache). Datasets
+    without `image_path(index)` have nothing to compare."""
+    import hashlib
+
+    log = ProblemLog()
+    image_path = getattr(dataset, "image_path", None)
+    if image_path is None:
+        return log
+    ids = getattr(dataset, "image_ids", None)
+    noted = {p.image_id for p in (known.problems if known else []) if p.kind == "duplicate_file_name"}
+    first_of_path: dict[Path, int] = {}
+    first: dict[str, Path] = {}  # digest -> the first file with it
+    for index in range(len(dataset)):
+        path = image_path(index)
+        if path is None or not Path(path).is_file():
+            continue  # missing files are reported by the item checks
+        path, image_id = Path(path), ids[index] if ids is not None else index
+        if path in first_of_path:
+            if not noted & {image_id, first_of_path[path]}:  # the reader noted this pair already
+                detail = f"also the image of image {first_of_path[path]}"
+                log.add("duplicate_file_name", path, image_id=image_id, detail=detail)
+            continue
+        first_of_path[path] = image_id
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        if digest in first:
+            detail = f"same bytes as {first[digest]}"
+            log.add("duplicate_image_content", path, image_id=image_id, detail=detail)
+        first.setdefault(digest, path)
     return log

@@ -178,6 +178,9 @@ class CocoDataset(Dataset):
     def file_name(self, index: int) -> str:
         return self._images[self.image_ids[index]]["file_name"]
 
+    def image_path(self, index: int) -> Path:
+        return self.image_dir / self.file_name(index)
+
     def num_annotations(self, index: int, *, crowd: bool = False) -> int:
         """Number of (crowd or non-crowd) annotations of item `index` in the JSON (those kept)."""
         return sum(1 for a in self._anns[self.image_ids[index]] if a.crowd == crowd)

@@ -29,6 +29,7 @@ from typing import Any, NamedTuple, Optional
 
 import numpy as np
 
+from maskrcnn.data.box_agreement import bbox_disagreement
 from maskrcnn.data.outlines import checked_polygon
 from maskrcnn.data.problems import ProblemLog
 from maskrcnn.errors import UserError
@@ -218,6 +219,7 @@ def _read_categories(records: list, out: CocoRecords, where: str, log: ProblemLo
 def _read_images(records: list, out: CocoRecords, where: str, log: ProblemLog) -> set:
     """Fill out.images; returns the ids of image records that were malformed (already reported)."""
     bad: set = set()
+    named: dict[str, int] = {}  # file name -> the first image id listing it
     for i, im in enumerate(records):
         iid = im.get("id") if isinstance(im, dict) else None
         if not _is_int(iid):
@@ -237,6 +239,10 @@ def _read_images(records: list, out: CocoRecords, where: str, log: ProblemLog) -
         else:
             out.images[iid] = {"file_name": name, "height": h, "width": w}
             out.annotations[iid] = []
+            if name in named:
+                detail = f"file_name {name} is also image {named[name]}'s"
+                log.add("duplicate_file_name", where, image_id=iid, detail=detail)
+            named.setdefault(name, iid)
     return bad
 
 
@@ -337,6 +343,9 @@ def _read_annotation(
         detail = f"segmentation must be a polygon list or an RLE dict, got {type(seg).__name__}"
         log.add("malformed", where, **ids, detail=detail)
         return
+    disagreement = bbox_disagreement(a["bbox"], seg, h, w) if "bbox" in a and not crowd else None
+    if disagreement:
+        log.add("bbox_disagrees_with_mask", where, **ids, detail=disagreement)
     if "bbox" in a and isinstance(a["segmentation"], dict):  # a polygon outside is reported above
         x, y, bw, bh = a["bbox"]
         if x < 0 or y < 0 or x + bw > w or y + bh > h:

@@ -325,7 +325,11 @@ class LabelmeDataset(Dataset):
         from maskrcnn.data.check import check_image_file
 
         item = self._items[index]
-        if item.image_path.is_file() or not item.has_data:
+        if not item.image_path.is_file() and not item.has_data:  # an annotation file without its image
+            count = len(item.instances)
+            detail = f"image file not found (its labelme file {item.json_path.name} has {count} instances)"
+            log.add("missing_image", item.image_path, image_id=index, detail=detail)
+        elif item.image_path.is_file():
             check_image_file(item.image_path, log=log, image_id=index, expected=(item.height, item.width))
         else:
             try:

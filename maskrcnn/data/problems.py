@@ -57,6 +57,12 @@ KINDS: dict[str, Kind] = {
     "box_entirely_outside_image": Kind("fixed", "box entirely outside the image", "annotation dropped"),
     "image_without_annotations": Kind("note", "image without annotations", "kept as a background image"),
     "shape_not_a_region": Kind("note", "point or line shape (not a region)", "skipped"),
+    "duplicate_file_name": Kind("note", "image file listed by two image records", "both kept"),
+    "duplicate_image_content": Kind("note", "image files with the same bytes", "both kept"),
+    "bbox_disagrees_with_mask": Kind(
+        "note", "bbox disagreeing with its mask (box IoU < 0.5)", "training uses the mask's box"
+    ),
+    "label_without_image": Kind("note", "label file without its image", "its instances are not used"),
 }
 
 

@@ -179,6 +179,23 @@ class YoloDataset(Dataset):
         self.image_ids: list[int] = list(range(len(self._images)))
         self._labels = [self._parse(index, image) for index, image in enumerate(self._images)]
         self._sizes: dict[int, tuple[int, int]] = {}
+        self._note_labels_without_images(folders)
+
+    def _note_labels_without_images(self, folders: list[Path]) -> None:
+        """Record the label files of the image folders' `labels/` twins that no image has (their
+        instances are never used), with their number of instances (non-empty lines)."""
+        used = {label_path(image) for image in self._images}
+        for folder in folders:
+            labels = label_path(folder / "image.jpg").parent
+            if labels == folder or not labels.is_dir():
+                continue  # labels beside the images: other .txt files there are not labels
+            for path in sorted(p for p in labels.rglob("*.txt") if p.is_file() and p not in used):
+                try:
+                    count = sum(1 for line in path.read_text(encoding="utf-8").splitlines() if line.strip())
+                except (OSError, UnicodeDecodeError):
+                    count = 0
+                detail = f"no image for this label file ({count} instance{'' if count == 1 else 's'})"
+                self.problems.add("label_without_image", path, detail=detail)
 
     def _parse(self, index: int, image: Path) -> list[tuple[int, np.ndarray, int]]:
         """(label, normalised (N, 2) polygon clipped to [0, 1], line number) of each kept line."""

@@ -148,6 +148,7 @@ def _draw_overlays(model, samples: list, out: Path) -> None:
 
     import torch
 
+    from ..files import atomic_save_image
     from ..inspect.canvas import grid, titled
     from ..predict import model_skeleton
     from ..visualize import draw_detections, draw_targets
@@ -167,7 +168,7 @@ def _draw_overlays(model, samples: list, out: Path) -> None:
             skeleton=skeleton,
         )
         picture = grid([titled(truth, "ground truth"), titled(predicted, "predicted (score >= 0.5)")], 2)
-        picture.save(out / f"{Path(s.file_name).stem}.png")
+        atomic_save_image(out / f"{Path(s.file_name).stem}.png", picture)
 
 
 def run_demo(

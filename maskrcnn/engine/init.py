@@ -41,7 +41,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from ..checkpoints import read_checkpoint, resolve_weights, upgraded_state
+from ..checkpoints import read_cached_checkpoint, read_checkpoint, upgraded_state
 from ..config import Config, from_dict, to_dict
 from ..distributed import DistInfo
 from ..errors import UserError
@@ -62,8 +62,11 @@ def read_source(text: str, *, progress: bool = True) -> tuple[Path, dict]:
     of a torchvision state dict (converted by `read_checkpoint`)."""
     from .. import weights
 
-    path = weights.converted(text, progress=progress) if weights.is_name(text) else resolve_weights(text)
-    return path, read_checkpoint(path, torchvision=True)
+    if weights.is_name(text):
+        path = weights.converted(text, progress=progress)
+        return path, read_checkpoint(path, torchvision=True)
+    ckpt, path = read_cached_checkpoint(text, torchvision=True)
+    return path, ckpt
 
 
 def parse_class_map(text: str, *, data_names: list[str]) -> dict[str, str]:

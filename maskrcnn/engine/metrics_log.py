@@ -10,9 +10,10 @@ were, a line cut short by a kill is dropped, and TensorBoard hides the events af
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
-from ..files import atomic_write_text
+from ..files import WriteError, atomic_write_text
 
 
 def _tensorboard_writer(log_dir: Path, *, purge_step: int | None = None):
@@ -70,12 +71,28 @@ class MetricsWriter:
     def write(self, record: dict) -> None:
         if not self.enabled:
             return
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        self._append(json.dumps(record) + "\n")
         if self.tb is not None:
             for key, value in record.items():
                 if isinstance(value, (int, float)) and key != "iteration":
                     self.tb.add_scalar(key, value, record.get("iteration", 0))
+
+    def _append(self, line: str) -> None:
+        """Append one line; a write the file system refuses (a full disk) cuts the file back to its
+        complete lines and is a WriteError naming it."""
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+        size = os.fstat(fd).st_size
+        try:
+            data = memoryview(line.encode())
+            while data:
+                data = data[os.write(fd, data) :]
+        except OSError as e:
+            os.ftruncate(fd, size)
+            raise WriteError(
+                f"could not write {self.path}: {e.strerror or e}; it keeps its complete lines"
+            ) from e
+        finally:
+            os.close(fd)
 
     def close(self) -> None:
         if self.tb is not None:

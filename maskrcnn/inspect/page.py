@@ -8,6 +8,8 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
+from ..files import atomic_write_text
+
 if TYPE_CHECKING:
     from .stages import Inspection
 
@@ -27,9 +29,9 @@ def write_inspection(
     summary["pictures"] = pictures
     summary["details"] = dict(details or {})
     summary["notes"] = list(inspection.notes)
-    (out / "summary.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=1))
     page = render_html(pictures, title=title, details=details, notes=inspection.notes)
-    (out / "index.html").write_text(page, encoding="utf-8")
+    atomic_write_text(out / "index.html", page)
     return pictures
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..files import atomic_save_image
 from .canvas import Picture
 from .head_pictures import draw_final, draw_masks, draw_refinement, draw_roi_levels
 from .keypoint_pictures import draw_keypoint_heatmaps
@@ -42,7 +43,7 @@ def draw_all(ins: Inspection, out: Path) -> tuple[list[dict], dict]:
     }
     for key, (image, title, caption, stats) in stages:
         file = f"{key}.png"
-        image.save(out / file)
+        atomic_save_image(out / file, image)
         pictures.append({"id": key, "file": file, "title": title, "caption": caption})
         summary[key] = stats
     summary["rpn"] = summary.pop("rpn_pre_nms")

@@ -12,7 +12,7 @@ import torchvision
 
 import maskrcnn
 import maskrcnn.config.upgrade as schema_upgrade
-from maskrcnn.checkpoints import FORMAT, read_checkpoint, resolve_weights
+from maskrcnn.checkpoints import FORMAT, cached_path, read_checkpoint, resolve_weights
 from maskrcnn.config import SCHEMA_VERSION, apply_overrides, get_preset, rename_key
 from maskrcnn.engine.checkpoint import load_backbone_weights, save_model
 from maskrcnn.errors import UserError
@@ -53,8 +53,8 @@ def home(tmp_path, monkeypatch):
 
 
 def cached_files(home) -> list[str]:
-    folder = home / "checkpoints"
-    return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+    folder = home / "checkpoints"  # the downloads, each in the folder of its URL
+    return sorted(p.name for p in folder.rglob("*") if p.is_file()) if folder.exists() else []
 
 
 @pytest.fixture(scope="module")
@@ -133,11 +133,11 @@ def test_file_url_with_sha256_is_verified_and_cached(saved, home, image, referen
     digest = sha256_of(saved)
     model = maskrcnn.load(saved.as_uri(), sha256=digest)
     assert cached_files(home) == ["tiny.pt"]
-    assert (home / "checkpoints/tiny.pt").read_bytes() == saved.read_bytes()
+    assert cached_path(saved.as_uri()).read_bytes() == saved.read_bytes()
     assert_same_predictions(reference, model.model, image)  # the module (the Predictor folds BN)
     # the second call uses the cache: it works with the source gone, and with an upper-case prefix
     saved.rename(saved.with_suffix(".moved"))
-    assert resolve_weights(saved.as_uri(), sha256=digest[:12].upper()) == home / "checkpoints/tiny.pt"
+    assert resolve_weights(saved.as_uri(), sha256=digest[:12].upper()) == cached_path(saved.as_uri())
 
 
 def test_wrong_sha256_raises_and_caches_nothing(saved, home):
@@ -157,7 +157,7 @@ def test_hub_style_file_name_carries_the_hash(saved, home):
     digest = sha256_of(saved)
     good = saved.parent / f"tiny-{digest[:10]}.pt"
     shutil.copy(saved, good)
-    assert resolve_weights(good.as_uri(), progress=False) == home / "checkpoints" / good.name
+    assert resolve_weights(good.as_uri(), progress=False) == cached_path(good.as_uri())
     assert cached_files(home) == [good.name]
     # a name whose hash does not match the content is refused, and nothing is cached
     other = "f" * 10 if not digest.startswith("f") else "e" * 10

@@ -1,4 +1,4 @@
-"""Downloads of weights from URLs (through torch.hub's download helper): cache, checksums, failures.
+"""Downloads of weights from URLs (`maskrcnn.download`): cache, checksums, failures.
 
 The URLs are file:// URLs of files the tests write, so every test runs offline; resolve_weights does not
 read the content, so the files are plain bytes (tests/engine/test_checkpoint.py loads real checkpoints).
@@ -11,7 +11,7 @@ import os
 
 import pytest
 
-from maskrcnn.checkpoints import cache_dir, resolve_weights
+from maskrcnn.checkpoints import cache_dir, cached_path, resolve_weights
 
 PAYLOAD = os.urandom(3 << 20)  # 3 MiB: several of torch hub's read chunks
 DIGEST = hashlib.sha256(PAYLOAD).hexdigest()
@@ -33,9 +33,9 @@ def source(tmp_path):
 
 
 def cache_listing(home) -> list[str]:
-    """Every entry of the cache folder, hidden temporary files included."""
+    """The name of every file in the cache (in its URLs' folders), hidden temporary files included."""
     folder = home / "checkpoints"
-    return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+    return sorted(p.name for p in folder.rglob("*") if p.is_file()) if folder.exists() else []
 
 
 def test_cache_dir_follows_maskrcnn_home(home, monkeypatch, tmp_path):
@@ -47,7 +47,7 @@ def test_cache_dir_follows_maskrcnn_home(home, monkeypatch, tmp_path):
 
 def test_download_once_then_the_cache_is_used(home, source):
     path = resolve_weights(source.as_uri(), sha256=DIGEST, progress=False)
-    assert path == home / "checkpoints" / "weights.pt"
+    assert path == cached_path(source.as_uri()) and path.parent.parent == home / "checkpoints"
     assert path.read_bytes() == PAYLOAD
     assert cache_listing(home) == ["weights.pt"]
     stat = path.stat()
@@ -72,7 +72,8 @@ def test_corrupted_download_names_url_and_hashes_and_leaves_nothing(home, source
     assert cache_listing(home) == []  # no partial or temporary file is left behind
     # a stale cached file that no longer matches is downloaded again (and replaced atomically)
     source.write_bytes(PAYLOAD)
-    stale = home / "checkpoints" / "weights.pt"
+    stale = cached_path(url)
+    stale.parent.mkdir(parents=True)
     stale.write_bytes(b"stale")
     assert resolve_weights(url, sha256=DIGEST[:16], progress=False).read_bytes() == PAYLOAD
     assert cache_listing(home) == ["weights.pt"]
