@@ -103,33 +103,6 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
-def _cmd_weights(args: argparse.Namespace) -> int:
-    from . import weights
-    from .checkpoints import cache_dir
-
-    if args.clear is not None:
-        removed = weights.clear(args.clear or None)
-        print(f"removed {len(removed)} cached file{'' if len(removed) == 1 else 's'} from {cache_dir()}")
-        for path in removed:
-            print(f"  {path}")
-        return 0
-    for name in args.fetch or []:
-        entry = weights.get(name)
-        path = weights.converted(name) if entry.kind == "model" else weights.fetch(entry)
-        print(f"{entry.name}: {path}")
-    rows = [
-        (row["name"], ", ".join(row["aliases"]), weights.format_metrics(row["metrics"]), row["cached"])
-        for row in weights.listing()
-    ]
-    header = ("name", "aliases", "published", "cached")
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    for row in [header, *rows]:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
-    mirror = f"; mirror ({weights.MIRROR_ENV}): {weights.mirror_base()}" if weights.mirror_base() else ""
-    print(f"\ncache: {cache_dir()}{mirror}")
-    return 0
-
-
 def _cmd_benchmark(args: argparse.Namespace) -> int:
     from .benchmark.speed import main as bench_main
 
@@ -207,42 +180,6 @@ def _cmd_evaluate_results(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_show_data(args: argparse.Namespace) -> int:
-    from .data.specs import build_dataset
-    from .errors import UserError
-    from .files import atomic_save_image
-    from .visualize import draw_targets
-
-    if args.limit is not None and args.limit < 0:
-        raise UserError(f"--limit must be >= 0, got {args.limit}")
-    dataset = build_dataset(args.spec)
-    count = len(dataset) if args.limit is None else min(args.limit, len(dataset))
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    used: set[str] = set()
-    for index in range(count):
-        sample = dataset[index]
-        name = Path(sample.file_name).stem or str(index)
-        if name in used:
-            name = f"{name}_{index}"
-        used.add(name)
-        skeleton = getattr(dataset, "skeleton", None) or ()  # keypoint datasets: points joined
-        picture = draw_targets(sample.image, sample.targets, dataset.class_names, skeleton=skeleton)
-        atomic_save_image(out / f"{name}.png", picture)
-    print(f"wrote {count} images to {out}")
-    return 0
-
-
-def _cmd_convert_dataset(args: argparse.Namespace) -> int:
-    from .data.specs import build_dataset, write_dataset
-
-    dataset = build_dataset(args.spec)
-    path = write_dataset(dataset, args.output, to=args.to, split=args.split)
-    what = "" if args.to == "coco" else f" ({args.to} folder)"
-    print(f"wrote {path}{what}: {len(dataset)} images, {dataset.num_classes} classes")
-    return 0
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="maskrcnn",
@@ -254,7 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--debug", action="store_true", help="show the Python traceback of errors in the input too"
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    from .engine import commands, conversion, data_check
+    from .engine import commands, conversion, data_check, dataset_commands, weights_command
     from .evaluation import errors_page
 
     p = sub.add_parser(
@@ -336,31 +273,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_evaluate_results)
 
     p = sub.add_parser("show-data", help="draw a dataset's ground truth into PNG files")
-    p.add_argument(
-        "spec",
-        help="dataset spec, e.g. shapes:8, via:DIR, masks:DIR, labelme:DIR, yolo:DIR, coco:ANN.json:IMAGES",
-    )
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--limit", type=int, default=20, help="draw the first N images (default 20)")
-    p.set_defaults(func=_cmd_show_data)
+    dataset_commands.add_show_data_arguments(p)
+    p.set_defaults(func=dataset_commands.cmd_show_data)
 
     p = sub.add_parser(
         "convert-dataset", help="write a dataset as a COCO instances JSON file, or a labelme or YOLO folder"
     )
-    p.add_argument(
-        "spec", help="dataset spec, e.g. via:DIR, masks:DIR, labelme:DIR, yolo:DIR[:SPLIT], shapes:N"
-    )
-    p.add_argument("output", help="the COCO JSON file to write, or (--to labelme, yolo, cvat) the new folder")
-    p.add_argument(
-        "--to",
-        choices=("coco", "labelme", "yolo", "cvat"),
-        default="coco",
-        help="output format (default coco); a labelme, YOLO or CVAT folder must be new or empty",
-    )
-    p.add_argument(
-        "--split", default=None, help="--to yolo: the split to write the images as (default train)"
-    )
-    p.set_defaults(func=_cmd_convert_dataset)
+    dataset_commands.add_convert_dataset_arguments(p)
+    p.set_defaults(func=dataset_commands.cmd_convert_dataset)
 
     p = sub.add_parser(
         "check-data", help="check a dataset as training reads it: every problem, counted, with examples"
@@ -381,17 +301,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "weights", help="list the published weights usable by name (--weights NAME), their AP, cache state"
     )
-    p.add_argument(
-        "--fetch", nargs="+", metavar="NAME", help="download (and convert) these now, for offline use later"
-    )
-    p.add_argument(
-        "--clear",
-        nargs="?",
-        const="",
-        metavar="NAME|URL",
-        help="remove cached files: a name's download and conversion, a URL's download, or (alone) all",
-    )
-    p.set_defaults(func=_cmd_weights)
+    weights_command.add_weights_arguments(p)
+    p.set_defaults(func=weights_command.cmd_weights)
 
     from .engine import export_command
 

@@ -203,7 +203,9 @@ def test_a_bug_keeps_its_traceback(monkeypatch, tmp_path):
     def broken(args):
         _, _ = [1, 2, 3]  # ValueError: too many values to unpack
 
-    monkeypatch.setattr(cli, "_cmd_show_data", broken)
+    from maskrcnn.engine import dataset_commands
+
+    monkeypatch.setattr(dataset_commands, "cmd_show_data", broken)
     with pytest.raises(ValueError, match="too many values to unpack"):
         cli.main(["show-data", "shapes:1", "--out", str(tmp_path)])
     assert not is_user_error(ValueError("x")) and not is_user_error(KeyError("x"))
