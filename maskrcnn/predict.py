@@ -177,10 +177,11 @@ class _Run:
         assert self.out is not None
         path = self.out / "masks" / prefix
         path.parent.mkdir(parents=True, exist_ok=True)
-        masks = det.masks.cpu().numpy()
+        crops = det.mask_crops.to("cpu")  # one image-sized plane at a time, not D of them
         for k, label in enumerate(det.labels.cpu().tolist()):
             name = self.class_names[label - 1] if self.class_names else f"class{label}"
-            Image.fromarray(masks[k].astype(np.uint8) * 255).save(f"{path}_{k}_{_safe(name)}.png")
+            plane = crops.plane(k).numpy()
+            Image.fromarray(plane.astype(np.uint8) * 255).save(f"{path}_{k}_{_safe(name)}.png")
 
     def images(self, items: list[InputItem], batch_size: int, batches: range, bar: JobProgress) -> None:
         """Run the batches `batches` (numbers of batches of `batch_size` of `items`)."""
