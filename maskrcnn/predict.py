@@ -192,7 +192,7 @@ class _Run:
             loaded: list[tuple[int, InputItem, torch.Tensor]] = []
             for index, item in enumerate(items[start : start + batch_size], start):
                 try:
-                    loaded.append((index, item, load_image(item.path)))
+                    loaded.append((index, item, load_image(item.path, keep_uint8=True)))
                 except ImageReadError as e:
                     self.fail(str(item.path), str(e))
             dets = self.predict([image for _, _, image in loaded]) if loaded else []
