@@ -101,6 +101,27 @@ def _blend_masks(rgb: np.ndarray, masks: MaskCrops, colors: np.ndarray, alpha: f
     return out
 
 
+def _paint_masks(
+    canvas: Image.Image, rgb: np.ndarray, masks: MaskCrops, colors: np.ndarray, alpha: float
+) -> None:
+    """`_blend_masks` drawn onto `canvas` (a copy of `rgb`) crop by crop, in bands of rows: the
+    same pixels, with no image-sized array beyond the canvas."""
+    for i in reversed(range(len(masks))):
+        crop = masks.crops[i].numpy()
+        x0, y0 = (int(v) for v in masks.offsets[i])
+        color = colors[i].astype(np.float32)
+        for top in range(0, crop.shape[0], _PAINT_BAND):
+            band = crop[top : top + _PAINT_BAND]
+            if not band.any():
+                continue
+            pixels = rgb[y0 + top : y0 + top + band.shape[0], x0 : x0 + band.shape[1]].astype(np.float32)
+            tinted = np.round(pixels + alpha * (color - pixels)).astype(np.uint8)
+            canvas.paste(Image.fromarray(tinted), (x0, y0 + top), Image.fromarray(band))
+
+
+_PAINT_BAND = 256  # rows of a crop tinted at a time
+
+
 class _Keypoints:
     """Keypoints to draw: (n, J, 2) xy, (n, J) bool shown, and the skeleton's 1-based pairs."""
 
@@ -137,12 +158,13 @@ def _draw_instances(
     h, w = rgb.shape[:2]
     n = len(boxes)
     colors = instance_colors(n)
+    canvas = Image.fromarray(rgb)
     if masks is not None and len(masks):
         if tuple(masks.image_size) != (h, w):
             height, width = masks.image_size
             raise ValueError(f"masks are {height}x{width} but the image is {h}x{w}")
-        rgb = _blend_masks(rgb, masks, colors, alpha)
-    canvas = Image.fromarray(rgb)
+        _paint_masks(canvas, rgb, masks, colors, alpha)
+    del rgb
     draw = ImageDraw.Draw(canvas)
     font = _font(max(10, min(h, w) // 36))
     # Lowest-ranked first, so the best instance's outline and label end up on top.
