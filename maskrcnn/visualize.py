@@ -86,10 +86,14 @@ def _font(size: int) -> Any:
         return ImageFont.load_default()
 
 
-def _blend_masks(rgb: np.ndarray, masks: MaskCrops, colors: np.ndarray, alpha: float) -> np.ndarray:
-    """Tint every masked pixel toward the colour of the first instance covering it (crops painted
-    last to first, each from the original pixels, so the first one's tint stays; no image-sized
-    planes)."""
+def _blend_masks(
+    rgb: np.ndarray, masks: MaskCrops | np.ndarray, colors: np.ndarray, alpha: float
+) -> np.ndarray:
+    """Tint every masked pixel toward the colour of the first instance covering it (crops, or
+    (n, H, W) bool planes, painted last to first, each from the original pixels, so the first
+    one's tint stays)."""
+    if isinstance(masks, np.ndarray):
+        masks = MaskCrops.from_full(torch.from_numpy(np.ascontiguousarray(masks, dtype=bool)))
     out = rgb.copy()
     for i in reversed(range(len(masks))):
         crop = masks.crops[i].numpy()
