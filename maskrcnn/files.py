@@ -137,7 +137,17 @@ def decode_pil(im: Image.Image, *, alpha: Literal["drop", "white"] = "white") ->
         return composite_on_white(np.asarray(im.convert("RGBA")))
     if mode != "RGB":
         im = im.convert("RGB")
-    return np.asarray(im, dtype=np.uint8).copy()
+    return _rgb_array(im)
+
+
+def _rgb_array(im: Image.Image) -> np.ndarray:
+    """An RGB image's (H, W, 3) uint8 pixels, copied band of rows by band (16 MB each), so a
+    large image costs the result and Pillow's own copy, not a third image-sized temporary."""
+    out = np.empty((im.height, im.width, 3), dtype=np.uint8)
+    band = max(1, (1 << 24) // max(1, 3 * im.width))
+    for top in range(0, im.height, band):
+        out[top : top + band] = np.asarray(im.crop((0, top, im.width, min(im.height, top + band))))
+    return out
 
 
 @contextmanager
