@@ -176,6 +176,9 @@ def _image_errors(path: PathLike) -> Iterator[None]:
         raise ImageReadError(f"{path}: {reason} ({text})") from None
 
 
+_EXIF_ORIENTATION = 0x0112  # EXIF tag 274
+
+
 def read_pixels(path: PathLike, *, policy: DecodePolicy) -> np.ndarray:
     """Decode an image file -> (H, W, 3) RGB, uint8 or float32 in [0, 1], under `policy`.
 
@@ -183,7 +186,9 @@ def read_pixels(path: PathLike, *, policy: DecodePolicy) -> np.ndarray:
     """
     with _image_errors(path), Image.open(path) as im:
         im.load()  # decode now: truncated data fails here rather than half-way through a convert
-        return decode_pil(ImageOps.exif_transpose(im) if policy.apply_exif else im, alpha=policy.alpha)
+        # exif_transpose copies the image even when there is nothing to turn: only call it when there is
+        turn = policy.apply_exif and im.getexif().get(_EXIF_ORIENTATION, 1) not in (None, 1)
+        return decode_pil(ImageOps.exif_transpose(im) if turn else im, alpha=policy.alpha)
 
 
 def read_image_size(path: PathLike) -> tuple[int, int]:
