@@ -35,6 +35,7 @@ import json
 import os
 import shutil
 import tempfile
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -142,14 +143,31 @@ def decode_pil(im: Image.Image, *, alpha: Literal["drop", "white"] = "white") ->
         return composite_on_white(np.asarray(im.convert("RGBA")))
     if mode != "RGB":
         im = im.convert("RGB")
-    return np.asarray(im, dtype=np.uint8).copy()
+    return _rgb_array(im)
+
+
+def _rgb_array(im: Image.Image) -> np.ndarray:
+    """An RGB image's (H, W, 3) uint8 pixels, copied band of rows by band (16 MB each), so a
+    large image costs the result and Pillow's own copy, not a third image-sized temporary."""
+    out = np.empty((im.height, im.width, 3), dtype=np.uint8)
+    band = max(1, (1 << 24) // max(1, 3 * im.width))
+    for top in range(0, im.height, band):
+        out[top : top + band] = np.asarray(im.crop((0, top, im.width, min(im.height, top + band))))
+    return out
 
 
 @contextmanager
 def _image_errors(path: PathLike) -> Iterator[None]:
-    """Turn what Pillow raises on a bad image file into an ImageReadError naming the file."""
+    """Turn what Pillow raises on a bad image file into an ImageReadError naming the file.
+
+    Pillow's DecompressionBombWarning (over `Image.MAX_IMAGE_PIXELS`, 89.5 megapixels unless a
+    command sets its own limit) is silenced: the images are the user's own files, a 12000 × 9000
+    photograph is read without that being all the terminal shows; twice the limit is still the
+    DecompressionBombError, reported as "image too large"."""
     try:
-        yield
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            yield
     except FileNotFoundError:
         raise ImageReadError(f"{path}: file not found") from None
     except IsADirectoryError:
@@ -164,6 +182,9 @@ def _image_errors(path: PathLike) -> Iterator[None]:
         raise ImageReadError(f"{path}: {reason} ({text})") from None
 
 
+_EXIF_ORIENTATION = 0x0112  # EXIF tag 274
+
+
 def read_pixels(path: PathLike, *, policy: DecodePolicy) -> np.ndarray:
     """Decode an image file -> (H, W, 3) RGB, uint8 or float32 in [0, 1], under `policy`.
 
@@ -171,7 +192,9 @@ def read_pixels(path: PathLike, *, policy: DecodePolicy) -> np.ndarray:
     """
     with _image_errors(path), Image.open(path) as im:
         im.load()  # decode now: truncated data fails here rather than half-way through a convert
-        return decode_pil(ImageOps.exif_transpose(im) if policy.apply_exif else im, alpha=policy.alpha)
+        # exif_transpose copies the image even when there is nothing to turn: only call it when there is
+        turn = policy.apply_exif and im.getexif().get(_EXIF_ORIENTATION, 1) not in (None, 1)
+        return decode_pil(ImageOps.exif_transpose(im) if turn else im, alpha=policy.alpha)
 
 
 def read_image_size(path: PathLike) -> tuple[int, int]:
@@ -197,10 +220,14 @@ def pixels_to_uint8(pixels: np.ndarray) -> np.ndarray:
     return np.round(pixels.astype(np.float64) * 255.0).astype(np.uint8)
 
 
-def read_image(path: PathLike, *, policy: DecodePolicy) -> torch.Tensor:
+def read_image(path: PathLike, *, policy: DecodePolicy, keep_uint8: bool = False) -> torch.Tensor:
     """An image file -> (3, H, W) float32 RGB in [0, 1], decoded under `policy` (ImageReadError
-    naming the file when it cannot be read)."""
-    return pixels_to_tensor(read_pixels(path, policy=policy))
+    naming the file when it cannot be read). `keep_uint8`: an 8-bit file gives its (3, H, W) uint8
+    pixels instead (a quarter of the memory; the model divides them by 255, the same float values)."""
+    pixels = read_pixels(path, policy=policy)
+    if keep_uint8 and pixels.dtype == np.uint8:
+        return torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1)
+    return pixels_to_tensor(pixels)
 
 
 # ---- atomic writes -----------------------------------------------------------------------------

@@ -121,10 +121,12 @@ def read_checked_image(
     policy: DecodePolicy,
     max_pixels: Optional[int] = None,
     resize=None,
+    keep_uint8: bool = False,
 ) -> torch.Tensor:
     """An image file -> (3, H, W) float32 in [0, 1] (`maskrcnn.files.read_image` under `policy`),
     after its header's size passed `check_image_shape` (`resize`: a function (h, w) -> the model's
-    resized (h, w), or None). ImageShapeError or ImageReadError naming the file."""
+    resized (h, w), or None; `keep_uint8`: as `read_image`). ImageShapeError or ImageReadError
+    naming the file."""
     with pillow_pixel_limit(max_pixels):
         height, width = read_image_size(path)
         check_image_shape(
@@ -134,4 +136,4 @@ def read_checked_image(
             max_pixels=max_pixels,
             resized=resize(height, width) if resize is not None and min(height, width) >= 1 else None,
         )
-        return read_image(path, policy=policy)
+        return read_image(path, policy=policy, keep_uint8=keep_uint8)

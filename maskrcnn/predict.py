@@ -205,11 +205,11 @@ class _Run:
         assert self.out is not None
         path = self.out / "masks" / prefix
         path.parent.mkdir(parents=True, exist_ok=True)
-        masks = det.masks.cpu().numpy()
+        crops = det.mask_crops.to("cpu")  # one image-sized plane at a time, not D of them
         for k, label in enumerate(det.labels.cpu().tolist()):
             name = self.class_names[label - 1] if self.class_names else f"class{label}"
-            mask = Image.fromarray(masks[k].astype(np.uint8) * 255)
-            atomic_save_image(f"{path}_{k}_{_safe(name)}.png", mask)
+            plane = crops.plane(k).numpy()
+            atomic_save_image(f"{path}_{k}_{_safe(name)}.png", Image.fromarray(plane.astype(np.uint8) * 255))
 
     def images(self, items: list[InputItem], batch_size: int, batches: range, bar: JobProgress) -> None:
         """Run the batches `batches` (numbers of batches of `batch_size` of `items`)."""
@@ -232,7 +232,9 @@ class _Run:
         """The image file decoded as displayed, after its header's size passed the thin and
         `max_pixels` checks (`maskrcnn.image_limits`: an ImageShapeError naming the file)."""
         resize = self.predictor.input_size
-        return read_checked_image(path, policy=AS_DISPLAYED, max_pixels=self.max_pixels, resize=resize)
+        return read_checked_image(
+            path, policy=AS_DISPLAYED, max_pixels=self.max_pixels, resize=resize, keep_uint8=True
+        )
 
     def image_outputs(self, index: int, item: InputItem, image: torch.Tensor, det: Detections) -> None:
         records = detections_to_coco(
