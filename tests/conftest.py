@@ -11,7 +11,13 @@ import torch
 
 from tests.helpers import SHARED_DATA, TINY
 
-torch.set_num_threads(max(1, torch.get_num_threads()))
+# under pytest-xdist (pyproject's addopts run two workers) each worker computes with one thread:
+# the two workers fill the two cores, where one process with two threads leaves one idle whenever a
+# test waits for a subprocess, a server or single-threaded Python
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)
+else:
+    torch.set_num_threads(max(1, torch.get_num_threads()))
 
 
 def in_ci() -> bool:
