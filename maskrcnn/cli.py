@@ -39,7 +39,9 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from .distributed import cleanup, init_distributed
     from .inputs import collect_inputs
     from .predict import run_predictions
+    from .tiling import tile_settings
 
+    tile = tile_settings(args)
     items, problems = collect_inputs(args.inputs, glob=args.glob)
     model = load(args.weights)
     set_precision(model, args.precision, args.device)
@@ -57,6 +59,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             overlays=not args.no_overlays,
             progress=not args.no_progress,
             dist=dist,
+            tile=tile,
         )
     finally:
         cleanup(dist)
@@ -121,7 +124,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from .data.specs import build_dataset
     from .distributed import cleanup, init_distributed
     from .evaluation.coco_eval import evaluate_model
+    from .tiling import tile_settings
 
+    tile = tile_settings(args)
     dataset = build_dataset(args.data)
     model = load(args.weights)
     set_precision(model, args.precision, args.device)
@@ -136,6 +141,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             progress=not args.no_progress,
             dist=dist,
             shares=shares,
+            tile=tile,
         )
     finally:
         cleanup(dist)
@@ -207,6 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--debug", action="store_true", help="show the Python traceback of errors in the input too"
     )
     sub = parser.add_subparsers(dest="command", required=True)
+    from . import tiling
     from .engine import commands, conversion, data_check
 
     p = sub.add_parser(
@@ -233,6 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--glob", default=None, help="pattern for files in folder inputs (default: image files)")
     p.add_argument("--save-masks", action="store_true", help="also write one PNG per detected instance")
     p.add_argument("--no-overlays", action="store_true", help="do not draw overlay images")
+    tiling.add_tile_arguments(p)
     add_precision_argument(p)
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("inputs", nargs="+", help="image files, folders (searched recursively) and video files")
@@ -248,6 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="report folder")
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--device", default="cpu")
+    tiling.add_tile_arguments(p)
     add_precision_argument(p)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_cmd_evaluate)

@@ -54,6 +54,7 @@ from .model import MaskRCNN
 from .predict_records import detection_records, detections_to_coco, encode_masks, image_id_for
 from .predictor import Predictor, resolve_classes
 from .structures import Detections
+from .tiling import TileSettings
 
 __all__ = [
     "PredictReport",
@@ -134,8 +135,9 @@ class _Run:
         overlays: bool,
         save_masks: bool,
         progress: bool,
+        tile: TileSettings | None = None,
     ):
-        self.predictor, self.out = predictor, out
+        self.predictor, self.out, self.tile = predictor, out, tile
         self.score_thresh, self.classes = score_thresh, classes
         self.overlays, self.save_masks, self.progress = overlays and out is not None, save_masks, progress
         self.class_names = predictor.class_names
@@ -166,7 +168,8 @@ class _Run:
         self.report = self.parts[position] = PredictReport()
 
     def predict(self, images: list[torch.Tensor]) -> list[Detections]:
-        return self.predictor.predict(images, score_thresh=self.score_thresh, classes=self.classes)
+        options = {} if self.tile is None else {"tile": self.tile, "progress": self.progress}
+        return self.predictor.predict(images, score_thresh=self.score_thresh, classes=self.classes, **options)
 
     def draw(self, image: torch.Tensor, det: Detections) -> Image.Image:
         from .visualize import draw_detections
@@ -287,6 +290,7 @@ def run_predictions(
     overlays: bool = True,
     progress: bool = True,
     dist: DistInfo | None = None,
+    tile: TileSettings | None = None,
 ) -> PredictReport:
     """Predict on image and video inputs and write the outputs described in the module docstring
     (predictions.json included, when `out` is given). Unreadable inputs are skipped and listed in
@@ -295,7 +299,9 @@ def run_predictions(
 
     `dist` (`maskrcnn.distributed.init_distributed` under torchrun): this process runs its share
     (on `cuda:LOCAL_RANK` for a CUDA device) and returns it; rank 0 returns the whole job's report,
-    with `shares`, and writes predictions.json and shards.json. Progress: one bar, on rank 0."""
+    with `shares`, and writes predictions.json and shards.json. Progress: one bar, on rank 0.
+    `tile`: tiled inference on every image and video frame (`maskrcnn.tiling`), with a bar over the
+    tiles of large images when showing progress."""
     if batch_size < 1:
         raise UserError(f"batch size must be >= 1, got {batch_size}")
     if score_thresh is not None and not 0.0 <= score_thresh <= 1.0:
@@ -319,6 +325,7 @@ def run_predictions(
         overlays=overlays,
         save_masks=save_masks,
         progress=progress,
+        tile=tile,
     )
     images = [i for i in items if i.kind == "image"]
     videos = [i for i in items if i.kind == "video"]
