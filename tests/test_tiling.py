@@ -4,6 +4,8 @@ of a 6000x4000 image; and `Predictor.predict(..., tile=)` against untiled runs o
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -220,3 +222,37 @@ def test_tiles_without_overlap_are_the_model_on_each_tile_shifted(predictor, sha
     assert torch.equal(tiled.boxes, expected[order]) and torch.equal(tiled.scores, scores[order])
     right_masks = tiled.masks[:, :, 128:][order >= len(parts[0])]
     assert torch.equal(right_masks, parts[1].masks[order[order >= len(parts[0])] - len(parts[0])])
+
+
+def test_predict_and_evaluate_commands_tile(predictor, tiny_weights, shared_data, tmp_path, capsys):
+    from maskrcnn import cli
+    from maskrcnn.data.shapes import ShapesDataset
+    from maskrcnn.predict_records import detections_to_coco
+
+    photo = shared_data / "coco-mini/val2017/000000000139.jpg"
+    args = ["predict", "--no-progress", "--no-overlays", "--weights", str(tiny_weights), str(photo)]
+    tiled = ["--tile", "480", "--tile-overlap", "0.25", "--tile-merge", "nms"]  # 2 tiles of 480 x 480
+    assert cli.main([*args, "--out", str(tmp_path / "tiled"), *tiled]) == 0
+    det = predictor.predict([photo], tile=TileSettings(480, overlap=0.25, merge="nms"))[0]
+    ids = predictor.category_ids
+    expected = detections_to_coco(det, image_id=139, file_name=photo.name, category_ids=ids)
+    assert json.loads((tmp_path / "tiled" / "predictions.json").read_text()) == expected
+    assert len(det) > len(predictor.predict([photo])[0])  # 2 tiles find more than the 5 of one image
+    # the tile options without --tile, and a bad size: one error line each, nothing written
+    for bad, message in (
+        (["--tile-merge", "nms"], "--tile-merge needs --tile SIZE"),
+        (["--tile", "8"], "tile size"),
+    ):
+        capsys.readouterr()
+        assert cli.main([*args, "--out", str(tmp_path / "bad"), *bad]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and message in err and err.count("\n") == 1
+    assert not (tmp_path / "bad").exists()
+    # evaluate --tile: the detections are the tiled predictions of the dataset's images
+    out = tmp_path / "eval"
+    spec = ["--data", "shapes:1:5", "--out", str(out), "--weights", str(tiny_weights), "--no-progress"]
+    assert cli.main(["evaluate", *spec, "--tile", "100", "--tile-full-image"]) == 0  # 4 tiles + the image
+    records = json.loads((out / "detections.json").read_text())
+    det = predictor.predict([ShapesDataset(1, seed=5)[0].image], tile=TileSettings(100, full_image=True))[0]
+    assert len(records) == len(det) > 5
+    assert [r["score"] for r in records] == [round(s, 5) for s in det.scores.tolist()]
