@@ -32,6 +32,7 @@ import json
 import os
 import shutil
 import tempfile
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -141,9 +142,16 @@ def decode_pil(im: Image.Image, *, alpha: Literal["drop", "white"] = "white") ->
 
 @contextmanager
 def _image_errors(path: PathLike) -> Iterator[None]:
-    """Turn what Pillow raises on a bad image file into an ImageReadError naming the file."""
+    """Turn what Pillow raises on a bad image file into an ImageReadError naming the file.
+
+    Pillow's DecompressionBombWarning (over `Image.MAX_IMAGE_PIXELS`, 89.5 megapixels unless a
+    command sets its own limit) is silenced: the images are the user's own files, a 12000 × 9000
+    photograph is read without that being all the terminal shows; twice the limit is still the
+    DecompressionBombError, reported as "image too large"."""
     try:
-        yield
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            yield
     except FileNotFoundError:
         raise ImageReadError(f"{path}: file not found") from None
     except IsADirectoryError:

@@ -56,13 +56,17 @@ VIDEO_SUFFIXES = frozenset({".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".m
 # ---- decoding ----------------------------------------------------------------------------------
 
 
-def load_image(path: str | os.PathLike) -> torch.Tensor:
+def load_image(path: str | os.PathLike, *, keep_uint8: bool = False) -> torch.Tensor:
     """An image file -> (3, H, W) float32 RGB in [0, 1], as displayed (EXIF orientation applied,
-    transparency over white).
+    transparency over white). `keep_uint8`: an 8-bit file gives its (3, H, W) uint8 pixels instead
+    (a quarter of the memory; the model divides them by 255, the same float values).
 
     Raises ImageReadError (a ValueError) naming the file when it is missing, not an image or corrupt.
     """
-    return pixels_to_tensor(read_pixels(path, policy=AS_DISPLAYED))
+    pixels = read_pixels(path, policy=AS_DISPLAYED)
+    if keep_uint8 and pixels.dtype == np.uint8:
+        return torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1)
+    return pixels_to_tensor(pixels)
 
 
 def read_rgb(path: str | os.PathLike) -> np.ndarray:

@@ -180,10 +180,11 @@ class _Run:
         assert self.out is not None
         path = self.out / "masks" / prefix
         path.parent.mkdir(parents=True, exist_ok=True)
-        masks = det.masks.cpu().numpy()
+        crops = det.mask_crops.to("cpu")  # one image-sized plane at a time, not D of them
         for k, label in enumerate(det.labels.cpu().tolist()):
             name = self.class_names[label - 1] if self.class_names else f"class{label}"
-            Image.fromarray(masks[k].astype(np.uint8) * 255).save(f"{path}_{k}_{_safe(name)}.png")
+            plane = crops.plane(k).numpy()
+            Image.fromarray(plane.astype(np.uint8) * 255).save(f"{path}_{k}_{_safe(name)}.png")
 
     def images(self, items: list[InputItem], batch_size: int, batches: range, bar: JobProgress) -> None:
         """Run the batches `batches` (numbers of batches of `batch_size` of `items`)."""
@@ -194,7 +195,7 @@ class _Run:
             loaded: list[tuple[int, InputItem, torch.Tensor]] = []
             for index, item in enumerate(items[start : start + batch_size], start):
                 try:
-                    loaded.append((index, item, load_image(item.path)))
+                    loaded.append((index, item, load_image(item.path, keep_uint8=True)))
                 except ImageReadError as e:
                     self.fail(str(item.path), str(e))
             dets = self.predict([image for _, _, image in loaded]) if loaded else []

@@ -59,8 +59,9 @@ def detection_records(det: Detections, *, category_ids: Sequence[int] | None = N
                 "score": round(float(score), 5),
             }
         )
-    if det.masks is not None:
-        for record, rle in zip(records, encode_masks(det.masks)):
+    crops = det.mask_crops
+    if crops is not None:  # from the crops: no image-sized planes (same bytes as encode_masks)
+        for record, rle in zip(records, crops.to("cpu").rle()):
             record["segmentation"] = rle
     if det.keypoints is not None:
         flat = det.keypoints.detach().cpu().flatten(1).tolist()

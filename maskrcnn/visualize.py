@@ -27,7 +27,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from .inputs import as_rgb_uint8
-from .structures import Detections, Targets
+from .structures import Detections, MaskCrops, Targets
 
 __all__ = [
     "draw_detections",
@@ -86,16 +86,44 @@ def _font(size: int) -> Any:
         return ImageFont.load_default()
 
 
-def _blend_masks(rgb: np.ndarray, masks: np.ndarray, colors: np.ndarray, alpha: float) -> np.ndarray:
-    """Tint every masked pixel toward the colour of the first instance covering it."""
+def _blend_masks(
+    rgb: np.ndarray, masks: MaskCrops | np.ndarray, colors: np.ndarray, alpha: float
+) -> np.ndarray:
+    """Tint every masked pixel toward the colour of the first instance covering it (crops, or
+    (n, H, W) bool planes, painted last to first, each from the original pixels, so the first
+    one's tint stays)."""
+    if isinstance(masks, np.ndarray):
+        masks = MaskCrops.from_full(torch.from_numpy(np.ascontiguousarray(masks, dtype=bool)))
     out = rgb.copy()
-    if len(masks) == 0:
-        return out
-    covered = masks.any(axis=0)
-    owner = masks.argmax(axis=0)[covered]
-    pixels = rgb[covered].astype(np.float32)
-    out[covered] = np.round(pixels + alpha * (colors[owner].astype(np.float32) - pixels)).astype(np.uint8)
+    for i in reversed(range(len(masks))):
+        crop = masks.crops[i].numpy()
+        x0, y0 = (int(v) for v in masks.offsets[i])
+        window = (slice(y0, y0 + crop.shape[0]), slice(x0, x0 + crop.shape[1]))
+        pixels = rgb[window][crop].astype(np.float32)
+        tinted = np.round(pixels + alpha * (colors[i].astype(np.float32) - pixels)).astype(np.uint8)
+        out[window][crop] = tinted
     return out
+
+
+def _paint_masks(
+    canvas: Image.Image, rgb: np.ndarray, masks: MaskCrops, colors: np.ndarray, alpha: float
+) -> None:
+    """`_blend_masks` drawn onto `canvas` (a copy of `rgb`) crop by crop, in bands of rows: the
+    same pixels, with no image-sized array beyond the canvas."""
+    for i in reversed(range(len(masks))):
+        crop = masks.crops[i].numpy()
+        x0, y0 = (int(v) for v in masks.offsets[i])
+        color = colors[i].astype(np.float32)
+        for top in range(0, crop.shape[0], _PAINT_BAND):
+            band = crop[top : top + _PAINT_BAND]
+            if not band.any():
+                continue
+            pixels = rgb[y0 + top : y0 + top + band.shape[0], x0 : x0 + band.shape[1]].astype(np.float32)
+            tinted = np.round(pixels + alpha * (color - pixels)).astype(np.uint8)
+            canvas.paste(Image.fromarray(tinted), (x0, y0 + top), Image.fromarray(band))
+
+
+_PAINT_BAND = 256  # rows of a crop tinted at a time
 
 
 class _Keypoints:
@@ -125,7 +153,7 @@ class _Keypoints:
 def _draw_instances(
     image: ImageLike,
     boxes: np.ndarray,
-    masks: Optional[np.ndarray],
+    masks: Optional[MaskCrops],
     texts: list[str],
     alpha: float,
     keypoints: Optional[_Keypoints] = None,
@@ -134,11 +162,13 @@ def _draw_instances(
     h, w = rgb.shape[:2]
     n = len(boxes)
     colors = instance_colors(n)
-    if masks is not None and len(masks):
-        if masks.shape[1:] != (h, w):
-            raise ValueError(f"masks are {masks.shape[1]}x{masks.shape[2]} but the image is {h}x{w}")
-        rgb = _blend_masks(rgb, masks, colors, alpha)
     canvas = Image.fromarray(rgb)
+    if masks is not None and len(masks):
+        if tuple(masks.image_size) != (h, w):
+            height, width = masks.image_size
+            raise ValueError(f"masks are {height}x{width} but the image is {h}x{w}")
+        _paint_masks(canvas, rgb, masks, colors, alpha)
+    del rgb
     draw = ImageDraw.Draw(canvas)
     font = _font(max(10, min(h, w) // 36))
     # Lowest-ranked first, so the best instance's outline and label end up on top.
@@ -176,10 +206,13 @@ def _name(label: int, class_names: Optional[Sequence[str]]) -> str:
     return f"class {label}"
 
 
-def _masks_array(masks: Optional[torch.Tensor]) -> Optional[np.ndarray]:
-    if masks is None or masks.numel() == 0:
+def _crops_of(masks: Optional[torch.Tensor | MaskCrops]) -> Optional[MaskCrops]:
+    """Masks to draw, as CPU crops: (n, H, W) planes (views of them) or crops; None when there are none."""
+    if masks is None or len(masks) == 0:
         return None
-    return masks.detach().cpu().numpy().astype(bool, copy=False)
+    if isinstance(masks, MaskCrops):
+        return masks.to("cpu")
+    return MaskCrops.from_full(masks.detach().cpu())
 
 
 def _keypoints_of(
@@ -211,7 +244,7 @@ def draw_detections(
     texts = [f"{_name(int(lab), class_names)} {s:.2f}" for lab, s in zip(labels, scores)]
     keypoints = _keypoints_of(shown.keypoints, skeleton, keypoint_thresh)
     boxes = shown.boxes.detach().numpy()
-    return _draw_instances(image, boxes, _masks_array(shown.masks), texts, alpha, keypoints)
+    return _draw_instances(image, boxes, _crops_of(shown.mask_crops), texts, alpha, keypoints)
 
 
 def draw_targets(
@@ -228,7 +261,7 @@ def draw_targets(
     texts = [_name(int(lab), class_names) for lab in targets.labels.cpu().tolist()]
     boxes = targets.boxes.detach().cpu().numpy()
     keypoints = _keypoints_of(targets.keypoints, skeleton, 0.0)
-    return _draw_instances(image, boxes, _masks_array(targets.masks), texts, alpha, keypoints)
+    return _draw_instances(image, boxes, _crops_of(targets.masks), texts, alpha, keypoints)
 
 
 # ---- precision-recall plot -------------------------------------------------------------------------

@@ -129,11 +129,12 @@ def _enlarged(image, instances, factor: int):
 
     big = F.interpolate(image[None], scale_factor=factor, mode="nearest")[0]
     changes = {"boxes": instances.boxes * factor}
-    if instances.masks is not None and len(instances.masks):
-        masks = F.interpolate(instances.masks[None].float(), scale_factor=factor, mode="nearest")[0] > 0.5
+    planes = instances.masks  # read once: Detections build their planes from crops on each read
+    if planes is not None and len(planes):
+        masks = F.interpolate(planes[None].float(), scale_factor=factor, mode="nearest")[0] > 0.5
         changes["masks"] = masks
-    elif instances.masks is not None:  # interpolate refuses empty inputs
-        changes["masks"] = instances.masks.new_zeros((0, *big.shape[-2:]))
+    elif planes is not None:  # interpolate refuses empty inputs
+        changes["masks"] = planes.new_zeros((0, *big.shape[-2:]))
     if instances.keypoints is not None:
         keypoints = instances.keypoints.clone()
         keypoints[..., :2] *= factor

@@ -6,7 +6,7 @@ command's `--weights model.onnx` run it like the PyTorch model.
     detections = model.predict([image])              # image: (3, H, W) float in [0, 1] or uint8
 
 One image per session run (the graph takes one image); the 28×28 mask probabilities are pasted
-into the image outside the graph with `maskrcnn.model.mask_paste.paste_masks`, and keypoint
+into the image outside the graph with `maskrcnn.model.mask_paste.paste_mask_crops`, and keypoint
 heatmaps decoded with `maskrcnn.model.keypoint_branch.decode_keypoints` in the model's input frame
 then scaled to the image, as `predict` does.
 Shapes: D detections, (H, W) the image's size, M the mask resolution, J keypoints, S heatmap side.
@@ -25,7 +25,7 @@ from torch import Tensor
 from ..config import Config, from_dict
 from ..errors import UserError
 from ..model.keypoint_branch import decode_keypoints
-from ..model.mask_paste import paste_masks
+from ..model.mask_paste import paste_mask_crops
 from ..model.preprocess import padded_shape, resized_shape
 from ..ops.boxes import scale_boxes
 from ..ops.keypoints import scale_keypoints
@@ -140,7 +140,7 @@ class OnnxModel:
             det = Detections(boxes=out["boxes"], scores=out["scores"], labels=out["labels"])
             if "mask_probs" in out:
                 det.mask_probs = out["mask_probs"]
-                det.masks = paste_masks(
+                det.masks = paste_mask_crops(
                     det.mask_probs,
                     det.boxes,
                     (int(image.shape[-2]), int(image.shape[-1])),

@@ -156,8 +156,7 @@ def _mask_row(ins: Inspection, j: int, color: np.ndarray, vmax: float, original:
     cell = max(1, MASK_CELL // m)
     heat_img = Image.fromarray(heat).resize((m * cell, m * cell), Image.NEAREST)
     # crop of the original image around the box, with the pasted mask tinted
-    mask = det.masks[j].numpy().astype(bool)
-    rgb = _blend_masks(original, mask[None], color[None], 0.55)
+    rgb = _blend_masks(original, det.mask_crops.select([j]).to("cpu"), color[None], 0.55)
     x1, y1, x2, y2 = det.boxes[j].tolist()
     pad_x, pad_y = 0.15 * (x2 - x1) + 4, 0.15 * (y2 - y1) + 4
     H, W = ins.original_size
@@ -182,7 +181,7 @@ def _mask_row(ins: Inspection, j: int, color: np.ndarray, vmax: float, original:
         f"RoI pooled from {ins.pooled_level_names[int(ins.det_levels[j])]}",
         f"logits {logits.min():.2f} … {logits.max():.2f}",
         f"{int((logits > 0).sum())} of {m * m} cells > 0",
-        f"pasted mask: {int(mask.sum()):,} px",
+        f"pasted mask: {int(det.mask_crops.crops[j].sum()):,} px",
     ]
     for k, line in enumerate(lines):
         draw.text((x, 32 + 20 * k), line, fill=canvas.BLACK, font=font)
@@ -217,9 +216,9 @@ def draw_masks(ins: Inspection) -> Picture:
                 "level": ins.pooled_level_names[int(ins.det_levels[j])],
                 "logit_min": round(float(ins.mask_logits[j].min()), 4),
                 "logit_max": round(float(ins.mask_logits[j].max()), 4),
-                "mask_pixels": int(det.masks[j].sum()),
+                "mask_pixels": int(pixels[j]),
             }
-            for j in range(n)
+            for j, pixels in zip(range(n), det.mask_crops.area().tolist())
         ]
     }
     return canvas.stack([bar, body], gap=10), title, caption, stats

@@ -27,7 +27,7 @@ def draw_all(ins: Inspection, out: Path) -> tuple[list[dict], dict]:
     pre, post = draw_rpn(ins)
     stages += [("rpn_pre_nms", pre), ("rpn_post_nms", post)]
     stages += [("roi_levels", draw_roi_levels(ins)), ("box_refinement", draw_refinement(ins))]
-    if ins.detections.masks is not None:  # a model with the mask branch
+    if ins.detections.mask_crops is not None:  # a model with the mask branch
         stages.append(("mask_logits", draw_masks(ins)))
     if ins.detections.keypoints is not None:  # a model with the keypoint branch
         stages.append(("keypoint_heatmaps", draw_keypoint_heatmaps(ins)))

@@ -200,4 +200,4 @@ class KeypointBranch(nn.Module):
         self, det: Detections, *, input_size: tuple[int, int], original_size: tuple[int, int]
     ) -> Detections:
         assert det.keypoints is not None, "predict() fills keypoints before to_original()"
-        return dataclasses.replace(det, keypoints=scale_keypoints(det.keypoints, input_size, original_size))
+        return det.replace(keypoints=scale_keypoints(det.keypoints, input_size, original_size))

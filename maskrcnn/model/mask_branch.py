@@ -7,8 +7,8 @@ Shapes: R+ positive RoIs over the batch, C mask channels (see `mask_channel`), M
     training:  positive RoIs --pooler (14×14)--> head --> (R+, C, M, M); targets: each RoI's
                ground-truth mask RoIAligned to M×M; loss: per-pixel binary cross-entropy (§3)
     inference: detection boxes --> (D, C, M, M) --> the detected class's probabilities (D, M, M),
-               then pasted into the original image at the detection's box (D, H, W) bool
-               (`mask_paste.paste_masks`)
+               then pasted into the original image at the detection's box, kept as the crop
+               inside the box (`MaskCrops`; `mask_paste.paste_mask_crops`)
 
 `mask_loss` "sigmoid" is the paper's; "softmax" its multinomial ablation (background + K channels,
 per-pixel cross-entropy). This module is the one place that knows the difference: the channel
@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from ..ops.roi_align import roi_align
 from ..structures import Detections, Targets
-from .mask_paste import paste_masks
+from .mask_paste import paste_mask_crops, paste_masks
 from .roi_pooler import MultiScaleRoIPooler
 from .targets import PositiveRoIs
 from .traceable import count
@@ -129,6 +129,10 @@ class MaskBranch(nn.Module):
         self.threshold = threshold
         self.paste = paste  # torchvision | detectron2: see mask_paste.paste_masks
 
+    # True: masks pasted as crops inside their boxes (memory follows the boxes); False: as full
+    # (D, H, W) planes, the path before crops, kept for comparisons (same masks, bit for bit)
+    paste_crops = True
+
     @property
     def resolution(self) -> int:
         """M: the side of the predicted masks (the deconvolution doubles the pooled size)."""
@@ -182,9 +186,10 @@ class MaskBranch(nn.Module):
     def to_original(
         self, det: Detections, *, input_size: tuple[int, int], original_size: tuple[int, int]
     ) -> Detections:
-        """Pastes `mask_probs` into the original image at the (already rescaled) boxes -> `masks`."""
+        """Pastes `mask_probs` into the original image at the (already rescaled) boxes -> `masks`,
+        kept as `MaskCrops` (each mask inside its box; `det.masks` builds the planes on demand), or
+        as full planes when `paste_crops` is False (the same masks, D × H × W bytes)."""
         assert det.mask_probs is not None, "predict() fills mask_probs before to_original()"
-        masks = paste_masks(
-            det.mask_probs, det.boxes, original_size, threshold=self.threshold, mode=self.paste
-        )
-        return dataclasses.replace(det, masks=masks)
+        paste = paste_mask_crops if self.paste_crops else paste_masks
+        masks = paste(det.mask_probs, det.boxes, original_size, threshold=self.threshold, mode=self.paste)
+        return det.replace(masks=masks)

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from ..structures import Detections, ImageBatch, Proposals, Targets
-from .preprocess import Preprocessor, padded_shape
+from .preprocess import BY_CHANNEL_PIXELS, Preprocessor, padded_shape
 from .roi_heads import RoIHeads
 from .rpn import RegionProposalNetwork
 
@@ -155,6 +155,6 @@ def _check_targets(t: Targets, index: int) -> None:
 def _as_float_image(image: Tensor, index: int) -> Tensor:
     if not isinstance(image, Tensor):
         raise TypeError(f"image {index}: expected a torch.Tensor (3, H, W), got {type(image).__name__}")
-    if image.dtype == torch.uint8:
+    if image.dtype == torch.uint8 and image.shape[-2] * image.shape[-1] <= BY_CHANNEL_PIXELS:
         return image.float() / 255.0
-    return image
+    return image  # a large uint8 image: the preprocessor converts it one channel at a time
