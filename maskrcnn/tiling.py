@@ -11,8 +11,9 @@ The pure steps, each usable on its own:
   px spread evenly from one edge to the other, n the fewest whose overlap is at least
   `overlap * size` (a side no longer than `size` is one tile).
 - `shift_pieces(det, window=)`: one tile's Detections (tile pixels) -> `Pieces` in image pixels:
-  boxes and keypoints shifted by the tile's origin, each mask kept as the crop of its own pixels'
-  bounding rectangle with its offset (no full-image plane), and the tile as the piece's window.
+  boxes and keypoints shifted by the tile's origin, each mask kept as a crop (the mask branch's
+  `MaskCrops`, cut to the rectangle of its own pixels) with its offset, never a full-image plane,
+  and the tile as the piece's window.
 - `merge_pieces(pieces, mode=, thresh=)`: two pieces of the same class from different windows
   match when, inside the part of the image both windows see (the overlap strip of two tiles; the
   tile, for a detection of the whole image run with `full_image`), their masks overlap with
@@ -23,7 +24,8 @@ The pure steps, each usable on its own:
   best piece of each group as it is. Comparing inside the shared part only is what finds the
   halves of a cut object: each tile sees the object's part in the strip whole, whatever its part
   outside, while two neighbouring objects differ there.
-- `assemble(pieces, image_size=)`: Pieces -> Detections, best first, masks as a (D, H, W) plane.
+- `assemble(pieces, image_size=)`: Pieces -> Detections, best first, masks as `MaskCrops`: memory
+  grows with the objects' areas, not with D x H x W (a merged mask is the crop of its union).
 
 `TileSettings` holds the options (`maskrcnn predict --tile SIZE --tile-overlap 0.2 --tile-merge
 merge|nms --tile-full-image`); `Predictor.predict(..., tile=TileSettings(1024))` runs it all
@@ -42,7 +44,7 @@ import torch
 from torch import Tensor
 
 from .errors import UserError
-from .structures import Detections
+from .structures import Detections, MaskCrops
 
 __all__ = [
     "MERGE_MODES",
@@ -191,20 +193,16 @@ class Pieces:
         )
 
 
-def _mask_rects(masks: Tensor) -> Tensor:
-    """(D, h, w) bool -> (D, 4) int64 bounding rectangles (x0, y0, x1, y1) of the True pixels;
-    (0, 0, 0, 0) for an empty mask."""
-    _, h, w = masks.shape
-    cols, rows = masks.any(dim=1), masks.any(dim=2)  # (D, w), (D, h)
-    xs = torch.arange(w, device=masks.device)
-    ys = torch.arange(h, device=masks.device)
-    x0 = torch.where(cols, xs, w).amin(dim=1)
-    x1 = torch.where(cols, xs + 1, 0).amax(dim=1)
-    y0 = torch.where(rows, ys, h).amin(dim=1)
-    y1 = torch.where(rows, ys + 1, 0).amax(dim=1)
-    rects = torch.stack([x0, y0, x1, y1], dim=1).to(torch.int64)
-    empty = ~cols.any(dim=1)
-    return torch.where(empty[:, None], torch.zeros_like(rects), rects)
+def _tight(crop: Tensor, x0: int, y0: int) -> tuple[list[int], Tensor]:
+    """A crop placed at (x0, y0) -> (the rectangle of its True pixels, the crop cut to it); an
+    empty mask gives the empty rectangle (0, 0, 0, 0) and a 0 x 0 crop."""
+    rows, cols = crop.any(dim=1), crop.any(dim=0)
+    if not bool(rows.any()):
+        return [0, 0, 0, 0], crop.new_zeros((0, 0))
+    r = rows.nonzero().flatten()
+    c = cols.nonzero().flatten()
+    top, bottom, left, right = int(r[0]), int(r[-1]) + 1, int(c[0]), int(c[-1]) + 1
+    return [x0 + left, y0 + top, x0 + right, y0 + bottom], crop[top:bottom, left:right]
 
 
 def shift_pieces(det: Detections, *, window: tuple[int, int, int, int]) -> Pieces:
@@ -220,12 +218,13 @@ def shift_pieces(det: Detections, *, window: tuple[int, int, int, int]) -> Piece
         keypoints[..., 0] += x0
         keypoints[..., 1] += y0
     rects = crops = None
-    if det.masks is not None:
-        masks = det.masks.bool()
-        local = _mask_rects(masks)
-        crops = [masks[i, r[1] : r[3], r[0] : r[2]].clone() for i, r in enumerate(local.tolist())]
-        nonempty = (local[:, 2] > local[:, 0])[:, None]
-        rects = torch.where(nonempty, local + torch.tensor([x0, y0, x0, y0], device=device), local)
+    masks = det.mask_crops  # crops (the mask branch's own), or planes given as crops at (0, 0)
+    if masks is not None:
+        placed = [
+            _tight(c.bool(), x0 + ox, y0 + oy) for c, (ox, oy) in zip(masks.crops, masks.offsets.tolist())
+        ]
+        rects = torch.tensor([r for r, _ in placed], dtype=torch.int64, device=device).reshape(-1, 4)
+        crops = [c for _, c in placed]
     return Pieces(
         boxes=det.boxes + offset,
         scores=det.scores,
@@ -354,16 +353,13 @@ def merge_pieces(pieces: Pieces, *, mode: str = "merge", thresh: float = 0.5, me
 
 
 def assemble(pieces: Pieces, *, image_size: tuple[int, int]) -> Detections:
-    """Pieces -> Detections of the image (height, width), best first; masks pasted as (D, H, W)."""
+    """Pieces -> Detections of the image (height, width), best first, masks kept as `MaskCrops`
+    (no (D, H, W) planes unless `masks` is read)."""
     order = torch.argsort(pieces.scores, descending=True, stable=True).tolist()
     p = pieces.take(order)
     masks = None
     if p.crops is not None and p.rects is not None:
-        h, w = image_size
-        masks = torch.zeros((len(p), h, w), dtype=torch.bool, device=p.boxes.device)
-        for k, (crop, r) in enumerate(zip(p.crops, p.rects.tolist())):
-            if _area(r) > 0:
-                masks[k, r[1] : r[3], r[0] : r[2]] = crop
+        masks = MaskCrops(list(p.crops), p.rects[:, :2].clone(), (int(image_size[0]), int(image_size[1])))
     return Detections(boxes=p.boxes, scores=p.scores, labels=p.labels, masks=masks, keypoints=p.keypoints)
 
 

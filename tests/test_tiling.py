@@ -176,6 +176,10 @@ def test_one_object_cut_by_four_tiles_of_a_6000x4000_image():
     merged = predict_tiled(segmenter, image, settings, batch_size=8)
     assert set(segmenter.shapes) == {(1024, 1024)} and len(segmenter.shapes) == len(grid)
     assert len(merged) == 1
+    assert tuple(merged.mask_crops.crops[0].shape) == (
+        2 * r,
+        2 * r,
+    )  # the union as a crop, no 6000x4000 plane
     inter = (merged.masks[0] & disc).sum().item()
     iou = inter / (merged.masks[0] | disc).sum().item()
     assert iou >= 0.9
