@@ -347,14 +347,15 @@ def merge_pieces(pieces: Pieces, *, mode: str = "merge", thresh: float = 0.5, me
         best.boxes[k] = torch.cat([members[:, :2].amin(dim=0), members[:, 2:].amax(dim=0)])
         if pieces.crops is not None and best.crops is not None and best.rects is not None:
             rect, crop = _union(pieces, group)
-            best.rects[k] = torch.tensor(rect, dtype=torch.int64)
+            best.rects[k] = torch.tensor(rect, dtype=torch.int64, device=best.rects.device)
             best.crops[k] = crop
     return best
 
 
 def assemble(pieces: Pieces, *, image_size: tuple[int, int]) -> Detections:
     """Pieces -> Detections of the image (height, width), best first, masks kept as `MaskCrops`
-    (no (D, H, W) planes unless `masks` is read)."""
+    (no (D, H, W) planes unless `masks` is read). Tiled detections have no `mask_probs` and
+    `proposal_index` (they belong to a tile's frame and proposals, and a merged one to several)."""
     order = torch.argsort(pieces.scores, descending=True, stable=True).tolist()
     p = pieces.take(order)
     masks = None

@@ -228,9 +228,10 @@ def test_tiles_without_overlap_are_the_model_on_each_tile_shifted(predictor, sha
     assert torch.equal(right_masks, parts[1].masks[order[order >= len(parts[0])] - len(parts[0])])
 
 
-def test_predict_and_evaluate_commands_tile(predictor, tiny_weights, shared_data, tmp_path, capsys):
+def test_predict_command_and_evaluation_tile(predictor, tiny_weights, shared_data, tmp_path, capsys):
     from maskrcnn import cli
     from maskrcnn.data.shapes import ShapesDataset
+    from maskrcnn.evaluation.coco_eval import evaluate_model
     from maskrcnn.predict_records import detections_to_coco
 
     photo = shared_data / "coco-mini/val2017/000000000139.jpg"
@@ -252,11 +253,28 @@ def test_predict_and_evaluate_commands_tile(predictor, tiny_weights, shared_data
         err = capsys.readouterr().err
         assert err.startswith("error: ") and message in err and err.count("\n") == 1
     assert not (tmp_path / "bad").exists()
-    # evaluate --tile: the detections are the tiled predictions of the dataset's images
-    out = tmp_path / "eval"
-    spec = ["--data", "shapes:1:5", "--out", str(out), "--weights", str(tiny_weights), "--no-progress"]
-    assert cli.main(["evaluate", *spec, "--tile", "100", "--tile-full-image"]) == 0  # 4 tiles + the image
-    records = json.loads((out / "detections.json").read_text())
-    det = predictor.predict([ShapesDataset(1, seed=5)[0].image], tile=TileSettings(100, full_image=True))[0]
+    # evaluate with a tile (what `evaluate --tile` passes): the records are the tiled predictions
+    settings = TileSettings(100, full_image=True)  # 4 tiles of 100 x 100 and the whole 128 x 128 image
+    dataset = ShapesDataset(1, seed=5)
+    _, records = evaluate_model(predictor, dataset, tile=settings, progress=False)
+    det = predictor.predict([dataset[0].image], tile=settings)[0]
     assert len(records) == len(det) > 5
     assert [r["score"] for r in records] == [round(s, 5) for s in det.scores.tolist()]
+    # `evaluate --tile ...` parses into those settings
+    from maskrcnn.tiling import tile_settings
+
+    parsed = cli.build_parser().parse_args(
+        [
+            "evaluate",
+            "--weights",
+            "w.pt",
+            "--data",
+            "shapes:1",
+            "--out",
+            "o",
+            "--tile",
+            "100",
+            "--tile-full-image",
+        ]
+    )
+    assert tile_settings(parsed) == settings
