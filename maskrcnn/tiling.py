@@ -16,14 +16,18 @@ The pure steps, each usable on its own:
   and the tile as the piece's window.
 - `merge_pieces(pieces, mode=, thresh=)`: two pieces of the same class from different windows
   match when, inside the part of the image both windows see (the overlap strip of two tiles; the
-  tile, for a detection of the whole image run with `full_image`), their masks overlap with
-  intersection over the smaller of the two (`metric="ios"`, default) or IoU (`metric="iou"`)
-  >= `thresh` (default 0.5); without masks, their boxes clipped to that part do. Matches chain
-  (union-find) into groups; `mode="merge"` turns each group into one detection with the union mask,
-  the union box, the highest score and the best piece's label and keypoints; `mode="nms"` keeps the
-  best piece of each group as it is. Comparing inside the shared part only is what finds the
-  halves of a cut object: each tile sees the object's part in the strip whole, whatever its part
-  outside, while two neighbouring objects differ there.
+  tile, for a detection of the whole image run with `full_image`), their masks have IoU
+  (`metric="iou"`, default) or intersection over the smaller of the two (`metric="ios"`) >=
+  `thresh` (default 0.5); without masks, their boxes clipped to that part do. Matches join into
+  groups, the best first, but a group never holds two pieces of one window (the model has already
+  told those apart: a coarse mask that overlaps several objects cannot chain them into one).
+  `mode="merge"` turns each group into one detection with the union mask, the union box, the
+  highest score and the best piece's label and keypoints; `mode="nms"` keeps the best piece of each
+  group as it is. Comparing inside the shared part only is what finds the halves of a cut object:
+  each tile sees the object's part in the strip whole, whatever its part outside, while two
+  neighbouring objects differ there. IoU rather than intersection over the smaller is the default
+  because a whole-image detection that covers a small object would otherwise swallow it (measured
+  in `benchmarks/large_images_tiling.py`).
 - `assemble(pieces, image_size=)`: Pieces -> Detections, best first, masks as `MaskCrops`: memory
   grows with the objects' areas, not with D x H x W (a merged mask is the crop of its union).
 
@@ -76,7 +80,7 @@ class TileSettings:
     merge: str = "merge"
     full_image: bool = False
     thresh: float = 0.5
-    metric: str = "ios"
+    metric: str = "iou"
 
     def __post_init__(self) -> None:
         if isinstance(self.size, bool) or not isinstance(self.size, int) or self.size < 32:
@@ -292,7 +296,8 @@ def _candidate_pairs(p: Pieces, *, block: int = 512) -> list[tuple[int, int]]:
 
 
 def _groups(p: Pieces, *, thresh: float, metric: str) -> list[list[int]]:
-    """Matching pieces chained into groups (module docstring); each group's indices best first."""
+    """Matching pieces chained into groups (module docstring), the best matches first, never two
+    pieces of one window in a group; each group's indices best first."""
     n = len(p)
     parent = list(range(n))
 
@@ -302,10 +307,14 @@ def _groups(p: Pieces, *, thresh: float, metric: str) -> list[list[int]]:
             i = parent[i]
         return i
 
+    windows = [{tuple(w)} for w in p.windows.tolist()]  # the windows of each root's group
     if n > 1:
-        for i, j in _candidate_pairs(p):
-            if root(i) != root(j) and _overlap_score(p, i, j, metric=metric) >= thresh:
-                parent[root(i)] = root(j)
+        scored = [(_overlap_score(p, i, j, metric=metric), i, j) for i, j in _candidate_pairs(p)]
+        for _, i, j in sorted((m for m in scored if m[0] >= thresh), key=lambda m: -m[0]):
+            a, b = root(i), root(j)
+            if a != b and not windows[a] & windows[b]:  # a group holds one piece per window at most
+                parent[a] = b
+                windows[b] |= windows[a]
     order = torch.argsort(p.scores, descending=True, stable=True).tolist()
     groups: dict[int, list[int]] = {}
     for i in order:
@@ -331,7 +340,7 @@ def _union(p: Pieces, group: list[int]) -> tuple[list[int], Tensor]:
     return r, out
 
 
-def merge_pieces(pieces: Pieces, *, mode: str = "merge", thresh: float = 0.5, metric: str = "ios") -> Pieces:
+def merge_pieces(pieces: Pieces, *, mode: str = "merge", thresh: float = 0.5, metric: str = "iou") -> Pieces:
     """Join (`merge`) or reduce to their best piece (`nms`) the groups of matching pieces (module
     docstring); the result is best first."""
     if mode not in MERGE_MODES:

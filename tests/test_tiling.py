@@ -106,6 +106,22 @@ def test_merge_keeps_different_classes_same_window_and_disagreeing_masks_apart()
     assert len(merge_pieces(sliver, metric="iou", thresh=0.6)) == 2  # 1 / (2 + 1 - 1) = 0.5
 
 
+def test_a_group_never_holds_two_pieces_of_one_window():
+    # a coarse whole-image detection (window = the image) over two objects that one tile told apart:
+    # inside the tile x 0..4, by intersection over the smaller it matches both (4 / 4 and 1 / 1);
+    # by IoU, 4 / 5 and 1 / 5
+    rects = [[0, 0, 6, 1], [0, 0, 4, 1], [4, 0, 6, 1]]
+    crops = [[[1] * 6], [[1] * 4], [[1] * 2]]
+    windows = [[0, 0, 6, 1], [0, 0, 5, 1], [0, 0, 5, 1]]
+    p = _pieces(rects, crops, windows, [0.3, 0.9, 0.8], [1, 1, 1])
+    merged = merge_pieces(p, metric="ios")
+    assert len(merged) == 2  # the blob joins the better match only, not both
+    assert merged.rects.tolist() == [[0, 0, 6, 1], [4, 0, 6, 1]] and merged.scores.tolist() == pytest.approx(
+        [0.9, 0.8]
+    )
+    assert len(merge_pieces(p, metric="iou", thresh=0.9)) == 3  # IoU 4 / 5 < 0.9: nothing matches
+
+
 def test_boxes_alone_match_inside_the_shared_window():
     # no masks (a keypoint model): the boxes clipped to the strip x 4..6 are compared
     p = Pieces(
