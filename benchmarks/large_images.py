@@ -19,6 +19,9 @@ beside it.
     python benchmarks/large_images.py                     # the table in benchmarks/README.md
     python benchmarks/large_images.py --sizes 4000x3000 --paths ours   # one row
 
+Rows that complete record the sha256 of their predictions.json: ours and torchvision's give the same
+file where both complete.
+
 Prints the machine (CPU model, ISA flags, threads, load) and a table; writes JSON (`--out`, default
 benchmarks/results/large_images.json).
 """
@@ -26,6 +29,7 @@ benchmarks/results/large_images.json).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
@@ -106,6 +110,7 @@ def measure(path_kind: str, weights: Path, photo: Path, out: Path, limit_gb: flo
     records = out / "predictions.json"
     if code == 0 and records.exists():
         row["detections"] = len(json.loads(records.read_text()))
+        row["predictions_sha256"] = hashlib.sha256(records.read_bytes()).hexdigest()
     else:
         last = [line for line in stderr.strip().splitlines() if line.strip()][-1:] or [""]
         row["error"] = last[0][:300]

@@ -137,7 +137,17 @@ def decode_pil(im: Image.Image, *, alpha: Literal["drop", "white"] = "white") ->
         return composite_on_white(np.asarray(im.convert("RGBA")))
     if mode != "RGB":
         im = im.convert("RGB")
-    return np.asarray(im, dtype=np.uint8).copy()
+    return _rgb_array(im)
+
+
+def _rgb_array(im: Image.Image) -> np.ndarray:
+    """An RGB image's (H, W, 3) uint8 pixels, copied band of rows by band (16 MB each), so a
+    large image costs the result and Pillow's own copy, not a third image-sized temporary."""
+    out = np.empty((im.height, im.width, 3), dtype=np.uint8)
+    band = max(1, (1 << 24) // max(1, 3 * im.width))
+    for top in range(0, im.height, band):
+        out[top : top + band] = np.asarray(im.crop((0, top, im.width, min(im.height, top + band))))
+    return out
 
 
 @contextmanager
@@ -166,6 +176,9 @@ def _image_errors(path: PathLike) -> Iterator[None]:
         raise ImageReadError(f"{path}: {reason} ({text})") from None
 
 
+_EXIF_ORIENTATION = 0x0112  # EXIF tag 274
+
+
 def read_pixels(path: PathLike, *, policy: DecodePolicy) -> np.ndarray:
     """Decode an image file -> (H, W, 3) RGB, uint8 or float32 in [0, 1], under `policy`.
 
@@ -173,7 +186,9 @@ def read_pixels(path: PathLike, *, policy: DecodePolicy) -> np.ndarray:
     """
     with _image_errors(path), Image.open(path) as im:
         im.load()  # decode now: truncated data fails here rather than half-way through a convert
-        return decode_pil(ImageOps.exif_transpose(im) if policy.apply_exif else im, alpha=policy.alpha)
+        # exif_transpose copies the image even when there is nothing to turn: only call it when there is
+        turn = policy.apply_exif and im.getexif().get(_EXIF_ORIENTATION, 1) not in (None, 1)
+        return decode_pil(ImageOps.exif_transpose(im) if turn else im, alpha=policy.alpha)
 
 
 def read_image_size(path: PathLike) -> tuple[int, int]:

@@ -153,6 +153,11 @@ class Detections(_PerInstance):
     keypoints: Optional[Tensor] = None  # (D, J, 3) float: x, y, score (keypoint branch)
     proposal_index: Optional[Tensor] = None  # (D,) int64: the proposal each detection was refined from
 
+    def __repr__(self) -> str:  # the stored masks (crops stay crops: no planes built to print)
+        values = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "masks"}
+        values["masks"] = self.__dict__.get("_masks")
+        return f"Detections({', '.join(f'{f.name}={values[f.name]!r}' for f in fields(self))})"
+
     @property
     def mask_crops(self) -> Optional[MaskCrops]:
         """The masks as crops (without building planes); planes given by a caller come as crops at (0, 0)."""
@@ -215,6 +220,10 @@ class MaskCrops:
 
     def __len__(self) -> int:
         return len(self.crops)
+
+    def __repr__(self) -> str:
+        height, width = self.image_size
+        return f"MaskCrops({len(self)} crops in {height}x{width}, {int(self.area().sum())} pixels set)"
 
     @property
     def device(self) -> torch.device:

@@ -216,7 +216,7 @@ def draw_masks(ins: Inspection) -> Picture:
                 "level": ins.pooled_level_names[int(ins.det_levels[j])],
                 "logit_min": round(float(ins.mask_logits[j].min()), 4),
                 "logit_max": round(float(ins.mask_logits[j].max()), 4),
-                "mask_pixels": int(pixels[j]),
+                "mask_pixels": int(pixels),
             }
             for j, pixels in zip(range(n), det.mask_crops.area().tolist())
         ]
