@@ -40,11 +40,13 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from .files import WriteError
     from .inputs import collect_inputs
     from .predict import run_predictions
+    from .tiling import tile_settings
 
     if args.max_pixels < 0:
         from .errors import UserError
 
         raise UserError(f"--max-pixels must be >= 0 (0: no limit), got {args.max_pixels}")
+    tile = tile_settings(args)
     items, problems = collect_inputs(args.inputs, glob=args.glob)
     formats = [f.strip() for f in args.to.split(",")] if args.to else []
     if formats:  # checked before any work: an existing pre-label folder is never overwritten
@@ -69,6 +71,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             dist=dist,
             track=args.track,
             max_pixels=args.max_pixels or None,  # 0: no limit
+            tile=tile,
         )
     except WriteError as e:  # a full disk: say what is left
         results = Path(args.out) / "predictions.json"
@@ -130,7 +133,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from .data.specs import build_dataset
     from .distributed import cleanup, init_distributed
     from .evaluation.coco_eval import evaluate_model
+    from .tiling import tile_settings
 
+    tile = tile_settings(args)
     dataset = build_dataset(args.data)
     model = load(args.weights)
     set_precision(model, args.precision, args.device)
@@ -145,6 +150,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             progress=not args.no_progress,
             dist=dist,
             shares=shares,
+            tile=tile,
         )
     finally:
         cleanup(dist)
@@ -191,6 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--debug", action="store_true", help="show the Python traceback of errors in the input too"
     )
     sub = parser.add_subparsers(dest="command", required=True)
+    from . import tiling
     from .engine import commands, conversion, data_check, dataset_commands, weights_command
     from .evaluation import errors_page
 
@@ -237,6 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="skip images of more pixels than this, from their header (default 200000000: a 12000x9000 "
         "photo passes; 0: no limit)",
     )
+    tiling.add_tile_arguments(p)
     add_precision_argument(p)
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("inputs", nargs="+", help="image files, folders (searched recursively) and video files")
@@ -252,6 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="report folder")
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--device", default="cpu")
+    tiling.add_tile_arguments(p)
     add_precision_argument(p)
     errors_page.add_errors_argument(p)
     p.add_argument("--no-progress", action="store_true")

@@ -63,6 +63,7 @@ from .model import MaskRCNN
 from .predict_records import detection_records, detections_to_coco, encode_masks, image_id_for
 from .predictor import Predictor, resolve_classes
 from .structures import Detections
+from .tiling import TileSettings
 from .tracking import Tracker
 
 __all__ = [
@@ -148,8 +149,9 @@ class _Run:
         progress: bool,
         track: bool = False,
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
+        tile: TileSettings | None = None,
     ):
-        self.predictor, self.out, self.max_pixels = predictor, out, max_pixels
+        self.predictor, self.out, self.max_pixels, self.tile = predictor, out, max_pixels, tile
         self.score_thresh, self.classes = score_thresh, classes
         self.overlays, self.save_masks, self.progress = overlays and out is not None, save_masks, progress
         self.class_names = predictor.class_names
@@ -182,7 +184,8 @@ class _Run:
         self.report = self.parts[position] = PredictReport()
 
     def predict(self, images: list[torch.Tensor]) -> list[Detections]:
-        return self.predictor.predict(images, score_thresh=self.score_thresh, classes=self.classes)
+        options = {} if self.tile is None else {"tile": self.tile, "progress": self.progress}
+        return self.predictor.predict(images, score_thresh=self.score_thresh, classes=self.classes, **options)
 
     def draw(self, image: torch.Tensor, det: Detections, track_ids=None) -> Image.Image:
         from .visualize import draw_detections
@@ -336,6 +339,7 @@ def run_predictions(
     dist: DistInfo | None = None,
     track: bool = False,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    tile: TileSettings | None = None,
 ) -> PredictReport:
     """Predict on image and video inputs and write the outputs described in the module docstring
     (predictions.json included, when `out` is given). Unreadable inputs are skipped and listed in
@@ -349,7 +353,10 @@ def run_predictions(
     sequences are tracked in one process only (under torchrun their batches would be split).
 
     Image files too thin for the model, or of more than `max_pixels` pixels (None: no limit), are
-    skipped before they are decoded, listed in the failures (`maskrcnn.image_limits`)."""
+    skipped before they are decoded, listed in the failures (`maskrcnn.image_limits`).
+
+    `tile`: tiled inference on every image and video frame (`maskrcnn.tiling`), with a bar over the
+    tiles of large images when showing progress."""
     if batch_size < 1:
         raise UserError(f"batch size must be >= 1, got {batch_size}")
     if score_thresh is not None and not 0.0 <= score_thresh <= 1.0:
@@ -377,6 +384,7 @@ def run_predictions(
         progress=progress,
         track=track,
         max_pixels=max_pixels,
+        tile=tile,
     )
     images = [i for i in items if i.kind == "image"]
     videos = [i for i in items if i.kind == "video"]

@@ -41,6 +41,9 @@ from .inputs import as_image_tensor
 from .model import MaskRCNN
 from .model.fold import fold_batchnorm, weights_key
 from .structures import Detections
+from .tiling import TileSettings, predict_tiled, tile_grid
+
+TILE_PROGRESS_MIN = 16  # tiles of one image above which `predict(..., progress=True)` shows a bar
 
 __all__ = ["BF16_REGIONS", "Predictor", "autocast_regions", "region_names", "resolve_classes"]
 
@@ -181,6 +184,8 @@ class Predictor:
         score_thresh: float | None = None,
         classes: Iterable[str] | None = None,
         batch_size: int | None = None,
+        tile: TileSettings | None = None,
+        progress: bool = False,
     ) -> list[Detections]:
         """One Detections per image (original-image pixels, on the predictor's device).
 
@@ -188,6 +193,9 @@ class Predictor:
         [0, 1] or uint8). score_thresh: keep detections scoring above it (replaces the model's
         threshold before NMS, for this call only). classes: names or category ids to keep.
         An image too thin for the model (`maskrcnn.image_limits`) is an ImageShapeError naming it.
+        tile: tiled inference (`maskrcnn.tiling`: each image cut into tiles at native resolution,
+        run in batches of `batch_size` tiles, pieces of cut objects merged); progress: with `tile`,
+        a bar over the tiles of an image of more than `TILE_PROGRESS_MIN` tiles.
         """
         if score_thresh is not None and not 0.0 <= score_thresh <= 1.0:
             raise UserError(f"score threshold must be in [0, 1], got {score_thresh}")
@@ -200,6 +208,13 @@ class Predictor:
             name = str(image) if isinstance(image, (str, os.PathLike)) else f"image {i} of the call"
             check_image_shape(h, w, name=name, resized=self.input_size(h, w) if min(h, w) > 0 else None)
         size = batch_size or self.batch_size
+        if tile is not None:
+            return [
+                self._predict_tiled(
+                    image, tile, score_thresh=score_thresh, keep=keep, size=size, progress=progress
+                )
+                for image in tensors
+            ]
         groups: dict[tuple[int, int], list[int]] = defaultdict(list)
         for i, image in enumerate(tensors):
             groups[self.model.padded_size(int(image.shape[-2]), int(image.shape[-1]))].append(i)
@@ -214,6 +229,33 @@ class Predictor:
         return results  # type: ignore[return-value]
 
     __call__ = predict
+
+    def _predict_tiled(
+        self,
+        image: torch.Tensor,
+        tile: TileSettings,
+        *,
+        score_thresh: float | None,
+        keep: torch.Tensor | None,
+        size: int,
+        progress: bool,
+    ) -> Detections:
+        from tqdm import tqdm
+
+        model = self.inference_model()
+        image = image.to(self.device)
+        h, w = int(image.shape[-2]), int(image.shape[-1])
+        count = len(tile_grid(h, w, size=tile.size, overlap=tile.overlap))
+        show = progress and count > TILE_PROGRESS_MIN
+        with tqdm(total=count, desc=f"tiles {w}x{h}", unit="tile", leave=False, disable=not show) as bar:
+            det = predict_tiled(
+                lambda batch: model.predict(batch, score_thresh=score_thresh),
+                image,
+                tile,
+                batch_size=size,
+                progress=bar.update,
+            )
+        return det if keep is None else det.select(torch.isin(det.labels, keep))
 
 
 class AutocastRegion(nn.Module):

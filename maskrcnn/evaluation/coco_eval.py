@@ -276,6 +276,7 @@ def evaluate_model(
     iou_types: Optional[Sequence[str]] = None,
     dist: Optional[DistInfo] = None,
     shares: Optional[list[Share]] = None,
+    tile: Optional[Any] = None,
 ) -> tuple[dict, list[dict]]:
     """Predict over `dataset` with `model.predict` and COCO-evaluate; returns (metrics, result records).
 
@@ -289,7 +290,8 @@ def evaluate_model(
     in turn, each predicts its own (on `cuda:LOCAL_RANK` for a CUDA device), and rank 0 gathers the
     records in dataset order and evaluates them, the same records and metrics as one process with
     the same batch size; the other processes return (None, None). `shares`, a list, receives on
-    rank 0 what each process ran (`maskrcnn.distributed.Share`).
+    rank 0 what each process ran (`maskrcnn.distributed.Share`). `tile`: tiled inference
+    (`maskrcnn.tiling.TileSettings`).
     """
     import time
 
@@ -323,7 +325,7 @@ def evaluate_model(
                 parts[k] = []  # the part being run: where a held error stands in the input order
                 samples = [dataset[i] for i in range(k * batch_size, min(n, (k + 1) * batch_size))]
                 share.inputs += [s.file_name for s in samples]
-                parts[k] = _records(predictor, samples, category_ids)
+                parts[k] = _records(predictor, samples, category_ids, tile=tile)
                 bar.update(len(samples))
         share.seconds = time.perf_counter() - started
         gathered = gather_in_order(parts, share, info, held=held)
@@ -341,8 +343,10 @@ def evaluate_model(
     return evaluate_coco_results(gt, records, iou_types=iou_types, oks_sigmas=sigmas), records
 
 
-def _records(predictor: Any, samples: list, category_ids: Optional[list[int]]) -> list[dict]:
-    """The result records of one batch of dataset samples."""
+def _records(
+    predictor: Any, samples: list, category_ids: Optional[list[int]], *, tile: Optional[Any] = None
+) -> list[dict]:
+    """The result records of one batch of dataset samples (`tile`: tiled inference)."""
     from ..predict_records import detections_to_coco
 
     records: list[dict] = []
@@ -352,7 +356,8 @@ def _records(predictor: Any, samples: list, category_ids: Optional[list[int]]) -
         h, w = (int(v) for v in sample.image.shape[-2:])
         resized = input_size(h, w) if input_size is not None and min(h, w) > 0 else None
         check_image_shape(h, w, name=sample.file_name, resized=resized)
-    for sample, det in zip(samples, predictor.predict([s.image for s in samples])):
+    options = {} if tile is None else {"tile": tile}
+    for sample, det in zip(samples, predictor.predict([s.image for s in samples], **options)):
         labels = det.labels.cpu()
         if len(labels) and (labels.min() < 1 or (num_labels and labels.max() > num_labels)):
             allowed = f"1..{num_labels}" if num_labels else ">= 1"

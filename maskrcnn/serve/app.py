@@ -2,7 +2,9 @@
 
     POST /v1/predict   an image as the multipart field `image` or as the raw body; optional
                        `score_thresh` (0..1) and `classes` (names or category ids, comma-separated),
-                       in the query or as form fields ->
+                       in the query or as form fields; `tile` (a tile size in px: tiled inference,
+                       see `maskrcnn.tiling`) with optional `tile_overlap` (0.2), `tile_merge`
+                       (merge | nms) and `tile_full_image` (1 | true) likewise ->
                        {"width": W, "height": H, "detections": [{"bbox": [x, y, w, h], "score",
                         "category_id", "label", "segmentation": {"size": [H, W], "counts": str}}]}
     GET  /v1/health    {"status": "ok", "batching": {batches, requests, failed, largest_batch, ...},
@@ -102,6 +104,39 @@ def _options(values: dict[str, Any], predictor: Any) -> tuple[float | None, list
     return score_thresh, classes
 
 
+TILE_FIELDS = ("tile", "tile_overlap", "tile_merge", "tile_full_image")
+
+
+def _tile_option(values: dict[str, Any]) -> Any:
+    """`tile` (and `tile_overlap`, `tile_merge`, `tile_full_image`) -> a TileSettings, or None
+    without `tile`; a bad value is a 400 naming the field."""
+    from ..tiling import TileSettings
+
+    raw = {k: values.get(k) for k in TILE_FIELDS if values.get(k) not in (None, "")}
+    if "tile" not in raw:
+        extra = sorted(raw)
+        if extra:
+            raise UploadError(400, f"{extra[0]} needs tile (a tile size in px)")
+        return None
+    try:
+        size = int(raw["tile"])
+    except ValueError:
+        raise UploadError(400, f"tile must be a tile size in px, got {raw['tile']!r}") from None
+    try:
+        overlap = float(raw.get("tile_overlap", 0.2))
+    except ValueError:
+        raise UploadError(400, f"tile_overlap must be a number, got {raw['tile_overlap']!r}") from None
+    full = str(raw.get("tile_full_image", "false")).lower()
+    if full not in ("0", "1", "false", "true"):
+        raise UploadError(400, f"tile_full_image must be true or false, got {full!r}")
+    try:
+        return TileSettings(
+            size, overlap=overlap, merge=raw.get("tile_merge", "merge"), full_image=full in ("1", "true")
+        )
+    except UserError as e:
+        raise UploadError(400, str(e)) from None
+
+
 def _labelled_records(det: Any, predictor: Any) -> list[dict[str, Any]]:
     """COCO result records (`maskrcnn.predict_records.detection_records`) with each class name as `label`."""
     records = detection_records(det, category_ids=predictor.category_ids)
@@ -116,6 +151,7 @@ async def _read_request(request: Request) -> tuple[bytes, str, dict[str, Any]]:
     values: dict[str, Any] = {
         "score_thresh": request.query_params.get("score_thresh"),
         "classes": request.query_params.getlist("classes"),
+        **{k: request.query_params.get(k) for k in TILE_FIELDS},
     }
     if request.headers.get("content-type", "").lower().startswith("multipart/form-data"):
         form = await request.form(max_files=2, max_fields=20)
@@ -127,6 +163,7 @@ async def _read_request(request: Request) -> tuple[bytes, str, dict[str, Any]]:
         if isinstance(form.get("score_thresh"), str):
             values["score_thresh"] = form.get("score_thresh")
         values["classes"] += [c for c in form.getlist("classes") if isinstance(c, str)]
+        values.update({k: form.get(k) for k in TILE_FIELDS if isinstance(form.get(k), str)})
         return data, name, values
     return await request.body(), "body", values
 
@@ -205,9 +242,10 @@ def create_app(
 
     @app.post("/v1/predict", dependencies=protected)
     async def predict(request: Request) -> dict[str, Any]:
-        """The image as the multipart field `image` or the raw body; `score_thresh`, `classes`."""
+        """The image as the multipart field `image` or the raw body; `score_thresh`, `classes`, `tile`."""
         data, name, values = await _read_request(request)
         score_thresh, classes = _options(values, predictor)
+        tile = _tile_option(values)
         image = await run_in_threadpool(
             decode_upload,
             data,
@@ -215,7 +253,7 @@ def create_app(
             name=name,
             resize=getattr(predictor, "input_size", None),
         )
-        det = await batcher.submit(image, score_thresh=score_thresh, classes=classes)
+        det = await batcher.submit(image, score_thresh=score_thresh, classes=classes, tile=tile)
         records = await run_in_threadpool(_labelled_records, det, predictor)  # RLE encoding takes time
         return {"width": int(image.shape[-1]), "height": int(image.shape[-2]), "detections": records}
 

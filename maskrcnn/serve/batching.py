@@ -2,7 +2,7 @@
 
 One worker thread owns the model. It waits for a request, then keeps collecting requests for up to
 `max_wait_s` or until it holds `max_batch_size` of them, and runs them: requests with the same options
-(score threshold, classes) go to the model in one call, in which the Predictor batches images of equal
+(score threshold, classes, tiling) go to the model in one call, in which the Predictor batches images of equal
 padded size together; a batch that fails is rerun one request at a time, so only the request at
 fault fails. Inference runs on that thread, so the event loop keeps serving while the model
 works; each request's `asyncio.Future` is resolved on its own loop.
@@ -29,7 +29,8 @@ from ..structures import Detections
 
 __all__ = ["BatchStats", "MicroBatcher"]
 
-Options = tuple[Optional[float], Optional[tuple[str, ...]]]  # (score_thresh, classes)
+# (score_thresh, classes, tile: a maskrcnn.tiling.TileSettings or None)
+Options = tuple[Optional[float], Optional[tuple[str, ...]], Any]
 
 
 @dataclass
@@ -105,13 +106,20 @@ class MicroBatcher:
             return self.stats.as_dict()
 
     async def submit(
-        self, image: torch.Tensor, *, score_thresh: float | None = None, classes: list[str] | None = None
+        self,
+        image: torch.Tensor,
+        *,
+        score_thresh: float | None = None,
+        classes: list[str] | None = None,
+        tile: Any = None,
     ) -> Detections:
-        """Queue one image (3, H, W) and wait for its Detections (original-image pixels)."""
+        """Queue one image (3, H, W) and wait for its Detections (original-image pixels); `tile`:
+        tiled inference (`maskrcnn.tiling.TileSettings`)."""
         if self._thread is None:
             raise RuntimeError("MicroBatcher.submit before start()")
         loop = asyncio.get_running_loop()
-        job = _Job(image, (score_thresh, tuple(classes) if classes else None), loop.create_future(), loop)
+        options = (score_thresh, tuple(classes) if classes else None, tile)
+        job = _Job(image, options, loop.create_future(), loop)
         self._queue.put(job)
         return await job.future
 
@@ -134,13 +142,14 @@ class MicroBatcher:
     def _predict(self, jobs: list[_Job], options: Options) -> list[tuple[Any, BaseException | None]]:
         """-> (Detections, None) or (None, error) per job. When a batch fails, its requests are run
         one by one, so that only the request at fault fails."""
-        score_thresh, classes = options
+        score_thresh, classes, tile = options
         try:
             results = self.predictor.predict(
                 [job.image for job in jobs],
                 score_thresh=score_thresh,
                 classes=list(classes) if classes else None,
                 batch_size=self.max_batch_size,
+                **({} if tile is None else {"tile": tile}),
             )
             return [(result, None) for result in results]
         except Exception as e:
