@@ -6,32 +6,13 @@ import argparse
 import sys
 from pathlib import Path
 
+from .engine import options
+
 
 def _shares_line(shares: list) -> str:
     """How a torchrun launch shared the work: "2 processes: rank 0 ran 5 inputs on cpu (3.1 s), ..."."""
     runs = [f"rank {s.rank} ran {len(s.inputs)} inputs on {s.device} ({s.seconds:.1f} s)" for s in shares]
     return f"{len(shares)} processes: {', '.join(runs)}"
-
-
-def set_precision(predictor, precision: str, device: str) -> None:
-    """`--precision`: set on the predictor (a UserError for an ONNX model in bf16); the one-line
-    note goes to stderr when `device` has no native bf16 and fp32 runs instead."""
-    from .hardware import resolve_precision
-
-    predictor.set_precision(precision)
-    note = resolve_precision(precision, device)[1]
-    if note:
-        print(f"note: {note}", file=sys.stderr, flush=True)
-
-
-def add_precision_argument(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--precision",
-        choices=("fp32", "bf16"),
-        default="fp32",
-        help="bf16: the trunk and RPN head in bfloat16 where the CPU (AVX-512 BF16 / AMX) or GPU has "
-        "native bf16, else fp32 with a note (default fp32)",
-    )
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
@@ -54,7 +35,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
         check_prelabel_request(args.out, formats, items)
     model = load(args.weights)
-    set_precision(model, args.precision, args.device)
+    options.set_precision(model, args.precision, args.device)
     dist = init_distributed(args.device)  # torchrun: this process predicts its share of the inputs
     try:
         report = run_predictions(
@@ -138,7 +119,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     tile = tile_settings(args)
     dataset = build_dataset(args.data)
     model = load(args.weights)
-    set_precision(model, args.precision, args.device)
+    options.set_precision(model, args.precision, args.device)
     dist = init_distributed(args.device)  # torchrun: this process predicts its share of the images
     shares: list = []
     try:
@@ -197,7 +178,6 @@ def build_parser() -> argparse.ArgumentParser:
         "--debug", action="store_true", help="show the Python traceback of errors in the input too"
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    from . import tiling
     from .engine import commands, conversion, data_check, dataset_commands, weights_command
     from .evaluation import errors_page
 
@@ -244,8 +224,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="skip images of more pixels than this, from their header (default 200000000: a 12000x9000 "
         "photo passes; 0: no limit)",
     )
-    tiling.add_tile_arguments(p)
-    add_precision_argument(p)
+    options.add_tile_arguments(p)
+    options.add_precision_argument(p)
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("inputs", nargs="+", help="image files, folders (searched recursively) and video files")
     p.set_defaults(func=_cmd_predict)
@@ -260,8 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="report folder")
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--device", default="cpu")
-    tiling.add_tile_arguments(p)
-    add_precision_argument(p)
+    options.add_tile_arguments(p)
+    options.add_precision_argument(p)
     errors_page.add_errors_argument(p)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_cmd_evaluate)

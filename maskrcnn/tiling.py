@@ -54,7 +54,6 @@ __all__ = [
     "MERGE_MODES",
     "Pieces",
     "TileSettings",
-    "add_tile_arguments",
     "assemble",
     "merge_pieces",
     "predict_tiled",
@@ -97,32 +96,9 @@ class TileSettings:
             )
 
 
-def add_tile_arguments(p: argparse.ArgumentParser) -> None:
-    """`--tile SIZE [--tile-overlap F] [--tile-merge merge|nms] [--tile-full-image]` (predict, evaluate)."""
-    p.add_argument(
-        "--tile",
-        type=int,
-        default=None,
-        metavar="SIZE",
-        help="tiled inference: cut each image into SIZE x SIZE tiles at native resolution (for small "
-        "objects in large images; see README, Large images)",
-    )
-    p.add_argument(
-        "--tile-overlap", type=float, default=0.2, help="least overlap of neighbouring tiles (fraction, 0.2)"
-    )
-    p.add_argument(
-        "--tile-merge",
-        choices=("merge", "nms"),
-        default="merge",
-        help="merge: join the pieces of objects cut by tile borders (default); nms: keep the best piece",
-    )
-    p.add_argument(
-        "--tile-full-image", action="store_true", help="also run the whole image, resized, for large objects"
-    )
-
-
 def tile_settings(args: argparse.Namespace) -> TileSettings | None:
-    """The TileSettings of `--tile ...` (`add_tile_arguments`), or None without --tile."""
+    """The TileSettings of `--tile ...` (`maskrcnn.engine.options.add_tile_arguments`), or None
+    without --tile."""
     if args.tile is None:
         for flag, value, default in (
             ("--tile-overlap", args.tile_overlap, 0.2),

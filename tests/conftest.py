@@ -14,8 +14,11 @@ from tests.helpers import SHARED_DATA, TINY
 # under pytest-xdist (pyproject's addopts run two workers) each worker computes with one thread:
 # the two workers fill the two cores, where one process with two threads leaves one idle whenever a
 # test waits for a subprocess, a server or single-threaded Python
+# (and so do the processes the tests start: results compared across a process boundary are then
+# computed with the same thread count, hence the same float reductions)
 if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"
 else:
     torch.set_num_threads(max(1, torch.get_num_threads()))
 

@@ -26,6 +26,10 @@ def interrupt_when(command: list[str], ready, *, timeout: float = 240) -> tuple[
         stderr=subprocess.PIPE,
         text=True,
         env=single_thread_env(),
+        # as from a terminal: Python turns SIGINT into KeyboardInterrupt only if it starts with the
+        # default disposition, and a test runner's workers (pytest-xdist) ignore SIGINT, which
+        # their children would inherit
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.monotonic() + timeout
     while not ready():

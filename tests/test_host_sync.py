@@ -31,10 +31,12 @@ KEYPOINTS = [
 #   rpn 3:  one .tolist() of the kept counts (size and score filters as one mask), one NMS per image
 #   box 5:  per image, one where (score above the threshold and a nonempty box as one mask) and one
 #           NMS; + 1 for the pooler (the per-level box counts, one .tolist())
-#   mask 1: the pooler's one .tolist();  keypoint 2: the same 1, plus decode_keypoints' one .tolist()
+#   mask 1: the pooler's one .tolist();  pasting 2: per image, one .tolist() of the masks' crop
+#           sizes (each kept as the crop inside its box: a ragged output the host must size)
+#   keypoint 2: the same 1, plus decode_keypoints' one .tolist()
 #           of the detections' output sizes
 CEILINGS = {
-    "mask": {"rpn": 3, "box": 5, "mask": 1},
+    "mask": {"rpn": 3, "box": 5, "mask": 1, "pasting": 2},
     "keypoint": {"rpn": 3, "box": 5, "keypoint": 2},
 }
 

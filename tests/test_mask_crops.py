@@ -105,7 +105,12 @@ def test_detections_keep_crops_through_select_replace_and_to():
     assert plain.masks is planes and torch.equal(plain.mask_crops.full(), planes)
 
 
-def test_uint8_images_are_preprocessed_channel_by_channel_to_the_same_values():
+def test_uint8_images_are_preprocessed_to_the_same_values(monkeypatch):
+    """A uint8 image gives exactly the float image's input; past BY_CHANNEL_PIXELS an image is
+    normalized and resized one channel at a time: the same values but for the last bit of the
+    bilinear resize (at one thread a 1-channel resize rounds unlike a 3-channel one)."""
+    from maskrcnn.model import preprocess
+
     g = torch.Generator().manual_seed(0)
     image = torch.randint(0, 256, (3, 301, 419), dtype=torch.uint8, generator=g)
     rgb = dict(
@@ -122,9 +127,13 @@ def test_uint8_images_are_preprocessed_channel_by_channel_to_the_same_values():
     )
     for settings in (rgb, bgr):
         pre = Preprocessor(**settings)
-        by_channel, size = pre.resize_image(image)
-        whole, same = pre.resize_image(image.float() / 255.0)
-        assert size == same and torch.equal(by_channel, whole)
+        whole, size = pre.resize_image(image.float() / 255.0)
+        from_uint8, same = pre.resize_image(image)
+        assert same == size and torch.equal(from_uint8, whole)
+        monkeypatch.setattr(preprocess, "BY_CHANNEL_PIXELS", 1000)
+        by_channel, same = pre.resize_image(image)
+        monkeypatch.setattr(preprocess, "BY_CHANNEL_PIXELS", 1 << 24)
+        assert same == size and (by_channel - whole).abs().max() <= 1e-5 * whole.abs().max()
 
 
 def test_decoder_reads_images_over_pillows_limit_without_its_warning(tmp_path, monkeypatch):

@@ -24,8 +24,11 @@ from ..structures import ImageBatch, Targets
 from .traceable import spatial_size
 
 RESIZE_RULES = ("torchvision", "detectron2")
-# images of more pixels (or given as uint8) are normalized and resized one channel at a time: the
-# same values with one float plane held at a time (12000 × 9000: 432 MB instead of 1.3 GB)
+# images of more pixels are normalized and resized one channel at a time, one float plane held at a
+# time (12000 × 9000: 432 MB instead of 1.3 GB); the same values up to the last bit of the bilinear
+# resize (which, at one thread, rounds a 1-channel image differently from a 3-channel one); uint8
+# images under it are divided by 255 whole, the floats `pixels_to_tensor` gives
+
 BY_CHANNEL_PIXELS = 1 << 24
 
 
@@ -134,9 +137,7 @@ class Preprocessor(nn.Module):
         height, width = spatial_size(image)
         size = self.output_size(height, width, min_size)
         antialias = self.resize == "detectron2" and (size[0] < height or size[1] < width)
-        if image.dtype == torch.uint8 or (
-            not torch.jit.is_tracing() and image.shape[-2] * image.shape[-1] > BY_CHANNEL_PIXELS
-        ):
+        if not torch.jit.is_tracing() and image.shape[-2] * image.shape[-1] > BY_CHANNEL_PIXELS:
             planes = [
                 F.interpolate(
                     self._normalized_channel(image, k)[None],
@@ -148,6 +149,8 @@ class Preprocessor(nn.Module):
                 for k in range(3)
             ]
             return torch.cat(planes, dim=1), size
+        if image.dtype == torch.uint8:  # what pixels_to_tensor gives: the same floats
+            image = image.float().div_(255.0)
         image = self.normalize(image)
         image = F.interpolate(
             image[None], size=size, mode="bilinear", align_corners=False, antialias=antialias
