@@ -19,6 +19,9 @@ beside it.
     python benchmarks/large_images.py                     # the table in benchmarks/README.md
     python benchmarks/large_images.py --sizes 4000x3000 --paths ours   # one row
 
+The other half of the large-image evidence, AP tiled against untiled on large canvases of small
+shapes, is `benchmarks/large_images_tiling.py` (its own table in benchmarks/README.md).
+
 Rows that complete record the sha256 of their predictions.json: ours and torchvision's give the same
 file where both complete.
 
