@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
@@ -13,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pycocotools.mask as mask_util
 import torch
+from PIL import Image
 
 from maskrcnn.errors import UserError
 from maskrcnn.inputs import load_image
@@ -285,3 +287,33 @@ def read_every_item(build: Callable, *, names: Sequence[str], numbered: str | No
             assert sample.targets.masks.shape[1:] == sample.image.shape[1:]
     except DOCUMENTED_ERRORS as e:
         assert_documented_error(e, names=names, numbered=numbered)
+
+
+def find_chromium() -> str | None:
+    """The system Chromium's executable (apt-get install chromium; .ci/run installs it), or None."""
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def chromium_screenshot(chromium: str, page: Path, work: Path, *, size: tuple[int, int]) -> np.ndarray:
+    """`page` (an HTML file) rendered by headless Chromium in a window of `size` (width, height),
+    its own profile in `work` -> the screenshot as (height, width, 3) uint8 RGB."""
+    shot = work / f"{page.stem}.png"
+    cmd = [
+        chromium,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={work / 'profile'}",
+        f"--screenshot={shot}",
+        f"--window-size={size[0]},{size[1]}",
+        f"file://{page}",
+    ]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert shot.is_file(), f"no screenshot (exit {result.returncode}): {result.stderr[-2000:]}"
+    with Image.open(shot) as im:
+        return np.asarray(im.convert("RGB"))

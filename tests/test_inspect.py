@@ -4,8 +4,6 @@ numbers behind the pictures checked against the model's own matcher, level mappe
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +23,7 @@ from maskrcnn.model.roi_pooler import assign_levels
 from maskrcnn.ops.boxes import box_iou
 from maskrcnn.structures import Targets
 from tests.conftest import skip_or_fail_in_ci
-from tests.helpers import TINY_NET, run
+from tests.helpers import TINY_NET, chromium_screenshot, find_chromium, run
 
 IMAGE = "coco-mini/val2017/000000214753.jpg"  # 640x424, two riders on horses: 4 instances
 ANNOTATIONS = "coco-mini/annotations/instances_val2017.json"
@@ -98,29 +96,10 @@ def test_writes_every_picture_and_a_page(inspected):
 
 
 def test_page_renders_in_chromium(inspected, tmp_path):
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    chromium = find_chromium()
     if chromium is None:
         skip_or_fail_in_ci("chromium is not installed (apt-get install chromium; .ci/run installs it)")
-    shot = tmp_path / "page.png"
-    cmd = [
-        chromium,
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        f"--user-data-dir={tmp_path / 'profile'}",
-        f"--screenshot={shot}",
-        "--window-size=1280,2000",
-        f"file://{inspected / 'index.html'}",
-    ]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-    assert shot.is_file(), f"no screenshot (exit {result.returncode}): {result.stderr[-2000:]}"
-    with Image.open(shot) as im:
-        pixels = np.asarray(im.convert("RGB"))
+    pixels = chromium_screenshot(chromium, inspected / "index.html", tmp_path, size=(1280, 2000))
     assert pixels.shape[:2] == (2000, 1280)
     # a page of text alone has a few hundred colours (anti-aliasing); the pictures bring thousands
     assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 5000

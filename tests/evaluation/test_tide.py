@@ -10,7 +10,6 @@ import contextlib
 import importlib.util
 import io
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -18,7 +17,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
@@ -29,7 +27,7 @@ from maskrcnn.evaluation.errors_page import COLORS, GALLERY
 from maskrcnn.evaluation.tide import ERROR_TYPES, SPECIAL_TYPES
 from maskrcnn.model import build_model
 from tests.conftest import skip_or_fail_in_ci
-from tests.helpers import TINY, coco_subset
+from tests.helpers import TINY, chromium_screenshot, coco_subset, find_chromium
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 TYPES = (*ERROR_TYPES, *SPECIAL_TYPES)
@@ -202,30 +200,12 @@ def test_model_results_equal_tidecv(evaluated):
 
 def test_errors_page_renders_in_chromium(mistaken, tmp_path):
     evaluated = mistaken[1]
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    chromium = find_chromium()
     if chromium is None:
         skip_or_fail_in_ci("chromium is not installed (apt-get install chromium; .ci/run installs it)")
     page = (evaluated / "errors.html").read_text()
     assert page.count("<figure>") == 2 * len(ERROR_TYPES) * GALLERY  # full galleries
-    shot = tmp_path / "errors.png"
-    cmd = [
-        chromium,
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        f"--user-data-dir={tmp_path / 'profile'}",
-        f"--screenshot={shot}",
-        "--window-size=1100,900",
-        f"file://{evaluated / 'errors.html'}",
-    ]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-    assert shot.is_file(), f"no screenshot (exit {result.returncode}): {result.stderr[-2000:]}"
-    with Image.open(shot) as im:
-        pixels = np.asarray(im.convert("RGB")).astype(int)
+    pixels = chromium_screenshot(chromium, evaluated / "errors.html", tmp_path, size=(1100, 900)).astype(int)
     errors = json.loads((evaluated / "metrics.json").read_text())["errors"]["bbox"]
     shown = [t for t in TYPES if errors[t] > 0.5]  # bars long enough to be seen
     assert len(shown) >= 5
